@@ -1,0 +1,27 @@
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench install clean
+
+# (Re)install when the package metadata changes; pip reuses what is already there.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/donkey-saliency demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -rs $(ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/donkey-saliency bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info test-artifacts

@@ -1,0 +1,94 @@
+"""The programmatic API: a pilot's fused graph on a backend, with input checking.
+
+``Saliency.mask(rgb)`` is the contract other tools rely on: float32 (H, W) in [0, 1] at the
+model's input size.
+"""
+import numpy as np
+
+from . import backends
+from .errors import InputError
+from .graph import graph_for
+
+
+def prepare_frame(frame, input_shape):
+    """One frame as uint8 (H, W, C) at the model's size, or InputError saying why not.
+
+    Accepts RGB, RGBA or grayscale of any size (resized with area interpolation, like a camera
+    scaler), uint8 or float in [0, 1] / [0, 255]."""
+    height, width, channels = input_shape
+    if frame is None:
+        raise InputError("no image (None)")
+    array = np.asarray(frame)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))) or 0 in array.shape:
+        raise InputError("expected an image of shape (H, W, 3) or (H, W), got shape %s" % (array.shape,))
+    if array.dtype != np.uint8:
+        if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            raise InputError("expected a uint8 image, got dtype %s" % array.dtype)
+        values = np.nan_to_num(array.astype(np.float32))
+        if np.issubdtype(array.dtype, np.floating) and values.max() <= 1.0:
+            values *= 255.0
+        array = np.clip(values, 0, 255).astype(np.uint8)
+    import cv2
+
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.ndim == 2 and channels == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    elif array.ndim == 3 and channels == 1:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)
+    if array.shape[:2] != (height, width):
+        array = cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA)
+    return array.reshape(height, width, channels)
+
+
+def prepare_batch(frames, input_shape):
+    """uint8 (N, H, W, C) from a sequence of frames (or an (N, H, W, C) array)."""
+    array = np.asarray(frames) if not isinstance(frames, (list, tuple)) else None
+    if array is not None and array.dtype == np.uint8 and array.ndim == 4 and array.shape[1:] == tuple(input_shape):
+        return np.ascontiguousarray(array)  # already right: no copy
+    return np.stack([prepare_frame(f, input_shape) for f in frames])
+
+
+class Saliency(object):
+    """A pilot's saliency graph running on one backend."""
+
+    def __init__(self, graph, backend):
+        self.graph = graph
+        self.backend = backend
+
+    @classmethod
+    def open(cls, model_path, backend="auto", cache_dir=None, features=False, **backend_options):
+        graph = graph_for(model_path, cache_dir=cache_dir, features=features)
+        return cls(graph, backends.create(graph, backend, **backend_options))
+
+    @property
+    def input_shape(self):
+        return self.graph.input_shape
+
+    @property
+    def layer_names(self):
+        return self.graph.layer_names
+
+    def infer(self, frames):
+        """Every graph output for a batch: ``mask``, ``mean_i`` (and ``features_i``), each (N, ...)."""
+        return self.backend.infer(prepare_batch(frames, self.graph.input_shape))
+
+    def masks(self, frames):
+        return self.infer(frames)[self.graph.mask_name]
+
+    def mask(self, rgb):
+        """float32 (H, W) in [0, 1] at the model's input size, for one frame."""
+        return self.backend.infer(prepare_frame(rgb, self.graph.input_shape)[None])[self.graph.mask_name][0]
+
+    def close(self):
+        self.backend.close()
+
+    def __enter__(self):
+        self.backend.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,299 @@
+"""One fused ONNX graph per pilot: uint8 frame -> /255 -> conv trunk -> VisualBackProp head.
+
+Outputs: ``mask`` (N, H, W) in [0, 1] and ``mean_<i>`` (N, h_i, w_i), the channel-averaged map of
+conv layer i (shallow to deep). With ``features=True`` also ``features_<i>`` (N, C_i, h_i, w_i).
+The head mirrors ``vbp.py`` operation for operation; the tests hold the two together.
+
+Exported graphs are cached by the pilot file's content hash, so a car exports once (TensorFlow is
+only needed then) and starts from the cached ``.onnx`` afterwards.
+"""
+import hashlib
+import json
+import logging
+import os
+import tempfile
+
+from . import __version__
+from .errors import ModelError
+from .model import pad_before
+
+logger = logging.getLogger(__name__)
+
+OPSET = 13  # what TensorRT 8.2 (JetPack 4.6) parses
+IR_VERSION = 7  # the IR that goes with opset 13; older ONNX parsers refuse newer IRs
+INPUT_NAME = "frame"
+MASK_NAME = "mask"
+META_KEY = "donkey_saliency"
+GRAPH_FORMAT = 1  # bump when the graph's layout or math changes: invalidates caches
+
+
+class SaliencyGraph(object):
+    """The serialized fused graph plus what a backend and the part need to know about it."""
+
+    input_name = INPUT_NAME
+    mask_name = MASK_NAME
+
+    def __init__(self, onnx_bytes, input_shape, layer_names, level_shapes, source=""):
+        self.onnx_bytes = onnx_bytes
+        self.input_shape = tuple(input_shape)  # (H, W, C)
+        self.layer_names = list(layer_names)
+        self.level_shapes = [tuple(s) for s in level_shapes]  # (h, w) per conv layer
+        self.source = source
+
+    @property
+    def input_hw(self):
+        return self.input_shape[:2]
+
+    @property
+    def mean_names(self):
+        return ["mean_%d" % i for i in range(len(self.layer_names))]
+
+    @property
+    def digest(self):
+        """sha256 of the serialized graph: the identity TensorRT engines are cached under."""
+        return hashlib.sha256(self.onnx_bytes).hexdigest()
+
+    def save(self, path):
+        atomic_write(path, self.onnx_bytes)
+
+    @classmethod
+    def from_bytes(cls, data, source=""):
+        import onnx
+
+        proto = onnx.load_from_string(data)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        if META_KEY not in meta:
+            raise ModelError("%s is an ONNX file but not a donkey-saliency graph (export one with "
+                             "'donkey-saliency export')" % (source or "the graph"))
+        info = json.loads(meta[META_KEY])
+        if info.get("format") != GRAPH_FORMAT:
+            raise ModelError("%s was exported by an incompatible donkey-saliency (graph format %s, this "
+                             "version reads %s); export it again" % (source, info.get("format"), GRAPH_FORMAT))
+        return cls(data, info["input_shape"], info["layers"], info["level_shapes"], source or info.get("source", ""))
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            return cls.from_bytes(data, source=path)
+        except ModelError:
+            raise
+        except Exception as error:
+            raise ModelError("cannot read %s as an ONNX graph: %s" % (path, str(error).splitlines()[0][:200]
+                                                                      if str(error) else type(error).__name__))
+
+
+def atomic_write(path, data):
+    """Write to a temp file beside ``path`` and rename: nothing is ever half-written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# The head
+
+class _Builder(object):
+    """Appends nodes and constants to an ONNX graph with unique names."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.count = 0
+
+    def name(self, hint):
+        self.count += 1
+        return "vbp/%s_%d" % (hint, self.count)
+
+    def const(self, hint, array):
+        from onnx import numpy_helper
+
+        name = self.name(hint)
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+    def op(self, op_type, inputs, hint=None, output=None, **attrs):
+        from onnx import helper
+
+        output = output or self.name(hint or op_type.lower())
+        self.graph.node.append(helper.make_node(op_type, inputs, [output], name=self.name(op_type), **attrs))
+        return output
+
+
+def _scale_to_max(b, m, tiny):
+    peak = b.op("ReduceMax", [m], "peak", axes=[2, 3], keepdims=1)
+    return b.op("Div", [m, b.op("Max", [peak, tiny])], "scaled")
+
+
+def _to_step_input(b, m, step):
+    """ONNX twin of ``vbp.to_step_input`` on (N, 1, h, w) maps."""
+    import numpy as np
+
+    if step.kind in ("conv", "pool"):
+        begin = pad_before(step)
+        pads_end, output_padding = [], []
+        for axis in (0, 1):
+            full = (step.out_hw[axis] - 1) * step.stride[axis] + step.kernel[axis]
+            extra = full - begin[axis] - step.in_hw[axis]  # > 0: cut at the end; < 0: zero rows to add
+            pads_end.append(max(extra, 0))
+            output_padding.append(max(-extra, 0))
+        ones = b.const("ones", np.ones((1, 1) + tuple(step.kernel), dtype=np.float32))
+        attrs = dict(kernel_shape=list(step.kernel), strides=list(step.stride),
+                     pads=list(begin) + pads_end)
+        if any(output_padding):
+            attrs["output_padding"] = output_padding
+        return b.op("ConvTranspose", [m, ones], "up_" + step.name, **attrs)
+    (top, bottom), (left, right) = step.border
+    if step.kind == "crop":
+        pads = b.const("pads", np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64))
+        return b.op("Pad", [m, pads], "uncrop_" + step.name, mode="constant")
+    if step.kind == "pad":
+        height, width = step.out_hw
+        starts = b.const("starts", np.array([top, left], dtype=np.int64))
+        ends = b.const("ends", np.array([height - bottom, width - right], dtype=np.int64))
+        axes = b.const("axes", np.array([2, 3], dtype=np.int64))
+        return b.op("Slice", [m, starts, ends, axes], "unpad_" + step.name)
+    raise ValueError("unknown step kind %r" % step.kind)
+
+
+def add_head(proto, trunk, features=False):
+    """Turn a trunk graph (float 'image' NHWC -> map_i NCHW) into the fused saliency graph, in place."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from .vbp import TINY
+
+    graph = proto.graph
+    height, width, channels = trunk.input_shape
+    b = _Builder(graph)
+
+    # uint8 frame in: a 4x smaller host->device copy, and the /255 that KerasPilot applies.
+    old_input = [i for i in graph.input if i.name == "image"]
+    if len(old_input) != 1:
+        raise ModelError("the converted trunk has no 'image' input")
+    graph.input.remove(old_input[0])
+    graph.input.insert(0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", height, width, channels]))
+    pre = [helper.make_node("Cast", [INPUT_NAME], ["vbp/frame_float"], name="vbp/Cast", to=TensorProto.FLOAT),
+           helper.make_node("Div", ["vbp/frame_float", "vbp/255"], ["image"], name="vbp/Div255")]
+    graph.initializer.append(helper.make_tensor("vbp/255", TensorProto.FLOAT, [], [255.0]))
+    for node in reversed(pre):
+        graph.node.insert(0, node)
+
+    trunk_outputs = list(graph.output)
+    del graph.output[:]
+    tiny = b.const("tiny", np.array(TINY, dtype=np.float32))
+    means = []
+    for i, conv in enumerate(trunk.convs):
+        means.append(b.op("ReduceMean", ["map_%d" % i], "mean4d_%d" % i, axes=[1], keepdims=1))
+
+    steps = trunk.steps
+    level = len(means) - 1
+    m = _scale_to_max(b, means[level], tiny)
+    for index in range(len(steps) - 1, -1, -1):
+        m = _to_step_input(b, m, steps[index])
+        if index > 0 and steps[index - 1].kind == "conv":
+            level -= 1
+            m = _scale_to_max(b, b.op("Mul", [m, _scale_to_max(b, means[level], tiny)], "product"), tiny)
+
+    low = b.op("ReduceMin", [m], "low", axes=[2, 3], keepdims=1)
+    high = b.op("ReduceMax", [m], "high", axes=[2, 3], keepdims=1)
+    spread = b.op("Max", [b.op("Sub", [high, low], "range"), tiny], "spread")
+    normalised = b.op("Div", [b.op("Sub", [m, low], "shifted"), spread], "normalised")
+    axis1 = b.const("axis1", np.array([1], dtype=np.int64))
+    b.op("Squeeze", [normalised, axis1], output=MASK_NAME)
+    outputs = [helper.make_tensor_value_info(MASK_NAME, TensorProto.FLOAT, ["N", height, width])]
+    for i, (conv, mean) in enumerate(zip(trunk.convs, means)):
+        b.op("Squeeze", [mean, axis1], output="mean_%d" % i)
+        outputs.append(helper.make_tensor_value_info("mean_%d" % i, TensorProto.FLOAT, ["N"] + list(conv.out_hw)))
+    if features:
+        for i, out in enumerate(trunk_outputs):
+            b.op("Identity", [out.name], output="features_%d" % i)
+            outputs.append(helper.make_tensor_value_info("features_%d" % i, TensorProto.FLOAT,
+                                                         ["N", trunk.convs[i].channels] + list(trunk.convs[i].out_hw)))
+    graph.output.extend(outputs)
+    graph.name = "donkey_saliency"
+    return proto
+
+
+def export(pilot, features=False):
+    """Build the fused graph for a loaded :class:`~donkey_saliency.model.Pilot`."""
+    import onnx
+
+    proto = pilot.trunk_onnx(OPSET)
+    add_head(proto, pilot.trunk, features=features)
+    proto.ir_version = IR_VERSION
+    del proto.opset_import[:]
+    proto.opset_import.extend([onnx.helper.make_opsetid("", OPSET)])
+    trunk = pilot.trunk
+    info = dict(format=GRAPH_FORMAT, input_shape=list(trunk.input_shape), layers=trunk.layer_names,
+                level_shapes=[list(c.out_hw) for c in trunk.convs], model_type=trunk.model_type,
+                source=os.path.basename(pilot.path.rstrip("/")), version=__version__, features=features)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {META_KEY: json.dumps(info)})
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    return SaliencyGraph(data, trunk.input_shape, trunk.layer_names, info["level_shapes"], pilot.path)
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+
+def default_cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "donkey_saliency")
+
+
+def file_digest(path):
+    """Content hash of a pilot file, or of every file of a SavedModel directory."""
+    sha = hashlib.sha256()
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                sha.update(os.path.relpath(full, path).encode())
+                with open(full, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        sha.update(chunk)
+    else:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(chunk)
+    return sha.hexdigest()
+
+
+def graph_for(model_path, cache_dir=None, features=False):
+    """The fused graph for a pilot file: a ready ``.onnx`` graph is read as it is; anything else is
+    exported once and cached under its content hash (``cache_dir=False`` disables the cache)."""
+    model_path = os.fspath(model_path)
+    if not os.path.exists(model_path):
+        raise ModelError("model file not found: %s" % model_path)
+    if model_path.lower().endswith(".onnx"):
+        return SaliencyGraph.load(model_path)
+    cached = None
+    if cache_dir is not False:
+        key = "%s-g%d-o%d%s" % (file_digest(model_path)[:24], GRAPH_FORMAT, OPSET, "-f" if features else "")
+        stem = os.path.splitext(os.path.basename(model_path.rstrip("/")))[0]
+        cached = os.path.join(cache_dir or default_cache_dir(), "%s-%s.onnx" % (stem, key))
+        if os.path.exists(cached):
+            try:
+                return SaliencyGraph.load(cached)
+            except ModelError as error:
+                logger.warning("ignoring cached graph %s (%s); exporting again", cached, error)
+    from .model import load_pilot
+
+    graph = export(load_pilot(model_path), features=features)
+    if cached:
+        try:
+            graph.save(cached)
+        except OSError as error:  # a read-only home must not stop anything
+            logger.warning("could not cache the graph at %s: %s", cached, error)
+    return graph
