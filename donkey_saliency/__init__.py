@@ -19,11 +19,11 @@ def SaliencyPart(model_path, backend="auto", **options):  # noqa: N802 - reads l
     return _Part(model_path, backend=backend, **options)
 
 
-def add_saliency(V, cfg, ctr=None, inputs=None, types=None):
+def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     """The manage.py helper: adds the part (and web routes, and tub keys) as ``SALIENCY_*`` says."""
     from .vehicle import add_saliency as _add
 
-    return _add(V, cfg, ctr=ctr, inputs=inputs, types=types)
+    return _add(V, cfg, ctr=ctr, inputs=inputs, types=types, model_path=model_path)
 
 
 __all__ = ["load", "SaliencyPart", "add_saliency", "__version__"]

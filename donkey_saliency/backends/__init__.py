@@ -41,8 +41,11 @@ def choose(name="auto"):
         return cls, "asked for"
     skipped = []
     for candidate in AUTO_ORDER:
-        cls = backend_class(candidate)
-        ok, reason = cls.availability()
+        try:
+            cls = backend_class(candidate)
+            ok, reason = cls.availability()
+        except Exception as error:  # a broken install must not stop the others being tried
+            cls, ok, reason = None, False, "cannot import (%s)" % error
         if ok:
             why = "first available" + (" (%s)" % "; ".join(skipped) if skipped else "")
             logger.info("saliency backend: %s - %s", candidate, why)
@@ -55,3 +58,21 @@ def create(graph, name="auto", **options):
     """An inactive backend instance for ``graph``; call ``activate()`` in the inference thread."""
     cls, _ = choose(name)
     return cls(graph, **options)
+
+
+def activate_with_fallback(graph, name="auto", options=None):
+    """Create and activate the chosen backend in this thread; if that fails and it was not
+    ONNX Runtime, log one warning and return an activated ONNX Runtime backend instead."""
+    options = dict(options or {})
+    try:
+        backend = create(graph, name, **options)
+        backend.activate()
+        return backend
+    except Exception as error:
+        chosen = name if name != "auto" else "the automatic choice"
+        if name == "onnxruntime":
+            raise
+        logger.warning("saliency backend %s failed (%s); falling back to onnxruntime", chosen, error)
+    backend = backend_class("onnxruntime")(graph, **options)
+    backend.activate()
+    return backend

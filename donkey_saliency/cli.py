@@ -1,0 +1,164 @@
+"""``donkey-saliency`` sub-commands.
+
+Each command is a ``cmd_<name>(args)`` function plus one ``_add_<name>(sub)`` that declares its
+arguments. Bad input ends with one line on stderr and exit status 2; nothing is half-written.
+"""
+import argparse
+import logging
+import os
+import sys
+
+from .errors import InputError, SaliencyError
+
+EXIT_BAD_INPUT = 2
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "tf2onnx", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def read_image(path):
+    """An RGB uint8 image from a file, or InputError."""
+    import cv2
+
+    if not os.path.isfile(path):
+        raise InputError("image not found: %s" % path)
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError("not an image file: %s" % path)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def write_png(path, rgb):
+    """Encode in memory, then write atomically."""
+    import cv2
+
+    from .graph import atomic_write
+
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb)
+    if not ok:
+        raise InputError("could not encode %s" % path)
+    atomic_write(path, data.tobytes())
+
+
+def write_npy(path, array):
+    import io
+
+    import numpy as np
+
+    from .graph import atomic_write
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write(path, buffer.getvalue())
+
+
+# --- mask ---------------------------------------------------------------------------------------
+def _add_mask(sub):
+    p = sub.add_parser("mask", help="saliency masks for image files: DIR/<stem>.npy and DIR/<stem>.png")
+    p.add_argument("model", help="pilot file (.h5 .keras .tflite, SavedModel dir, or an exported .onnx)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--colormap", default="jet")
+
+
+def cmd_mask(args):
+    from . import load
+    from .overlay import overlay
+
+    # Read every image first: a bad one fails before anything is written.
+    images = [(path, read_image(path)) for path in args.images]
+    with load(args.model, backend=args.backend) as saliency:
+        results = [(path, image, saliency.mask(image)) for path, image in images]
+    for path, image, mask in results:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        write_npy(os.path.join(args.out, stem + ".npy"), mask.astype("float32"))
+        write_png(os.path.join(args.out, stem + ".png"), overlay(image, mask, args.alpha, args.colormap))
+        print(os.path.join(args.out, stem + ".npy"))
+    return 0
+
+
+# --- summary ------------------------------------------------------------------------------------
+def _add_summary(sub):
+    p = sub.add_parser("summary", help="the conv trunk: kernel, stride, padding, sizes, receptive field")
+    p.add_argument("model")
+
+
+def cmd_summary(args):
+    from .model import load_pilot
+
+    trunk = load_pilot(args.model).trunk
+    height, width, channels = trunk.input_shape
+    print("%s  (model type: %s)  input %dx%dx%d, frames scaled by 1/255" % (
+        args.model, trunk.model_type, height, width, channels))
+    header = ("layer", "kind", "kernel", "stride", "padding", "output", "receptive field", "jump")
+    rows = [header]
+    for r in trunk.table():
+        rows.append((r["layer"], r["kind"], "%dx%d" % r["kernel"], "%dx%d" % r["stride"], str(r["padding"]),
+                     r["output"], "%dx%d" % r["receptive_field"], "%dx%d" % r["jump"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+# --- export -------------------------------------------------------------------------------------
+def _add_export(sub):
+    p = sub.add_parser("export", help="write the fused saliency graph (frame -> mask) as ONNX")
+    p.add_argument("model")
+    p.add_argument("--out", required=True, help="FILE.onnx")
+    p.add_argument("--features", action="store_true", help="also output every conv layer's feature maps")
+
+
+def cmd_export(args):
+    from .graph import export
+    from .model import load_pilot
+
+    if not args.out.lower().endswith(".onnx"):
+        raise InputError("--out must name a .onnx file")
+    graph = export(load_pilot(args.model), features=args.features)
+    graph.save(args.out)
+    print("%s: %d conv layers, input %s, sha256 %s" % (args.out, len(graph.layer_names),
+                                                      "x".join(map(str, graph.input_shape)), graph.digest[:16]))
+    return 0
+
+
+# Sub-commands in the order `--help` lists them. New commands add an _add_/cmd_ pair above and a name here.
+COMMANDS = ["mask", "summary", "export"]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="donkey-saliency",
+                                     description="What your Donkeycar pilot looks at, live and in review.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    module = sys.modules[__name__]
+    for name in COMMANDS:
+        getattr(module, "_add_" + name.replace("-", "_"))(sub)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    _quiet_tensorflow()
+    handler = getattr(sys.modules[__name__], "cmd_" + args.command.replace("-", "_"))
+    try:
+        return handler(args) or 0
+    except SaliencyError as error:
+        print("donkey-saliency %s: %s" % (args.command, error), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("donkey-saliency %s: interrupted" % args.command, file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

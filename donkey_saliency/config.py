@@ -1,0 +1,41 @@
+"""``SALIENCY_*`` settings: defaults, and the one place that reads donkeycar's ``cfg``.
+
+Every name here has a commented twin in ``myconfig_snippets/saliency.py``.
+"""
+DEFAULTS = dict(
+    SALIENCY_ENABLED=True,
+    SALIENCY_MODEL_PATH=None,        # None: the pilot given to `manage.py drive --model`
+    SALIENCY_BACKEND="auto",         # auto | tensorrt | onnxruntime
+    SALIENCY_ORT_PROVIDERS=None,     # e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    SALIENCY_THREADS=1,              # ONNX Runtime intra-op threads: keep cores for the car
+    SALIENCY_TRT_PRECISION="fp16",   # fp16 | fp32
+    SALIENCY_CACHE_DIR=None,         # None: ~/.cache/donkey_saliency
+    SALIENCY_IMAGE_KEY=None,         # None: cam/image_array_trans with TRANSFORMATIONS, else cam/image_array
+    SALIENCY_ALPHA=0.5,
+    SALIENCY_COLORMAP="jet",
+    SALIENCY_MAX_FPS=0,              # 0: as fast as frames arrive
+    SALIENCY_WEB=True,               # routes /saliency, /saliency/video, /saliency/stats on the web UI
+    SALIENCY_JPEG_QUALITY=80,
+    SALIENCY_DRIVE_VIEW=False,       # start with the overlay in /drive's video
+    SALIENCY_TOGGLE_BUTTON="w5",     # web button that toggles it (w1..w5), None for none
+    SALIENCY_RECORD=True,            # add saliency keys to the TubWriter
+)
+
+
+def setting(cfg, name):
+    return getattr(cfg, name, DEFAULTS[name]) if cfg is not None else DEFAULTS[name]
+
+
+def settings(cfg):
+    """All SALIENCY_* values as a dict, cfg overriding the defaults."""
+    return {name: setting(cfg, name) for name in DEFAULTS}
+
+
+def image_key(cfg):
+    """The memory key of the image the pilot sees."""
+    key = setting(cfg, "SALIENCY_IMAGE_KEY")
+    if key:
+        return key
+    if hasattr(cfg, "TRANSFORMATIONS") or hasattr(cfg, "POST_TRANSFORMATIONS"):
+        return "cam/image_array_trans"
+    return "cam/image_array"

@@ -1,0 +1,66 @@
+"""Pure functions from a mask to a picture: colour, blend, resize. No state, no I/O."""
+import numpy as np
+
+COLORMAPS = ("jet", "inferno", "magma", "viridis", "turbo", "hot", "plasma", "gray")
+
+
+def _cv2_colormap(name):
+    import cv2
+
+    key = "COLORMAP_" + name.upper()
+    if not hasattr(cv2, key):
+        raise ValueError("unknown colormap %r (choose from: %s)" % (name, ", ".join(COLORMAPS)))
+    return getattr(cv2, key)
+
+
+def colorize(mask, colormap="jet"):
+    """float mask in [0, 1] (h, w) -> uint8 RGB (h, w, 3)."""
+    import cv2
+
+    levels = np.clip(np.asarray(mask, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if colormap == "gray":
+        return np.repeat(levels[..., None], 3, axis=2)
+    return cv2.cvtColor(cv2.applyColorMap(levels, _cv2_colormap(colormap)), cv2.COLOR_BGR2RGB)
+
+
+def resize_to(image, hw):
+    """Resize an image or mask to (h, w); smooth (linear) so upscaled masks do not look blocky."""
+    import cv2
+
+    if image.shape[:2] == tuple(hw):
+        return image
+    return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def blend(frame, colored, alpha=0.5):
+    """alpha * colored + (1 - alpha) * frame, uint8 RGB of the frame's size."""
+    import cv2
+
+    colored = resize_to(colored, frame.shape[:2])
+    return cv2.addWeighted(colored, float(alpha), frame, 1.0 - float(alpha), 0.0)
+
+
+def to_rgb(frame):
+    """Grayscale (h, w) or (h, w, 1) -> RGB; RGB passes through."""
+    frame = np.asarray(frame)
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return frame
+    return np.repeat(frame.reshape(frame.shape[0], frame.shape[1], 1), 3, axis=2)
+
+
+def overlay(frame, mask, alpha=0.5, colormap="jet"):
+    """The heat map of ``mask`` over ``frame`` (uint8 RGB, any size): the picture users watch."""
+    frame = to_rgb(frame)
+    return blend(frame, resize_to(colorize(mask, colormap), frame.shape[:2]), alpha)
+
+
+def mask_to_uint8(mask):
+    """float [0, 1] -> uint8 (h, w) for recording and streaming as grayscale."""
+    return np.clip(np.asarray(mask, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def side_by_side(*images):
+    """Images of equal height next to each other (review video, web snapshots)."""
+    height = max(i.shape[0] for i in images)
+    fitted = [resize_to(to_rgb(i), (height, int(round(i.shape[1] * height / float(i.shape[0]))))) for i in images]
+    return np.concatenate(fitted, axis=1)

@@ -1,0 +1,68 @@
+"""``add_saliency``: the one call a manage.py makes (see README for where it goes in complete.py).
+
+It reads ``SALIENCY_*`` from cfg (through config.py), adds the SaliencyPart on the image the pilot
+sees, attaches the web routes to the running LocalWebController, and extends the TubWriter's
+inputs/types in place so saliency is recorded with every record.
+"""
+import logging
+
+from . import config
+from .part import OUTPUTS, SaliencyPart
+
+logger = logging.getLogger(__name__)
+
+
+def find_web_controller(V, ctr=None):
+    """The LocalWebController: ``ctr`` itself, or the one among the vehicle's parts (complete.py's
+    ``ctr`` is the joystick when one is configured)."""
+    from donkeycar.parts.web_controller.web import LocalWebController
+
+    if isinstance(ctr, LocalWebController):
+        return ctr
+    for entry in V.parts:
+        if isinstance(entry["part"], LocalWebController):
+            return entry["part"]
+    return None
+
+
+def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
+    """Add live saliency to vehicle ``V``. ``inputs``/``types`` are the TubWriter's lists, extended
+    in place when SALIENCY_RECORD is on. Returns the part, or None when saliency is off.
+    Never raises for a bad model: the part logs and stays inert, the car drives on."""
+    s = config.settings(cfg)
+    if not s["SALIENCY_ENABLED"]:
+        return None
+    model = s["SALIENCY_MODEL_PATH"] or model_path
+    if not model:
+        logger.info("saliency: no pilot model (drive --model or SALIENCY_MODEL_PATH), so no saliency")
+        return None
+    backend_options = dict(threads=s["SALIENCY_THREADS"], precision=s["SALIENCY_TRT_PRECISION"],
+                           cache_dir=s["SALIENCY_CACHE_DIR"])
+    if s["SALIENCY_ORT_PROVIDERS"]:
+        backend_options["providers"] = list(s["SALIENCY_ORT_PROVIDERS"])
+    part = SaliencyPart(model, backend=s["SALIENCY_BACKEND"], alpha=s["SALIENCY_ALPHA"],
+                        colormap=s["SALIENCY_COLORMAP"], max_fps=s["SALIENCY_MAX_FPS"],
+                        cache_dir=s["SALIENCY_CACHE_DIR"], backend_options=backend_options)
+    image_key = config.image_key(cfg)
+    # The transformed image exists only when the pilot runs; fall back to the camera's.
+    part_inputs = [image_key] if image_key == "cam/image_array" else [image_key, "cam/image_array"]
+    V.add(part, inputs=part_inputs, outputs=list(OUTPUTS), threaded=True)
+
+    web_controller = find_web_controller(V, ctr) if s["SALIENCY_WEB"] else None
+    if web_controller is not None:
+        from .web import DriveViewToggle, attach_web
+
+        web = attach_web(web_controller, part, jpeg_quality=s["SALIENCY_JPEG_QUALITY"],
+                         drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"])
+        toggle = DriveViewToggle(web)
+        V.add(toggle, inputs=toggle.inputs, outputs=toggle.outputs)
+
+    if s["SALIENCY_RECORD"] and inputs is not None and types is not None:
+        from .tub import recording_inputs
+
+        new_inputs, new_types, message = recording_inputs(
+            getattr(cfg, "DATA_PATH", None), list(inputs), list(types), getattr(cfg, "AUTO_CREATE_NEW_TUB", False))
+        if message:
+            logger.warning("saliency: %s", message)
+        inputs[:], types[:] = new_inputs, new_types
+    return part

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny in-test pilots, real frames, isolated caches."""
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REALDATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "realdata", "tub_v1_linear")
+REAL_PILOT = os.path.join(REALDATA, "mypilot.h5")
+REAL_TUB = os.path.join(REALDATA, "tub")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Graph/engine caches go to a per-session temp dir, never the user's home."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def real_data_or_skip():
+    if not os.path.exists(REAL_PILOT):
+        pytest.skip("../shared/realdata is absent (it exists only in the project's CI and dev machines)")
+    return REAL_PILOT, REAL_TUB
+
+
+def real_frames(count=8):
+    """RGB uint8 frames from the real v1 tub."""
+    import cv2
+
+    real_data_or_skip()
+    names = sorted(n for n in os.listdir(REAL_TUB) if n.endswith(".jpg"))[:count]
+    return np.stack([cv2.cvtColor(cv2.imread(os.path.join(REAL_TUB, n)), cv2.COLOR_BGR2RGB) for n in names])
+
+
+def random_frames(count, shape=(120, 160, 3), seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count,) + tuple(shape), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def linear_pilot_path(tmp_path_factory):
+    """donkey's default linear architecture, random weights, saved as .h5."""
+    from donkeycar.parts.keras import default_n_linear
+
+    path = str(tmp_path_factory.mktemp("pilots") / "linear.h5")
+    default_n_linear(2).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pilot_path(tmp_path_factory):
+    """A small conv net (fast to export) with donkey's shape of input."""
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    inp = layers.Input((120, 160, 3), name="img_in")
+    x = layers.Conv2D(8, 5, strides=2, activation="relu", name="conv2d_1")(inp)
+    x = layers.Conv2D(8, 3, strides=2, activation="relu", name="conv2d_2")(x)
+    x = layers.Flatten()(x)
+    out = layers.Dense(2, name="n_outputs0")(x)
+    path = str(tmp_path_factory.mktemp("pilots") / "tiny.h5")
+    tf.keras.Model(inp, out).save(path)
+    return path

@@ -1,0 +1,241 @@
+"""The fused ONNX graph (on ONNX Runtime) against the NumPy reference fed by Keras' own feature maps.
+
+Both the converted trunk and the VisualBackProp head are checked: the reference side never
+touches ONNX. Tolerance 1e-5 on masks in [0, 1].
+"""
+import numpy as np
+import pytest
+
+from conftest import random_frames, real_data_or_skip, real_frames
+from donkey_saliency import backends, graph, vbp
+from donkey_saliency.errors import ModelError
+from donkey_saliency.model import Pilot, keras_trunk, load_pilot
+
+TOLERANCE = 1e-5
+
+
+def layers():
+    import tensorflow as tf
+
+    return tf.keras.layers
+
+
+def check_against_reference(model, frames=None, seed=0):
+    """Export ``model``, run it, compare with vbp on Keras' maps; returns (trunk, outputs)."""
+    trunk = keras_trunk(model)
+    pilot = Pilot("test.h5", trunk, keras_model=model)
+    fused = graph.export(pilot)
+    if frames is None:
+        frames = random_frames(3, trunk.input_shape, seed=seed)
+    with backends.create(fused, "onnxruntime") as backend:
+        outputs = backend.infer(frames)
+    feature_maps = pilot.feature_maps(frames)
+    reference = vbp.mask_from_feature_maps(trunk.steps, feature_maps)
+    mask = outputs["mask"]
+    assert mask.shape == (len(frames),) + trunk.input_hw
+    assert mask.dtype == np.float32
+    assert np.abs(mask - reference).max() <= TOLERANCE
+    assert mask.min() >= 0.0 and mask.max() <= 1.0
+    for i, maps in enumerate(feature_maps):
+        np.testing.assert_allclose(outputs["mean_%d" % i], maps.mean(axis=-1), atol=1e-5, rtol=1e-5)
+    return trunk, outputs
+
+
+# --- donkey's own architectures -------------------------------------------------------------------
+def donkey_models():
+    from donkeycar.parts import keras as dk
+
+    shape = (120, 160, 3)
+    return {
+        "linear": lambda: dk.default_n_linear(2, shape),
+        "categorical": lambda: dk.default_categorical(shape),
+        "inferred": lambda: dk.default_n_linear(1, shape),
+        "memory": lambda: dk.default_memory(shape, mem_length=3, mem_depth=0),
+        "behavior": lambda: dk.default_bhv(3, shape),
+        "localizer": lambda: dk.default_loc(8, shape),
+        "imu": lambda: dk.default_imu(2, 6, shape),
+    }
+
+
+@pytest.mark.parametrize("model_type", sorted(donkey_models()))
+def test_donkey_model_types_match_reference(model_type):
+    trunk, outputs = check_against_reference(donkey_models()[model_type]())
+    assert trunk.layer_names == ["conv2d_%d" % i for i in range(1, 6)]
+    # Geometry read from the model: categorical's conv4 has stride 2, linear's stride 1.
+    expected_last = {"categorical": (3, 6)}.get(model_type, (8, 13))
+    assert trunk.convs[-1].out_hw == expected_last
+    assert outputs["mean_4"].shape[1:] == expected_last
+
+
+def test_valid_padding_sizes_come_from_the_model():
+    from donkeycar.parts.keras import default_n_linear
+
+    trunk = keras_trunk(default_n_linear(2))
+    assert [c.out_hw for c in trunk.convs] == [(58, 78), (27, 37), (12, 17), (10, 15), (8, 13)]
+    assert [c.stride for c in trunk.convs] == [(2, 2), (2, 2), (2, 2), (1, 1), (1, 1)]
+
+
+# --- custom geometries ----------------------------------------------------------------------------
+def build(shape, body):
+    import tensorflow as tf
+
+    inp = layers().Input(shape, name="img_in")
+    x = body(inp)
+    x = layers().Flatten()(x)
+    return tf.keras.Model(inp, layers().Dense(2)(x))
+
+
+def same_padding(x):
+    L = layers()
+    x = L.Conv2D(8, 5, strides=2, padding="same", activation="relu")(x)
+    x = L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    return L.Conv2D(8, 3, strides=1, padding="same", activation="relu")(x)
+
+
+def pooling(x):
+    L = layers()
+    x = L.Conv2D(8, 3, activation="relu")(x)
+    x = L.MaxPooling2D(2)(x)
+    x = L.Conv2D(8, 3, activation="relu")(x)
+    x = L.AveragePooling2D(3, strides=2, padding="same")(x)
+    return L.Conv2D(8, 3, activation="relu")(x)
+
+
+def cropping(x):
+    L = layers()
+    x = L.Cropping2D(((40, 0), (0, 0)))(x)  # donkey's ROI crop of the sky
+    x = L.Conv2D(8, 5, strides=2, activation="relu")(x)
+    x = L.Cropping2D(((1, 2), (3, 0)))(x)
+    return L.Conv2D(8, 3, strides=2, activation="relu")(x)
+
+
+def separate_bn_relu(x):
+    L = layers()
+    x = L.Conv2D(8, 5, strides=2)(x)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU()(x)
+    x = L.Dropout(0.2)(x)
+    x = L.Conv2D(8, 3, strides=2)(x)
+    x = L.BatchNormalization()(x)
+    return L.Activation("relu")(x)
+
+
+def one_conv(x):
+    return layers().Conv2D(4, 3, strides=2, activation="relu")(x)
+
+
+def seven_convs(x):
+    L = layers()
+    for i in range(7):
+        x = L.Conv2D(6, 3, strides=2 if i % 2 == 0 else 1, padding="same" if i > 3 else "valid",
+                     activation="relu")(x)
+    return x
+
+
+def zero_padding_and_dilation(x):
+    L = layers()
+    x = L.ZeroPadding2D(((2, 1), (1, 2)))(x)
+    x = L.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = L.Conv2D(8, 3, dilation_rate=2, activation="relu")(x)
+    return L.Conv2D(8, 1, strides=2, padding="same", activation="relu")(x)
+
+
+CUSTOM = {
+    "same_padding": ((120, 160, 3), same_padding),
+    "pooling": ((120, 160, 3), pooling),
+    "cropping": ((120, 160, 3), cropping),
+    "separate_bn_relu": ((120, 160, 3), separate_bn_relu),
+    "one_conv": ((120, 160, 3), one_conv),
+    "seven_convs": ((120, 160, 3), seven_convs),
+    "zero_padding_dilation": ((120, 160, 3), zero_padding_and_dilation),
+    "square_input": ((96, 96, 3), same_padding),
+    "non_standard_input": ((66, 200, 3), pooling),  # the PilotNet size
+    "grayscale": ((120, 160, 1), one_conv),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUSTOM))
+def test_custom_geometry_matches_reference(name):
+    shape, body = CUSTOM[name]
+    check_against_reference(build(shape, body))
+
+
+def test_separate_bn_relu_uses_the_post_activation_map():
+    trunk, outputs = check_against_reference(build((120, 160, 3), separate_bn_relu))
+    # ReLU outputs are non-negative; a pre-activation (BN) map would have negative means.
+    assert all(outputs["mean_%d" % i].min() >= 0 for i in range(len(trunk.convs)))
+    assert [s.kind for s in trunk.steps] == ["conv", "conv"]
+
+
+def test_cropping_zeroes_the_cropped_rows():
+    trunk, outputs = check_against_reference(build((120, 160, 3), cropping))
+    assert np.all(outputs["mask"][:, :40, :] == 0)
+    assert outputs["mask"][:, 40:, :].max() > 0
+
+
+def test_constant_input_gives_zeros_not_nan():
+    model = build((120, 160, 3), one_conv)
+    fused = graph.export(Pilot("x.h5", keras_trunk(model), keras_model=model))
+    with backends.create(fused, "onnxruntime") as backend:
+        mask = backend.infer(np.zeros((1, 120, 160, 3), np.uint8))["mask"]
+    assert np.isfinite(mask).all()
+
+
+# --- refusals -----------------------------------------------------------------------------------
+def test_model_without_conv_is_refused_with_one_line():
+    import tensorflow as tf
+
+    inp = layers().Input((120, 160, 3))
+    model = tf.keras.Model(inp, layers().Dense(2)(layers().Flatten()(inp)))
+    with pytest.raises(ModelError) as caught:
+        keras_trunk(model)
+    assert "no Conv2D" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "3d"])
+def test_sequence_models_are_refused_naming_the_type(kind):
+    from donkeycar.parts import keras as dk
+
+    model = dk.rnn_lstm(seq_length=3, num_outputs=2) if kind == "rnn" else dk.build_3d_cnn((120, 160, 3), 3, 2)
+    with pytest.raises(ModelError) as caught:
+        keras_trunk(model)
+    assert "'%s'" % kind in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        load_pilot(str(tmp_path / "nope.h5"))
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"this is not hdf5" * 10)
+    with pytest.raises(ModelError, match="cannot read"):
+        load_pilot(str(corrupt))
+
+
+# --- the real pilot -------------------------------------------------------------------------------
+def test_real_pilot_matches_reference():
+    real_data_or_skip()
+    pilot = load_pilot(real_data_or_skip()[0])
+    assert [c.stride for c in pilot.trunk.convs] == [(2, 2), (2, 2), (2, 2), (1, 1), (1, 1)]
+    check_against_reference(pilot.keras_model, frames=real_frames(8))
+
+
+# --- cache and saved graphs -----------------------------------------------------------------------
+def test_graph_cache_and_saved_graph_round_trip(tiny_pilot_path, tmp_path):
+    first = graph.graph_for(tiny_pilot_path, cache_dir=str(tmp_path))
+    cached = [p for p in tmp_path.iterdir() if p.suffix == ".onnx"]
+    assert len(cached) == 1
+    again = graph.graph_for(tiny_pilot_path, cache_dir=str(tmp_path))
+    assert again.digest == first.digest and again.layer_names == first.layer_names
+    # A saved graph is a pilot in its own right (for cars without TensorFlow).
+    saved = tmp_path / "pilot.saliency.onnx"
+    first.save(str(saved))
+    loaded = graph.graph_for(str(saved))
+    assert loaded.input_shape == (120, 160, 3) and loaded.digest == first.digest
+
+
+def test_corrupt_cache_entry_is_exported_again(tiny_pilot_path, tmp_path):
+    first = graph.graph_for(tiny_pilot_path, cache_dir=str(tmp_path))
+    (entry,) = [p for p in tmp_path.iterdir() if p.suffix == ".onnx"]
+    entry.write_bytes(b"garbage")
+    again = graph.graph_for(tiny_pilot_path, cache_dir=str(tmp_path))
+    assert again.layer_names == first.layer_names
