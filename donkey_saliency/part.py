@@ -133,6 +133,8 @@ class SaliencyPart(object):
                     self._pending = (np.array(frame, copy=True), now)
                     self._received += 1
                     self._wake.notify()
+            elif frame is None:
+                self._faults.report("none", "no image from the camera (None)")
             return self._outputs_for(frame, now)
         except Exception as error:  # pragma: no cover - the car must keep going whatever happens
             self._faults.report("run_threaded", "run_threaded failed: %s", error)
