@@ -68,8 +68,11 @@ def _add_mask(sub):
 
 def cmd_mask(args):
     from . import load
+    from .errors import ModelError
     from .overlay import overlay
 
+    if not os.path.exists(args.model):
+        raise ModelError("model file not found: %s" % args.model)
     # Read every image first: a bad one fails before anything is written.
     images = [(path, read_image(path)) for path in args.images]
     with load(args.model, backend=args.backend) as saliency:

@@ -257,14 +257,22 @@ def keras_trunk(model):
 
 
 def _model_type(model):
-    """A best guess at donkey's model type from the Keras model (for messages and summaries)."""
-    names = {t.name.split(":")[0] for t in model.inputs}
-    if any("mem_in" in n for n in names):
+    """donkey's model type, guessed from its input and output layer names (for messages and summaries)."""
+    inputs = " ".join(t.name for t in model.inputs)
+    outputs = set(model.output_names)
+    if "mem_in" in inputs:
         return "memory"
-    if any("behavior" in n for n in names):
+    if "behavior_in" in inputs:
         return "behavior"
-    if any("imu" in n for n in names):
+    if "imu_in" in inputs:
         return "imu"
+    if "zloc" in outputs:
+        return "localizer"
+    if {"angle_out", "throttle_out"} <= outputs:
+        return "categorical"
+    dense_outputs = [name for name in outputs if name.startswith("n_outputs")]
+    if dense_outputs:
+        return "linear" if len(dense_outputs) > 1 else "inferred"
     return model.name or "keras"
 
 

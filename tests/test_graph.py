@@ -61,6 +61,7 @@ def donkey_models():
 def test_donkey_model_types_match_reference(model_type):
     trunk, outputs = check_against_reference(donkey_models()[model_type]())
     assert trunk.layer_names == ["conv2d_%d" % i for i in range(1, 6)]
+    assert trunk.model_type == model_type
     # Geometry read from the model: categorical's conv4 has stride 2, linear's stride 1.
     expected_last = {"categorical": (3, 6)}.get(model_type, (8, 13))
     assert trunk.convs[-1].out_hw == expected_last

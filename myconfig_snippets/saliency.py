@@ -1,0 +1,23 @@
+# donkey-saliency settings: copy into your car's myconfig.py and change what you need.
+# Every value below is the default; a missing setting takes it.
+
+SALIENCY_ENABLED = True           # False: add_saliency() adds nothing
+SALIENCY_MODEL_PATH = None        # None: the pilot given to `python manage.py drive --model ...`;
+                                  # or a file: .h5 .keras .tflite, a SavedModel dir, or an .onnx
+                                  # made by `donkey-saliency export` (needs no TensorFlow on the car)
+SALIENCY_BACKEND = "auto"         # auto: TensorRT on a Jetson with tensorrt+pycuda, else ONNX Runtime;
+                                  # or "tensorrt" / "onnxruntime"
+SALIENCY_ORT_PROVIDERS = None     # ONNX Runtime providers, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]
+SALIENCY_THREADS = 1              # ONNX Runtime CPU threads: leave the other cores to the car
+SALIENCY_TRT_PRECISION = "fp16"   # TensorRT engine precision: fp16 (default where the GPU has it) | fp32
+SALIENCY_CACHE_DIR = None         # exported graphs and TensorRT engines; None: ~/.cache/donkey_saliency
+SALIENCY_IMAGE_KEY = None         # None: the image the pilot sees (cam/image_array_trans when
+                                  # TRANSFORMATIONS is set, as complete.py does), else cam/image_array
+SALIENCY_ALPHA = 0.5              # heat-map opacity over the camera image, 0..1
+SALIENCY_COLORMAP = "jet"         # jet | inferno | magma | viridis | turbo | hot | plasma | gray
+SALIENCY_MAX_FPS = 0              # cap the mask rate (0: every frame the loop gives, newest first)
+SALIENCY_WEB = True               # /saliency page, /saliency/video and /saliency/stats on the web UI
+SALIENCY_JPEG_QUALITY = 80        # quality of the streamed overlay (encoded once per frame)
+SALIENCY_DRIVE_VIEW = False       # start with the overlay instead of the camera in /drive
+SALIENCY_TOGGLE_BUTTON = "w5"     # web button (w1..w5) that toggles the /drive view; None: no button
+SALIENCY_RECORD = True            # record saliency/image_array, saliency/mask, saliency/lag_ms in the tub
