@@ -240,3 +240,30 @@ def test_corrupt_cache_entry_is_exported_again(tiny_pilot_path, tmp_path):
     entry.write_bytes(b"garbage")
     again = graph.graph_for(tiny_pilot_path, cache_dir=str(tmp_path))
     assert again.layer_names == first.layer_names
+
+
+# --- file formats ---------------------------------------------------------------------------------
+def test_h5_keras_and_savedmodel_of_one_network_give_one_mask(linear_pilot_path, tmp_path):
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(linear_pilot_path, compile=False)
+    keras_file = str(tmp_path / "pilot.keras")
+    saved_dir = str(tmp_path / "pilot_savedmodel")
+    model.save(keras_file)
+    tf.keras.models.save_model(model, saved_dir, save_format="tf")
+    frames = random_frames(2, seed=3)
+    masks = []
+    for path in (linear_pilot_path, keras_file, saved_dir):
+        fused = graph.graph_for(path, cache_dir=False)
+        with backends.create(fused, "onnxruntime") as backend:
+            masks.append(backend.infer(frames)["mask"])
+    assert np.abs(masks[1] - masks[0]).max() <= 1e-6
+    assert np.abs(masks[2] - masks[0]).max() <= 1e-6
+
+
+def test_unknown_suffix_and_plain_directory_are_refused(tmp_path):
+    (tmp_path / "pilot.pt").write_bytes(b"x")
+    with pytest.raises(ModelError, match="unknown pilot format"):
+        load_pilot(str(tmp_path / "pilot.pt"))
+    with pytest.raises(ModelError, match="not a SavedModel"):
+        load_pilot(str(tmp_path))
