@@ -130,8 +130,50 @@ def cmd_export(args):
     return 0
 
 
+# --- bench --------------------------------------------------------------------------------------
+DEMO_PILOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo_pilot.h5")
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="time the pipeline per stage, against gradient saliency and eager "
+                                     "TensorFlow, and in a real Vehicle loop")
+    p.add_argument("model", nargs="?", help="pilot file (default: the shipped demo pilot)")
+    p.add_argument("--frames", type=int, default=100, help="frames timed, the same for every method (default 100)")
+    p.add_argument("--tub", help="take the frames from this tub (v2, or v1 *_cam-image_array_.jpg); "
+                                 "default: random frames")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--loops", type=int, default=200, help="Vehicle loop iterations per run (default 200)")
+    p.add_argument("--hz", type=int, default=20, help="Vehicle loop rate (default 20, donkey's DRIVE_LOOP_HZ)")
+    p.add_argument("--json", help="also write every figure to this JSON file")
+
+
+def cmd_bench(args):
+    import json
+
+    from .bench import format_report, run_bench
+    from .graph import atomic_write
+
+    model = args.model
+    if model is None:
+        if not os.path.exists(DEMO_PILOT):
+            raise InputError("no MODEL given and the demo pilot %s is absent; name a pilot file" % DEMO_PILOT)
+        model = DEMO_PILOT
+    if args.loops < 3 or args.hz < 1:
+        raise InputError("--loops must be at least 3 and --hz at least 1")
+
+    def progress(message):
+        print("bench: " + message, file=sys.stderr, flush=True)
+
+    report = run_bench(model, frames=args.frames, tub=args.tub, backend=args.backend, loops=args.loops,
+                       hz=args.hz, progress=progress)
+    print(format_report(report))
+    if args.json:
+        atomic_write(args.json, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    return 0
+
+
 # Sub-commands in the order `--help` lists them. New commands add an _add_/cmd_ pair above and a name here.
-COMMANDS = ["mask", "summary", "export"]
+COMMANDS = ["mask", "summary", "export", "bench"]
 
 
 def build_parser():
