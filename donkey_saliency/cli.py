@@ -172,8 +172,65 @@ def cmd_bench(args):
     return 0
 
 
+# --- build-engine / selftest (TensorRT) ---------------------------------------------------------
+def _add_build_engine(sub):
+    p = sub.add_parser("build-engine", help="build (or find in the cache) the TensorRT engine for a pilot")
+    p.add_argument("model", help="pilot file (.h5 .keras .tflite, SavedModel dir, or an exported .onnx)")
+    p.add_argument("--precision", default="fp16", help="fp16 (default; fp32 where the GPU lacks fast fp16) or fp32")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache directory; engines go to DIR/engines (default ~/.cache/donkey_saliency)")
+    p.add_argument("--workspace-mb", type=int, default=None, help="TensorRT builder workspace in MB (default 256)")
+    p.add_argument("--rebuild", action="store_true", help="build even when a matching engine is cached")
+
+
+def cmd_build_engine(args):
+    from . import trt_tools
+    from .graph import graph_for
+
+    trt_tools.check_precision(args.precision)
+    trt_tools.require_tensorrt()  # before the pilot is loaded: one line saying what to install
+    graph = graph_for(args.model, cache_dir=args.cache_dir)
+    engine = trt_tools.open_engine(graph, args.precision, args.cache_dir, args.rebuild, args.workspace_mb)
+    try:
+        print(trt_tools.engine_line(engine))
+    finally:
+        engine.close()
+    return 0
+
+
+def _add_selftest(sub):
+    p = sub.add_parser("selftest", help="the TensorRT engine against ONNX Runtime on the same frames: "
+                                        "mask difference, overlap of the salient pixels, speed; PASS/FAIL")
+    p.add_argument("model", nargs="?", help="pilot file (default: donkey's linear architecture, fixed random weights)")
+    p.add_argument("--tub", help="donkeycar tub (v2 or v1) to take frames from (default: procedural road scenes)")
+    p.add_argument("--frames", type=int, default=50, help="how many frames (spread over the tub); default 50")
+    p.add_argument("--precision", default="fp16", help="fp16 (default) or fp32")
+    p.add_argument("--cache-dir", default=None, help="cache directory (as for build-engine)")
+    p.add_argument("--rebuild", action="store_true", help="build the engine even when one is cached")
+
+
+def cmd_selftest(args):
+    from . import trt_tools
+    from .graph import graph_for
+
+    trt_tools.check_precision(args.precision)
+    if args.frames < 1:
+        raise InputError("--frames must be at least 1")
+    trt_tools.require_tensorrt()
+    frames = trt_tools.tub_frames(args.tub, args.frames) if args.tub else None  # a bad tub fails first
+    graph = graph_for(args.model, cache_dir=args.cache_dir) if args.model else trt_tools.default_pilot_graph()
+    if frames is None:
+        frames = trt_tools.procedural_frames(args.frames, graph.input_shape)
+    print("selftest: %s, %d frames from %s" % (args.model or "stand-in linear pilot (fixed random weights)",
+                                               len(frames), args.tub or "procedural road scenes"))
+    report = trt_tools.selftest(graph, frames, args.precision, cache_dir=args.cache_dir, rebuild=args.rebuild)
+    for line in trt_tools.report_lines(report):
+        print(line)
+    return 0 if report["passed"] else 1
+
+
 # Sub-commands in the order `--help` lists them. New commands add an _add_/cmd_ pair above and a name here.
-COMMANDS = ["mask", "summary", "export", "bench"]
+COMMANDS = ["mask", "summary", "export", "bench", "build-engine", "selftest"]
 
 
 def build_parser():

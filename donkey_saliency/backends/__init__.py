@@ -64,15 +64,18 @@ def activate_with_fallback(graph, name="auto", options=None):
     """Create and activate the chosen backend in this thread; if that fails and it was not
     ONNX Runtime, log one warning and return an activated ONNX Runtime backend instead."""
     options = dict(options or {})
+    backend = None
     try:
         backend = create(graph, name, **options)
         backend.activate()
         return backend
     except Exception as error:
-        chosen = name if name != "auto" else "the automatic choice"
-        if name == "onnxruntime":
+        # The backend that really failed ('auto' may have resolved to ONNX Runtime: no second try).
+        failed = backend.name if backend is not None else name
+        if failed == "onnxruntime":
             raise
-        logger.warning("saliency backend %s failed (%s); falling back to onnxruntime", chosen, error)
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        logger.warning("saliency backend %s failed (%s); falling back to onnxruntime", failed, first_line)
     backend = backend_class("onnxruntime")(graph, **options)
     backend.activate()
     return backend
