@@ -24,7 +24,7 @@ IR_VERSION = 7  # the IR that goes with opset 13; older ONNX parsers refuse newe
 INPUT_NAME = "frame"
 MASK_NAME = "mask"
 META_KEY = "donkey_saliency"
-GRAPH_FORMAT = 1  # bump when the graph's layout or math changes: invalidates caches
+GRAPH_FORMAT = 2  # bump when the graph's layout or math changes: invalidates caches
 
 
 class SaliencyGraph(object):
@@ -192,7 +192,10 @@ def add_head(proto, trunk, features=False):
     tiny = b.const("tiny", np.array(TINY, dtype=np.float32))
     means = []
     for i, conv in enumerate(trunk.convs):
-        means.append(b.op("ReduceMean", ["map_%d" % i], "mean4d_%d" % i, axes=[1], keepdims=1))
+        # The channel mean as a 1x1 conv with weights 1/C: it stays in the runtimes' blocked conv
+        # layout (ONNX Runtime would otherwise reorder each 64-channel map just to average it).
+        weights = b.const("channel_mean_%d" % i, np.full((1, conv.channels, 1, 1), 1.0 / conv.channels, np.float32))
+        means.append(b.op("Conv", ["map_%d" % i, weights], "mean4d_%d" % i, kernel_shape=[1, 1]))
 
     steps = trunk.steps
     level = len(means) - 1
@@ -201,7 +204,7 @@ def add_head(proto, trunk, features=False):
         m = _to_step_input(b, m, steps[index])
         if index > 0 and steps[index - 1].kind == "conv":
             level -= 1
-            m = _scale_to_max(b, b.op("Mul", [m, _scale_to_max(b, means[level], tiny)], "product"), tiny)
+            m = _scale_to_max(b, b.op("Mul", [m, means[level]], "product"), tiny)
 
     low = b.op("ReduceMin", [m], "low", axes=[2, 3], keepdims=1)
     high = b.op("ReduceMax", [m], "high", axes=[2, 3], keepdims=1)

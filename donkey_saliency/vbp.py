@@ -17,7 +17,9 @@ def channel_means(feature_maps):
 
 
 def scale_to_max(m):
-    """Divide each sample by its maximum. Min-max at the end cancels it; it keeps fp16 in range."""
+    """Divide each sample by its maximum. Min-max at the end cancels it; it keeps fp16 in range:
+    after it the running product's peak is 1, so the next level's ones-kernel sums (at most
+    ceil(k/s)^2 terms) times an activation stay far below fp16's 65504."""
     peak = m.max(axis=(1, 2), keepdims=True)
     return m / np.maximum(peak, TINY)
 
@@ -72,7 +74,7 @@ def visual_backprop(steps, averaged):
         m = to_step_input(m, steps[index])
         if index > 0 and steps[index - 1].kind == "conv":
             level -= 1
-            m = scale_to_max(m * scale_to_max(averaged[level]))
+            m = scale_to_max(m * averaged[level])
     return min_max(m).astype(np.float32)
 
 
