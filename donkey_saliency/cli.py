@@ -229,8 +229,33 @@ def cmd_selftest(args):
     return 0 if report["passed"] else 1
 
 
+# --- demo ---------------------------------------------------------------------------------------
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="a simulated car on donkeycar's parts: pilot, live saliency, web UI, tub")
+    p.add_argument("--port", type=int, default=8887, help="web UI port (default 8887: http://localhost:8887/drive)")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: run until Ctrl-C)")
+    p.add_argument("--model", help="linear pilot that drives (default: the shipped demo pilot)")
+    p.add_argument("--out-tub", help="tub to record into (default: a new directory under ./demo-tub)")
+    p.add_argument("--frames", help="replay the images in this directory or tub instead of the track")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="procedural track seed")
+
+
+def cmd_demo(args):
+    from .demo import Demo
+
+    if args.seconds is not None and args.seconds <= 0:
+        raise InputError("--seconds must be positive")
+    if not 0 < args.port < 65536:
+        raise InputError("--port must be between 1 and 65535")
+    demo = Demo(port=args.port, seconds=args.seconds, model_path=args.model, tub_path=args.out_tub,
+                frames_dir=args.frames, seed=args.seed, backend=args.backend)
+    demo.build()
+    return demo.run()
+
+
 # Sub-commands in the order `--help` lists them. New commands add an _add_/cmd_ pair above and a name here.
-COMMANDS = ["mask", "summary", "export", "bench", "build-engine", "selftest"]
+COMMANDS = ["mask", "summary", "export", "bench", "build-engine", "selftest", "demo"]
 
 
 def build_parser():
