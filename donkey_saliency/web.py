@@ -1,0 +1,552 @@
+"""Saliency in the Donkey web UI: routes on the car's own ``LocalWebController`` (no new port).
+
+``attach_web(ctr, part)`` (before ``V.start()``) adds, with ``ctr.add_handlers``:
+
+    GET       /saliency                 the page (one HTML file shipped in the package, read once)
+    GET       /saliency/video           MJPEG (multipart/x-mixed-replace) of the overlay
+    GET       /saliency/camera          MJPEG of the camera frame each overlay is drawn on
+    GET       /saliency/layer/<i>.jpg   conv layer i's channel-averaged map (newest result), min-max
+                                        normalised and coloured, for display only
+    GET       /saliency/stats           the live figures as JSON; fields: ``STATS_FIELDS``
+    POST|PUT  /saliency/drive_view      body ``{"on": true|false}`` sets, an empty body flips the
+                                        overlay in /drive's video; replies ``{"drive_view": bool}``
+
+Nothing from a request reaches the filesystem: the page is read from a fixed package file when
+``attach_web`` runs, and the only request-derived value used is a layer index (digits, bounds-checked).
+
+The stream scales with viewers: the part's worker calls our listener once per new overlay; while
+anybody watches a stream, the listener JPEG-encodes that picture once and hands the bytes to the
+Tornado IOLoop thread (``IOLoop.add_callback``). Each viewer's handler sleeps on its own event until
+a newer frame exists (no polling, no frame sent twice to one client), writes it, and returns as
+soon as its client disconnects (``on_connection_close``) - unlike donkeycar's ``VideoAPI``, which
+re-encodes at ~175 JPEG/s per client and never returns. A slow client skips frames, never queues them.
+
+``DriveViewToggle`` is the small vehicle part that puts the overlay into ``ui/image_array`` (what
+/drive's ``<img src="/video">`` shows) while the toggle is on; the pilot's input is never touched.
+"""
+import collections
+import json
+import logging
+import os
+import threading
+import time
+
+logger = logging.getLogger(__name__)
+
+BOUNDARY = "saliencyframe"
+PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_static", "saliency.html")
+LAYER_DISPLAY_WIDTH = 160  # layer maps are a few cells wide: scale them up (nearest) so cells stay crisp
+WEB_BUTTONS = ("w1", "w2", "w3", "w4", "w5")
+
+STATS_FIELDS = collections.OrderedDict([
+    # from SaliencyPart.stats()
+    ("status", "'starting' | 'running' | 'disabled: <why>'"),
+    ("fps", "overlays per second over the last 100 (float)"),
+    ("latency_ms", "median ms from a frame's arrival to its overlay being ready, or null"),
+    ("infer_ms", "median ms of the backend's inference alone, or null"),
+    ("received", "frames handed to the part"),
+    ("processed", "frames that became overlays"),
+    ("dropped", "frames replaced by a newer one before the worker took them"),
+    ("errors", "faults counted by the part (logged once each)"),
+    ("backend", "the backend running, e.g. 'onnxruntime (CPU)'"),
+    ("model", "the pilot file's name"),
+    ("layers", "conv layer names, shallow to deep (index i is /saliency/layer/<i>.jpg)"),
+    # from this module
+    ("seq", "sequence number of the newest overlay (0: none yet)"),
+    ("layer_shapes", "[h, w] of each layer's averaged map in the newest result"),
+    ("overlays", "new overlays this stream has seen"),
+    ("encodes", "JPEG encodes for /saliency/video: one per new overlay while it has a viewer (none without), "
+                "never one per client"),
+    ("camera_encodes", "JPEG encodes for /saliency/camera, same rule"),
+    ("unwatched", "new overlays that no stream had a viewer for (nothing encoded)"),
+    ("clients", "stream handlers running now (all streams)"),
+    ("overlay_clients", "handlers running now on /saliency/video"),
+    ("camera_clients", "handlers running now on /saliency/camera"),
+    ("frames_sent", "multipart frames written to clients, all streams"),
+    ("bytes_sent", "JPEG bytes written to clients, all streams"),
+    ("jpeg_bytes", "size of the newest overlay JPEG; null while /saliency/video has no viewer"),
+    ("jpeg_quality", "JPEG quality of the streams (1-100)"),
+    ("encode_ms", "median ms to JPEG-encode one picture (thread CPU time), or null"),
+    ("drive_view", "true while /drive's video shows the overlay instead of the camera"),
+    ("toggle_button", "web button (w1..w5) that flips drive_view, or null"),
+])
+
+Jpeg = collections.namedtuple("Jpeg", "seq data")
+
+
+def jpeg_bytes(rgb, quality=80):
+    """uint8 RGB (or grayscale) -> JPEG bytes."""
+    import cv2
+    import numpy as np
+
+    image = np.asarray(rgb)
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed for an image of shape %s" % (image.shape,))
+    return data.tobytes()
+
+
+def layer_picture(level_map, colormap="inferno", width=LAYER_DISPLAY_WIDTH):
+    """One layer's averaged map -> uint8 RGB for display: min-max normalised on its own (a constant
+    map is black), coloured, scaled up by a whole factor with nearest neighbours."""
+    import cv2
+    import numpy as np
+
+    from .overlay import colorize
+
+    values = np.nan_to_num(np.asarray(level_map, dtype=np.float32))
+    low, high = float(values.min()), float(values.max())
+    normalised = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    picture = colorize(normalised, colormap)
+    factor = max(1, int(width // max(1, values.shape[1])))
+    if factor > 1:
+        picture = cv2.resize(picture, (values.shape[1] * factor, values.shape[0] * factor),
+                             interpolation=cv2.INTER_NEAREST)
+    return picture
+
+
+def _median(values):
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
+class DriveViewToggle(object):
+    """Vehicle part: while on, /drive's video (``ui/image_array``) shows the overlay.
+
+    Add it after donkeycar's ``UserPilotCondition`` (which writes ``ui/image_array``)::
+
+        V.add(toggle, inputs=toggle.inputs, outputs=toggle.outputs)
+
+    inputs  ['ui/image_array', 'saliency/image_array', 'web/<button>'] (no button input when button is None)
+    outputs ['ui/image_array']
+
+    A press of the web button (donkeycar's ExplodeDict puts ``web/w5`` True in memory for one loop)
+    flips it; so does the /saliency page. ``run`` never raises: on any trouble it passes the UI
+    image through unchanged. It reads and writes only ``ui/image_array`` - the pilot's ``cam/*``
+    images are never touched.
+    """
+
+    def __init__(self, on=False, button="w5"):
+        if not isinstance(on, (bool, int)):  # e.g. DriveViewToggle(web): the page would not reach it
+            raise TypeError("DriveViewToggle(on=...) takes a bool; the toggle the /saliency page controls "
+                            "is attach_web(...).drive_view")
+        if button is not None and button not in WEB_BUTTONS:
+            raise ValueError("SALIENCY_TOGGLE_BUTTON must be one of %s or None, not %r"
+                             % (", ".join(WEB_BUTTONS), button))
+        self.button = button
+        self._on = bool(on)
+        self._was_pressed = False
+        self._lock = threading.Lock()
+        self.inputs = ["ui/image_array", "saliency/image_array"] + (["web/" + button] if button else [])
+        self.outputs = ["ui/image_array"]
+
+    @property
+    def on(self):
+        return self._on
+
+    def set(self, on):
+        with self._lock:
+            self._on = bool(on)
+            return self._on
+
+    def flip(self):
+        with self._lock:
+            self._on = not self._on
+            return self._on
+
+    def run(self, ui_image=None, overlay_image=None, pressed=None):
+        try:
+            pressed = bool(pressed)
+            if pressed and not self._was_pressed:  # a press, not a held button
+                state = self.flip()
+                logger.info("saliency overlay in /drive: %s", "on" if state else "off")
+            self._was_pressed = pressed
+            if self._on and overlay_image is not None:
+                return overlay_image
+        except Exception as error:  # pragma: no cover - never stop the car over a picture
+            logger.warning("saliency drive view: %s", error)
+        return ui_image
+
+    def shutdown(self):
+        pass
+
+
+class _Channel(object):
+    """One MJPEG stream: the newest JPEG and the events of the handlers waiting for a newer one.
+    Everything but ``clients`` (read by the worker) is touched only on the IOLoop thread."""
+
+    def __init__(self, name):
+        self.name = name
+        self.frame = None  # Jpeg, or None when the newest result was not encoded
+        self.wakers = set()
+        self.encodes = 0
+
+    @property
+    def clients(self):
+        return len(self.wakers)
+
+    def publish(self, frame):
+        self.frame = frame
+        for waker in list(self.wakers):
+            waker.set()
+
+
+class SaliencyWeb(object):
+    """The web side of one ``SaliencyPart``: encodes, counts, and serves. See the module docstring."""
+
+    def __init__(self, ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5", page_file=PAGE_FILE):
+        quality = int(jpeg_quality)
+        if not 1 <= quality <= 100:
+            raise ValueError("SALIENCY_JPEG_QUALITY must be 1..100, not %r" % (jpeg_quality,))
+        self.ctr = ctr
+        self.part = part
+        self.jpeg_quality = quality
+        self.drive_view = DriveViewToggle(on=drive_view, button=toggle_button)
+        with open(page_file, "rb") as handle:  # a fixed package file, read once
+            self.page = handle.read()
+        self.overlay = _Channel("overlay")
+        self.camera = _Channel("camera")
+        self.closing = False
+        self._lock = threading.Lock()  # the worker's counters, so stats() sees them consistently
+        self._overlays = 0
+        self._unwatched = 0
+        self._encode_ms = collections.deque(maxlen=100)
+        self._layer_cache = {}  # index -> Jpeg of the newest result's map (IOLoop thread only)
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        part.add_listener(self._on_result)
+
+    # --- the part's worker thread -------------------------------------------------------------
+    def _loop(self):
+        """The server's IOLoop, or None before LocalWebController.update() has started it."""
+        return getattr(self.ctr, "loop", None)
+
+    def _on_result(self, result):
+        """Listener: runs in the part's worker the moment an overlay is ready."""
+        overlay_frame = camera_frame = None
+        watched = self.overlay.clients or self.camera.clients
+        if self.overlay.clients:
+            overlay_frame = Jpeg(result.seq, self._encode(result.overlay))
+        if self.camera.clients:
+            camera_frame = Jpeg(result.seq, self._encode(result.frame))
+        with self._lock:
+            self._overlays += 1
+            self._unwatched += 0 if watched else 1
+            self.overlay.encodes += overlay_frame is not None
+            self.camera.encodes += camera_frame is not None
+        loop = self._loop()
+        if loop is not None and not self.closing:
+            try:
+                loop.add_callback(self._publish, overlay_frame, camera_frame)
+            except RuntimeError:  # the loop is closing with the car: nothing left to show
+                pass
+
+    def _encode(self, rgb):
+        started = time.thread_time()
+        data = jpeg_bytes(rgb, self.jpeg_quality)
+        self._encode_ms.append((time.thread_time() - started) * 1000.0)
+        return data
+
+    # --- the IOLoop thread --------------------------------------------------------------------
+    def _publish(self, overlay_frame, camera_frame):
+        self.overlay.publish(overlay_frame)
+        self.camera.publish(camera_frame)
+
+    def layer_jpeg(self, index):
+        """JPEG of layer ``index``'s map in the newest result; None when there is no such map yet."""
+        latest = self.part.latest
+        if latest is None or not 0 <= index < len(latest.means):
+            return None
+        cached = self._layer_cache.get(index)
+        if cached is None or cached.seq != latest.seq:
+            cached = Jpeg(latest.seq, jpeg_bytes(layer_picture(latest.means[index]), self.jpeg_quality))
+            self._layer_cache[index] = cached
+        return cached
+
+    def stats(self):
+        """Everything in ``STATS_FIELDS``, JSON-ready."""
+        figures = dict(self.part.stats())
+        latest = self.part.latest
+        with self._lock:
+            figures.update(overlays=self._overlays, unwatched=self._unwatched, encodes=self.overlay.encodes,
+                           camera_encodes=self.camera.encodes)
+        encode_ms = _median(list(self._encode_ms))
+        newest = self.overlay.frame
+        figures.update(
+            seq=latest.seq if latest is not None else 0,
+            layer_shapes=[list(m.shape[:2]) for m in latest.means] if latest is not None else [],
+            clients=self.overlay.clients + self.camera.clients,
+            overlay_clients=self.overlay.clients, camera_clients=self.camera.clients,
+            frames_sent=self.frames_sent, bytes_sent=self.bytes_sent,
+            jpeg_bytes=len(newest.data) if newest is not None else None,
+            jpeg_quality=self.jpeg_quality,
+            encode_ms=round(encode_ms, 3) if encode_ms is not None else None,
+            drive_view=self.drive_view.on, toggle_button=self.drive_view.button,
+        )
+        return figures
+
+    def routes(self):
+        """(pattern, handler, kwargs) for ``Application.add_handlers``."""
+        handlers = _handlers()
+        return [
+            (r"/saliency/?", handlers["page"], dict(web=self)),
+            (r"/saliency/video", handlers["stream"], dict(web=self, channel=self.overlay)),
+            (r"/saliency/camera", handlers["stream"], dict(web=self, channel=self.camera)),
+            (r"/saliency/layer/([0-9]{1,3})\.jpg", handlers["layer"], dict(web=self)),
+            (r"/saliency/stats", handlers["stats"], dict(web=self)),
+            (r"/saliency/drive_view", handlers["drive_view"], dict(web=self)),
+        ]
+
+    def close(self):
+        """Ends every stream handler (call on the IOLoop thread, or via ``loop.add_callback``)."""
+        self.closing = True
+        for channel in (self.overlay, self.camera):
+            channel.publish(None)
+
+
+def attach_web(ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5"):
+    """Adds the saliency routes to a ``LocalWebController`` (call before ``V.start()``) and returns the
+    ``SaliencyWeb``; add its ``drive_view`` part to the vehicle after ``UserPilotCondition``."""
+    web = SaliencyWeb(ctr, part, jpeg_quality=jpeg_quality, drive_view=drive_view, toggle_button=toggle_button)
+    ctr.add_handlers(r".*", web.routes())
+    return web
+
+
+def read_mjpeg_part(stream):
+    """One part of a multipart/x-mixed-replace stream (ours, or donkeycar's /video) from a file-like
+    ``stream``: ``(headers with lower-case names, body bytes)``; EOFError when the stream ends."""
+    headers = {}
+    while True:
+        line = stream.readline(4096)
+        if not line:
+            raise EOFError("the stream ended")
+        line = line.strip()
+        if not line:
+            if "content-length" in headers:
+                break
+            continue  # the blank line after a body, before the next boundary
+        if b":" in line:  # boundary lines have no colon
+            name, value = line.split(b":", 1)
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    length = int(headers["content-length"])
+    body = stream.read(length)
+    if len(body) != length:
+        raise EOFError("the stream ended inside a frame")
+    return headers, body
+
+
+class ServerThread(object):
+    """Serves a ``LocalWebController`` from its own IOLoop thread on one address only - what
+    ``ctr.update()`` does on all interfaces. For demos, tests and benchmarks on 127.0.0.1; port 0
+    picks a free port (``.port`` once started). Sets ``ctr.loop`` as ``update()`` does."""
+
+    def __init__(self, ctr, address="127.0.0.1", port=0):
+        self.ctr = ctr
+        self.address = address
+        self.port = port
+        self.loop = None
+        self._server = None
+        self._ready = threading.Event()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="saliency-web-server", daemon=True)
+
+    def start(self, timeout=10.0):
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("the web server did not start within %.0f s" % timeout)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self):
+        import asyncio
+
+        from tornado.httpserver import HTTPServer
+        from tornado.ioloop import IOLoop
+        from tornado.netutil import bind_sockets
+
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        try:
+            sockets = bind_sockets(self.port, address=self.address)
+            self.port = sockets[0].getsockname()[1]
+            self._server = HTTPServer(self.ctr)
+            self._server.add_sockets(sockets)
+            self.loop = self.ctr.loop = IOLoop.current()
+        except Exception as error:
+            self._error = error
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.start()
+        self.loop.close(all_fds=True)
+
+    def call(self, function, timeout=10.0):
+        """``function()`` run on the IOLoop thread; its result here."""
+        import concurrent.futures
+
+        future = concurrent.futures.Future()
+
+        def run():
+            try:
+                future.set_result(function())
+            except Exception as error:
+                future.set_exception(error)
+
+        self.loop.add_callback(run)
+        return future.result(timeout)
+
+    def stop(self, timeout=10.0):
+        """Stops listening, cancels what still runs (donkeycar's /video never returns), ends the thread."""
+        if self.loop is None or not self._thread.is_alive():
+            return
+
+        async def wind_down():
+            import asyncio
+
+            self._server.stop()
+            current = asyncio.current_task()
+            tasks = [task for task in asyncio.all_tasks() if task is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.loop.stop()
+
+        quiet = _QuietCancelledHandlers()
+        general_log = logging.getLogger("tornado.general")
+        general_log.addFilter(quiet)
+        try:
+            self.loop.add_callback(wind_down)
+            self._thread.join(timeout)
+        finally:
+            general_log.removeFilter(quiet)
+
+
+class _QuietCancelledHandlers(logging.Filter):
+    """A cancelled streaming handler (ServerThread.stop) makes Tornado log an ERROR that means nothing here."""
+
+    def filter(self, record):
+        return "Cannot send error response after headers written" not in record.getMessage()
+
+
+# --- Tornado handlers (tornado is imported only when attach_web runs) ------------------------------
+_HANDLERS = {}
+
+
+def _handlers():
+    """The handler classes, built on first use so that importing this module needs no tornado."""
+    if not _HANDLERS:
+        _HANDLERS.update(_make_handlers())
+    return _HANDLERS
+
+
+def _make_handlers():
+    from tornado.iostream import StreamClosedError
+    from tornado.locks import Event
+    from tornado.web import RequestHandler
+
+    class PageHandler(RequestHandler):
+        def initialize(self, web):
+            self.web = web
+
+        def get(self):
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.set_header("Cache-Control", "no-cache")
+            self.write(self.web.page)
+
+    class StatsHandler(RequestHandler):
+        def initialize(self, web):
+            self.web = web
+
+        def get(self):
+            self.set_header("Content-Type", "application/json")
+            self.set_header("Cache-Control", "no-store")
+            self.write(json.dumps(self.web.stats()))
+
+    class LayerHandler(RequestHandler):
+        def initialize(self, web):
+            self.web = web
+
+        def get(self, index):
+            frame = self.web.layer_jpeg(int(index))
+            if frame is None:
+                self.set_status(404)
+                self.write("no such layer map (yet)")
+                return
+            self.set_header("Content-Type", "image/jpeg")
+            self.set_header("Cache-Control", "no-store")
+            self.set_header("X-Saliency-Seq", str(frame.seq))
+            self.write(frame.data)
+
+    class DriveViewHandler(RequestHandler):
+        def initialize(self, web):
+            self.web = web
+
+        def post(self):
+            toggle = self.web.drive_view
+            body = self.request.body.strip()
+            if not body:
+                state = toggle.flip()
+            else:
+                try:
+                    wanted = json.loads(body.decode("utf-8")).get("on")
+                except (ValueError, AttributeError, UnicodeDecodeError):
+                    wanted = "bad"
+                if not isinstance(wanted, bool):
+                    self.set_status(400)
+                    self.write({"error": 'expected {"on": true} or {"on": false}, or an empty body to flip'})
+                    return
+                state = toggle.set(wanted)
+            logger.info("saliency overlay in /drive: %s (from the web page)", "on" if state else "off")
+            self.write({"drive_view": state})
+
+        put = post
+
+    class StreamHandler(RequestHandler):
+        def initialize(self, web, channel):
+            self.web = web
+            self.channel = channel
+            self.waker = Event()
+            self.closed = False
+
+        async def get(self):
+            self.set_header("Content-Type", "multipart/x-mixed-replace; boundary=" + BOUNDARY)
+            self.set_header("Cache-Control", "no-cache, no-store, must-revalidate")
+            self.set_header("Pragma", "no-cache")
+            channel = self.channel
+            channel.wakers.add(self.waker)
+            sent = None
+            try:
+                await self.flush()  # headers now: the client knows the stream is there
+                while not self.closed and not self.web.closing:
+                    frame = channel.frame
+                    if frame is not None and frame.seq != sent:
+                        self.write(("--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n"
+                                    "X-Saliency-Seq: %d\r\n\r\n" % (BOUNDARY, len(frame.data), frame.seq))
+                                   .encode("ascii"))
+                        self.write(frame.data)
+                        self.write(b"\r\n")
+                        sent = frame.seq
+                        self.web.frames_sent += 1
+                        self.web.bytes_sent += len(frame.data)
+                        await self.flush()  # a newer frame may arrive meanwhile: the loop checks again
+                        continue
+                    # No await between the check above and this wait: publish() runs on this same
+                    # thread, so a frame cannot slip in unnoticed.
+                    self.waker.clear()
+                    await self.waker.wait()
+            except StreamClosedError:
+                pass
+            finally:
+                channel.wakers.discard(self.waker)
+
+        def on_connection_close(self):
+            self.closed = True
+            self.waker.set()
+
+    return dict(page=PageHandler, stats=StatsHandler, layer=LayerHandler, drive_view=DriveViewHandler,
+                stream=StreamHandler)
