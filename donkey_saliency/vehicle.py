@@ -50,11 +50,11 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
 
     web_controller = find_web_controller(V, ctr) if s["SALIENCY_WEB"] else None
     if web_controller is not None:
-        from .web import DriveViewToggle, attach_web
+        from .web import attach_web
 
         web = attach_web(web_controller, part, jpeg_quality=s["SALIENCY_JPEG_QUALITY"],
                          drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"])
-        toggle = DriveViewToggle(web)
+        toggle = web.drive_view  # the toggle the /saliency page flips; must run after UserPilotCondition
         V.add(toggle, inputs=toggle.inputs, outputs=toggle.outputs)
 
     if s["SALIENCY_RECORD"] and inputs is not None and types is not None:
