@@ -242,3 +242,18 @@ def test_filters_bad_inputs_exit_2(tubs, tiny_pilot_path, tmp_path):
                  ["filters", tubs["plain"], "--model", tiny_pilot_path, "--rare", "3"]):
         result = run_cli(*args)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+
+
+def test_colorize_table_equals_opencv_applycolormap():
+    """overlay.colorize uses a cached 256-entry table; it must give exactly applyColorMap's colours."""
+    from donkey_saliency.overlay import COLORMAPS, colorize
+
+    mask = np.random.default_rng(1).random((120, 160), dtype=np.float32)
+    mask[0, :3] = (0.0, 1.0, 0.5)
+    levels = np.clip(mask * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    for name in COLORMAPS:
+        if name == "gray":
+            continue
+        expected = cv2.cvtColor(cv2.applyColorMap(levels, getattr(cv2, "COLORMAP_" + name.upper())),
+                                cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(colorize(mask, name), expected)
