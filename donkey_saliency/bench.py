@@ -11,10 +11,8 @@ On the same frames it times
 Every figure is a median (and p90) over per-frame ``time.perf_counter`` timings after a warm-up.
 """
 import contextlib
-import glob
 import logging
 import os
-import re
 import sys
 import time
 
@@ -59,36 +57,11 @@ def _quiet_stdout():
 
 
 # --- frames ---------------------------------------------------------------------------------------
-_V1_IMAGE = re.compile(r"^(\d+)_cam-image_array_\.jpg$")
-
-
-def _read_rgb(path):
-    import cv2
-
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError("not an image file: %s" % path)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def tub_image_paths(tub):
-    """Camera image files of a tub in record order, and its kind: a v2 tub (manifest.json, read
-    with donkeycar's own Tub) or a v1 tub (``<index>_cam-image_array_.jpg`` files)."""
-    if not os.path.isdir(tub):
-        raise InputError("tub not found: %s" % tub)
-    if os.path.exists(os.path.join(tub, "manifest.json")):
-        from donkeycar.parts.tub_v2 import Tub
+    """Camera image files of a tub in record order, and its kind (v1 or v2 tub)."""
+    from .tub import camera_image_paths, open_tub
 
-        store = Tub(tub, read_only=True)
-        paths = [os.path.join(store.images_base_path, record["cam/image_array"])
-                 for record in store if record.get("cam/image_array")]
-        return paths, "v2 tub"
-    numbered = []
-    for path in glob.glob(os.path.join(tub, "*_cam-image_array_.jpg")):
-        match = _V1_IMAGE.match(os.path.basename(path))
-        if match:
-            numbered.append((int(match.group(1)), path))
-    return [path for _, path in sorted(numbered)], "v1 tub"
+    return camera_image_paths(tub), "v%d tub" % open_tub(tub).version
 
 
 def load_frames(count, input_shape, tub=None, seed=0):
@@ -100,14 +73,14 @@ def load_frames(count, input_shape, tub=None, seed=0):
         height, width, _ = input_shape
         frames = np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
         return list(frames), "random %dx%d frames (no --tub)" % (width, height)
+    from .tub import read_rgb
+
     paths, kind = tub_image_paths(tub)
-    if not paths:
-        raise InputError("no camera images in tub %s (expected a v2 tub or v1 *_cam-image_array_.jpg files)" % tub)
     chosen = [paths[i % len(paths)] for i in range(count)]
     decoded = {}
     for path in chosen:
         if path not in decoded:
-            decoded[path] = _read_rgb(path)
+            decoded[path] = read_rgb(path)
     frames = [decoded[path] for path in chosen]
     note = "" if len(paths) >= count else ", %d images cycled" % len(paths)
     return frames, "%d frames from %s %s%s" % (count, kind, tub, note)

@@ -125,52 +125,18 @@ def _evenly(items, count):
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, count)]
 
 
-def _read_rgb(path):
-    import cv2
-
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError("not an image file: %s" % path)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def _v1_index(name):
-    head = name.split("_", 1)[0]
-    return (0, int(head), name) if head.isdigit() else (1, 0, name)
-
-
 def tub_image_paths(path):
-    """Image files of a donkeycar tub in record order: v2 (manifest.json, read with donkeycar's own
-    Tub) or v1 (``<n>_cam-image_array_.jpg`` beside record_<n>.json)."""
-    if not os.path.isdir(path):
-        raise InputError("tub not found: %s" % path)
-    if os.path.exists(os.path.join(path, "manifest.json")):
-        try:
-            from donkeycar.parts.tub_v2 import Tub
-        except Exception as error:
-            raise InputError("%s is a v2 tub; reading it needs donkeycar (%s)" % (path, error))
-        tub = Tub(path, read_only=True)
-        try:
-            paths = []
-            for record in tub:
-                name = record.get("cam/image_array") or next(
-                    (v for v in record.values() if isinstance(v, str) and v.lower().endswith((".jpg", ".png"))), None)
-                if name:
-                    paths.append(os.path.join(tub.images_base_path, name))
-        finally:
-            tub.close()
-    else:
-        names = sorted((n for n in os.listdir(path) if n.endswith("_cam-image_array_.jpg")), key=_v1_index)
-        paths = [os.path.join(path, n) for n in names]
-    if not paths:
-        raise InputError("%s holds no camera images (not a donkeycar v2 tub with manifest.json, nor a v1 tub "
-                         "with *_cam-image_array_.jpg files)" % path)
-    return paths
+    """Camera image files of a donkeycar tub (v1 or v2) in record order."""
+    from .tub import camera_image_paths
+
+    return camera_image_paths(path)
 
 
 def tub_frames(path, count=DEFAULT_FRAMES):
     """RGB uint8 frames, ``count`` of them spread evenly over the tub."""
-    return [_read_rgb(p) for p in _evenly(tub_image_paths(path), count)]
+    from .tub import read_rgb
+
+    return [read_rgb(p) for p in _evenly(tub_image_paths(path), count)]
 
 
 # --- the runs ------------------------------------------------------------------------------------

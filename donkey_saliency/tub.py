@@ -244,6 +244,15 @@ def _read_v1(path):
     return SourceTub(path, 1, inputs, types, metadata, manifest_metadata, CATALOG_MAX_LEN, entries)
 
 
+def camera_image_paths(path, key=CAMERA_KEY):
+    """The image files of ``key`` for a tub's live records, in record order (v1 or v2 tub)."""
+    source = open_tub(path)
+    paths = [entry.images[key] for entry in source.live_entries if key in entry.images]
+    if not paths:
+        raise InputError("%s holds no %s images" % (source.path, key))
+    return paths
+
+
 def image_file_name(index, key, extension=".jpg"):
     """donkeycar's tub v2 image name (``Tub._image_file_name``): ``12_cam_image_array_.jpg``."""
     return "_".join([str(index), key.replace("/", "_"), extension])

@@ -67,11 +67,15 @@ def v2_tub(tmp_path_factory):
 
 
 def write_v1_tub(folder, indexes):
+    """A donkeycar 3 tub: meta.json, record_<n>.json naming <n>_cam-image_array_.jpg."""
     os.makedirs(folder)
+    with open(os.path.join(folder, "meta.json"), "w") as handle:
+        json.dump({"inputs": ["cam/image_array", "user/angle"], "types": ["image_array", "float"]}, handle)
     for index, frame in zip(indexes, random_frames(len(indexes), seed=5)):
-        cv2.imwrite(os.path.join(folder, "%d_cam-image_array_.jpg" % index), frame)
-    with open(os.path.join(folder, "record_1.json"), "w") as handle:
-        handle.write("{}")  # v1 tubs hold records beside the images; not an image
+        image = "%d_cam-image_array_.jpg" % index
+        cv2.imwrite(os.path.join(folder, image), frame)
+        with open(os.path.join(folder, "record_%d.json" % index), "w") as handle:
+            json.dump({"cam/image_array": image, "user/angle": 0.0}, handle)
 
 
 def test_bench_cli_prints_every_row_and_writes_json(two_output_pilot_path, v2_tub, tmp_path):
@@ -155,7 +159,7 @@ def test_fallback_gradient_equals_makemovies_own(two_output_pilot_path, tiny_pil
 
 @pytest.mark.parametrize("make_args, fragment", [
     (lambda pilot, tmp: [pilot, "--tub", str(tmp / "nowhere")], "tub not found"),
-    (lambda pilot, tmp: [pilot, "--tub", str(tmp)], "no camera images"),
+    (lambda pilot, tmp: [pilot, "--tub", str(tmp)], "is not a tub"),
     (lambda pilot, tmp: [pilot, "--frames", "0"], "--frames must be at least 1"),
     (lambda pilot, tmp: [str(tmp / "missing.h5")], "not found"),
 ])

@@ -5,7 +5,6 @@ import sys
 
 import cv2
 import numpy as np
-import pytest
 
 from conftest import random_frames, real_data_or_skip
 from donkey_saliency import config, load
