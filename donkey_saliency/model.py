@@ -256,16 +256,14 @@ def keras_trunk(model):
     return Trunk((height, width, channels), steps, handles, _model_type(model))
 
 
-def _model_type(model):
-    """donkey's model type, guessed from its input and output layer names (for messages and summaries)."""
-    inputs = " ".join(t.name for t in model.inputs)
-    outputs = set(model.output_names)
-    if "mem_in" in inputs:
-        return "memory"
-    if "behavior_in" in inputs:
-        return "behavior"
-    if "imu_in" in inputs:
-        return "imu"
+def model_type_from_names(input_names, output_names):
+    """donkey's model type from its input and output layer names (donkeycar's keras.py names them),
+    or None when they say nothing. Shared by the Keras and TFLite readers."""
+    inputs = " ".join(input_names)
+    for hint, kind in (("mem_in", "memory"), ("behavior_in", "behavior"), ("imu_in", "imu")):
+        if hint in inputs:
+            return kind
+    outputs = set(output_names)
     if "zloc" in outputs:
         return "localizer"
     if {"angle_out", "throttle_out"} <= outputs:
@@ -273,7 +271,13 @@ def _model_type(model):
     dense_outputs = [name for name in outputs if name.startswith("n_outputs")]
     if dense_outputs:
         return "linear" if len(dense_outputs) > 1 else "inferred"
-    return model.name or "keras"
+    return None
+
+
+def _model_type(model):
+    """donkey's model type (for messages and summaries), else the Keras model's name."""
+    guess = model_type_from_names([t.name for t in model.inputs], model.output_names)
+    return guess or model.name or "keras"
 
 
 class Pilot(object):

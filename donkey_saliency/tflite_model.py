@@ -12,7 +12,7 @@ side of the tests), and the ONNX trunk from ``tf2onnx.convert.from_tflite`` cut 
 import logging
 
 from .errors import ModelError
-from .model import Step, Trunk, conv_output_size
+from .model import Step, Trunk, conv_output_size, model_type_from_names
 
 logger = logging.getLogger(__name__)
 
@@ -285,18 +285,9 @@ def _model_type(graph, first_map):
     """donkey's model type, guessed like ``model._model_type`` from the Keras input and output names
     that the converter keeps in the signature."""
     input_names, output_names = graph.signature_names
-    inputs = " ".join(input_names + [graph.tensors[i].name for i in graph.inputs])
-    outputs = set(output_names)
-    for hint, kind in (("mem_in", "memory"), ("behavior_in", "behavior"), ("imu_in", "imu")):
-        if hint in inputs:
-            return kind
-    if "zloc" in outputs:
-        return "localizer"
-    if {"angle_out", "throttle_out"} <= outputs:
-        return "categorical"
-    dense_outputs = [name for name in outputs if name.startswith("n_outputs")]
-    if dense_outputs:
-        return "linear" if len(dense_outputs) > 1 else "inferred"
+    guess = model_type_from_names(input_names + [graph.tensors[i].name for i in graph.inputs], output_names)
+    if guess:
+        return guess
     # Tensor names start with the Keras model's name: 'linear/conv2d_1/...'.
     prefix = graph.tensors[first_map].name.split("/")[0]
     return prefix if prefix and prefix != graph.tensors[first_map].name else "tflite"

@@ -1,6 +1,5 @@
 """Saliency in tubs: the recording contract against real donkeycar tubs, a live-recorded tub from a
 real Vehicle loop, and backfill of v2 (with deleted records) and v1 tubs, read back with donkeycar."""
-import hashlib
 import json
 import os
 import subprocess
@@ -36,15 +35,9 @@ def synthetic_frame(i, shape=(120, 160)):
 
 def tree_digest(path):
     """sha256 over every file name and content under path: 'the source is untouched'."""
-    sha = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            sha.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as handle:
-                sha.update(handle.read())
-    return sha.hexdigest()
+    from donkey_saliency.graph import file_digest
+
+    return file_digest(path)
 
 
 def make_v2_tub(path, count=25, deleted=(3, 4, 17), max_len=10):
