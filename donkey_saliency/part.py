@@ -143,19 +143,22 @@ class SaliencyPart(object):
     def _outputs_for(self, frame, now):
         latest = self._latest
         if latest is None:
-            if frame is None:
-                return self._outputs
-            # No mask yet: the picture itself and an empty mask, so every record has values.
-            blank = self._blank_mask()
-            return (to_rgb(np.asarray(frame)) if np.ndim(frame) in (2, 3) else None, blank, 0.0, NO_MASK_LAG_MS)
+            return self._placeholder(frame)
         overlay_image, mask_u8, latency_ms, _ = self._outputs
         lag_ms = round((now - latest.frame_time) * 1000.0, 2)
         return overlay_image, mask_u8, latency_ms, lag_ms
 
-    def _blank_mask(self):
-        if self.graph is None:
-            return None
-        return np.zeros(self.graph.input_hw, dtype=np.uint8)
+    def _placeholder(self, frame):
+        """Before the first mask (or with no model): the picture itself and an empty mask, so every
+        tub record has a value for every key (donkey's tools drop records with missing ones)."""
+        from .api import as_uint8_image
+
+        try:
+            picture = to_rgb(as_uint8_image(frame))
+        except InputError:
+            return self._outputs
+        mask_hw = self.graph.input_hw if self.graph is not None else picture.shape[:2]
+        return picture, np.zeros(mask_hw, dtype=np.uint8), 0.0, NO_MASK_LAG_MS
 
     def run(self, image=None, fallback=None):
         """Unthreaded use (``V.add(part, threaded=False)``): process this frame now."""

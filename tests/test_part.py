@@ -185,6 +185,18 @@ def test_missing_model_leaves_an_inert_part_not_a_stopped_car(tmp_path, caplog):
     vehicle.add(part, inputs=["cam/image_array"], outputs=list(OUTPUTS), threaded=True)
     loops, _ = vehicle.start(rate_hz=200, max_loop_count=20)
     assert loops == 20
+    # Still a value for every key, so tub records stay complete.
+    overlay, mask, latency_ms, lag_ms = vehicle.mem.get(list(OUTPUTS))
+    assert overlay.shape == (120, 160, 3) and mask.shape == (120, 160) and lag_ms == NO_MASK_LAG_MS
+
+
+def test_float_frame_before_the_first_mask_gives_a_uint8_picture(tiny_pilot_path):
+    part = SaliencyPart(tiny_pilot_path, backend="onnxruntime")
+    frame = random_frames(1)[0]
+    overlay, mask, _, _ = part.run_threaded(frame.astype(np.float32) / 255.0)
+    assert overlay.dtype == np.uint8 and np.abs(overlay.astype(int) - frame).max() <= 1
+    assert part.run_threaded(np.zeros((4, 4, 7)))[0] is None  # nothing sensible to show, nothing invented
+    part.shutdown()
 
 
 def test_listener_errors_do_not_stop_the_worker(tiny_pilot_path):
