@@ -5,6 +5,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import random_frames, real_data_or_skip
 from donkey_saliency import config, load
@@ -111,6 +112,41 @@ def test_import_needs_numpy_only():
             "print(sorted(heavy & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def find_python38():
+    import shutil
+
+    for candidate in (shutil.which("python3.8"), os.path.expanduser("~/.pyenv/versions/3.8.18/bin/python3.8")):
+        if candidate and os.path.exists(candidate):
+            probe = subprocess.run([candidate, "--version"], capture_output=True, text=True, env=dict(
+                os.environ, PYENV_VERSION="3.8.18"))
+            if probe.returncode == 0 and "3.8" in probe.stdout + probe.stderr:
+                return candidate
+    return None
+
+
+def test_every_module_imports_on_python_3_8(tmp_path):
+    """JetPack 5's Python: the package (numpy only at import time) must import there."""
+    python38 = find_python38()
+    if python38 is None:
+        pytest.skip("no python3.8 interpreter on this machine (JetPack 5's Python)")
+    venv = tmp_path / "py38"
+    env = dict(os.environ, PYENV_VERSION="3.8.18")
+    subprocess.run([python38, "-m", "venv", str(venv)], check=True, env=env, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "numpy"], capture_output=True, text=True,
+                         timeout=300)
+    if pip.returncode != 0:
+        pytest.skip("could not install numpy for python3.8: " + (pip.stderr.strip().splitlines() or ["?"])[-1])
+    root = os.path.join(os.path.dirname(__file__), "..")
+    modules = sorted("donkey_saliency." + os.path.relpath(os.path.join(folder, name), os.path.join(root, "donkey_saliency"))
+                     [:-3].replace(os.sep, ".") for folder, _, files in os.walk(os.path.join(root, "donkey_saliency"))
+                     for name in files if name.endswith(".py") and name != "__init__.py")
+    code = "import importlib\nfor name in %r:\n    importlib.import_module(name)\nprint(len(%r))" % (modules, modules)
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                            cwd=root, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(len(modules))
 
 
 def test_package_source_parses_as_python_3_8():
