@@ -84,6 +84,19 @@ class SaliencyGraph(object):
                                                                       if str(error) else type(error).__name__))
 
 
+def default_file_mode():
+    """0o666 less the process umask, as open() would give a new file (read without changing the
+    umask, which is process-wide and not thread-safe to flip)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
 def atomic_write(path, data):
     """Write to a temp file beside ``path`` and rename: nothing is ever half-written."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -92,6 +105,7 @@ def atomic_write(path, data):
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes owner-only files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

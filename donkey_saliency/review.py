@@ -274,11 +274,15 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
 
 
 def _temp_beside(path, suffix):
+    """A temp file beside ``path`` (renamed over it when complete), with a new file's usual mode."""
     import tempfile
+
+    from .graph import default_file_mode
 
     directory, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % name, suffix=".partial" + suffix)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
     return tmp
 
 

@@ -234,6 +234,21 @@ def test_graph_cache_and_saved_graph_round_trip(tiny_pilot_path, tmp_path):
     assert loaded.input_shape == (120, 160, 3) and loaded.digest == first.digest
 
 
+def test_atomic_write_gives_a_new_file_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "sub" / "out.bin"
+        graph.atomic_write(str(path), b"data")
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"data"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["out.bin"]  # no temp file left
+
+
 def test_corrupt_cache_entry_is_exported_again(tiny_pilot_path, tmp_path):
     first = graph.graph_for(tiny_pilot_path, cache_dir=str(tmp_path))
     (entry,) = [p for p in tmp_path.iterdir() if p.suffix == ".onnx"]
