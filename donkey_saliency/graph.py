@@ -302,7 +302,9 @@ def graph_for(model_path, cache_dir=None, features=False):
         cached = os.path.join(cache_dir or default_cache_dir(), "%s-%s.onnx" % (stem, key))
         if os.path.exists(cached):
             try:
-                return SaliencyGraph.load(cached)
+                graph = SaliencyGraph.load(cached)
+                graph.source = model_path  # name the pilot, not its cache entry
+                return graph
             except ModelError as error:
                 logger.warning("ignoring cached graph %s (%s); exporting again", cached, error)
     from .model import load_pilot

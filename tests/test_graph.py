@@ -227,6 +227,7 @@ def test_graph_cache_and_saved_graph_round_trip(tiny_pilot_path, tmp_path):
     assert len(cached) == 1
     again = graph.graph_for(tiny_pilot_path, cache_dir=str(tmp_path))
     assert again.digest == first.digest and again.layer_names == first.layer_names
+    assert again.source == first.source == tiny_pilot_path
     # A saved graph is a pilot in its own right (for cars without TensorFlow).
     saved = tmp_path / "pilot.saliency.onnx"
     first.save(str(saved))
