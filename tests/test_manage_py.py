@@ -102,6 +102,7 @@ def test_complete_template_with_readme_lines_drives_streams_and_records(car):
 
     tub = Tub(str(car["path"] / "data"), read_only=True)
     records = list(tub)
+    tub.close()
     assert len(records) > 10
     for record in records:
         for key in ("saliency/image_array", "saliency/mask", "saliency/lag_ms"):
