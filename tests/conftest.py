@@ -1,5 +1,6 @@
 """Shared fixtures: tiny in-test pilots, real frames, isolated caches."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,16 @@ REAL_TUB = os.path.join(REALDATA, "tub")
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Graph/engine caches go to a per-session temp dir, never the user's home."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def wait_for(condition, timeout=10.0):
+    """Bounded wait for another thread's work; returns whether ``condition`` came true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
 
 
 def real_data_or_skip():

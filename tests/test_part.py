@@ -6,21 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import random_frames
+from conftest import random_frames, wait_for
 from donkey_saliency import backends
 from donkey_saliency.part import NO_MASK_LAG_MS, OUTPUTS, SaliencyPart
 
 PHASE = 25  # loop iterations per phase
-
-
-def wait_for(condition, timeout=10.0):
-    """Bounded wait for the worker thread; returns whether ``condition`` came true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 class FaultSwitch(object):

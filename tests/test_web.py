@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import wait_for
 from donkey_saliency.part import OUTPUTS, SaliencyPart
 from donkey_saliency.web import (STATS_FIELDS, DriveViewToggle, ServerThread, attach_web, layer_picture,
                                  read_mjpeg_part)
@@ -21,16 +22,6 @@ ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test
 CHROMIUM = "/usr/bin/chromium"
 CLIENTS = 8
 FRAMES_PER_CLIENT = 20
-
-
-def wait_for(condition, timeout=10.0):
-    """Bounded wait; returns whether ``condition`` came true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def camera_frame(shift=0):
