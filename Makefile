@@ -1,4 +1,5 @@
-PYTHON ?= python3.11
+# donkeycar 5.3 needs Python 3.11; fall back to python3 where it has no versioned name.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
