@@ -73,6 +73,7 @@ class SaliencyPart(object):
         self._faults = _Faults()
         self._wake = threading.Condition()
         self._pending = None  # (frame, arrival time) not yet taken by the worker
+        self._in_flight = False  # the worker is processing a frame it took
         self._latest = None  # SaliencyResult
         self._outputs = (None, None, 0.0, NO_MASK_LAG_MS)
         self._running = True
@@ -93,6 +94,12 @@ class SaliencyPart(object):
     def add_listener(self, callback):
         """``callback(result)`` runs in the worker thread after each frame; exceptions are logged."""
         self._listeners.append(callback)
+
+    @property
+    def busy(self):
+        """Whether a frame is waiting for the worker or being processed by it."""
+        with self._wake:
+            return self._pending is not None or self._in_flight
 
     @property
     def latest(self):
@@ -174,12 +181,14 @@ class SaliencyPart(object):
         try:
             while self._running:
                 with self._wake:
+                    self._in_flight = False
                     while self._running and self._pending is None:
                         self._wake.wait(0.5)
                     if not self._running:
                         break
                     frame, arrived = self._pending
                     self._pending = None
+                    self._in_flight = True
                 started = time.monotonic()
                 self._process(frame, arrived)
                 if self.min_period:

@@ -1,7 +1,6 @@
 """SaliencyPart in a real donkeycar Vehicle loop: good frames, faults, recovery, shutdown."""
 import logging
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -80,9 +79,8 @@ class PhaseRecorder(object):
         self.rows.append((phase, overlay, mask, latency_ms, lag_ms))
         index = len(self.rows) - 1
         if index % PHASE == PHASE - 1:
-            # Let the worker drain the pending frame so each phase's effect is observable.
-            wait_for(lambda: self.part._pending is None)
-            time.sleep(0.02)
+            # Let the worker finish this phase's last frame so each phase's effect is observable.
+            assert wait_for(lambda: not self.part.busy)
             self.processed_at_phase_end[index // PHASE] = self.part.stats()["processed"]
 
 
