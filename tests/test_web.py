@@ -197,7 +197,7 @@ def test_handlers_return_when_clients_hang_up_on_an_idle_stream(live):
     live.feeding.set()
     assert wait_for(lambda: live.part.latest is not None)
     live.feeding.clear()
-    time.sleep(0.2)  # let the last frame through the worker
+    assert wait_for(lambda: not live.part.busy)  # the last frame is through the worker
     connections = [open_stream(live.port, path)[0]
                    for path in ["/saliency/video"] * 3 + ["/saliency/camera"] * 2]
     assert wait_for(lambda: live.stats()["clients"] == 5)
