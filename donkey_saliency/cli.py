@@ -20,27 +20,15 @@ def _quiet_tensorflow():
 
 
 def read_image(path):
-    """An RGB uint8 image from a file, or InputError."""
-    import cv2
+    """A uint8 RGB (or grayscale) image from a file a user named, or InputError."""
+    from .tub import read_rgb
 
     if not os.path.isfile(path):
         raise InputError("image not found: %s" % path)
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
+    try:
+        return read_rgb(path)
+    except InputError:
         raise InputError("not an image file: %s" % path)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def write_png(path, rgb):
-    """Encode in memory, then write atomically."""
-    import cv2
-
-    from .graph import atomic_write
-
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb)
-    if not ok:
-        raise InputError("could not encode %s" % path)
-    atomic_write(path, data.tobytes())
 
 
 def write_npy(path, array):
@@ -70,6 +58,7 @@ def cmd_mask(args):
     from . import load
     from .errors import ModelError
     from .overlay import overlay
+    from .tub import write_png
 
     if not os.path.exists(args.model):
         raise ModelError("model file not found: %s" % args.model)

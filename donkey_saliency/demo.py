@@ -135,18 +135,16 @@ def find_images(directory):
 
 def load_frames(paths, shape, limit=MAX_REPLAY_FRAMES):
     """uint8 RGB frames from image files, at the pilot's input size (height, width, channels)."""
-    import cv2
+    from .api import fit_to_model
+    from .tub import read_rgb
 
-    height, width = shape[:2]
     frames = []
     for path in paths[:limit]:
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None:
+        try:
+            image = read_rgb(path)
+        except InputError:
             raise InputError("--frames: not an image file: %s" % path)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        if rgb.shape[:2] != (height, width):
-            rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
-        frames.append(rgb)
+        frames.append(fit_to_model(image, tuple(shape[:2]) + (3,)))
     return frames
 
 

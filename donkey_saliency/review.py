@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from .errors import InputError, ModelError
-from .tub import CAMERA_KEY, LAG_KEY, OVERLAY_KEY, Progress, open_tub, read_rgb
+from .tub import CAMERA_KEY, LAG_KEY, OVERLAY_KEY, Progress, open_tub, read_rgb, write_png
 
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 WHITE, GREY, DARK = (255, 255, 255), (150, 150, 150), (30, 30, 30)
@@ -49,17 +49,6 @@ def _check_output(path, force, suffixes):
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise InputError("output directory %s does not exist" % parent)
-
-
-def _write_png(path, rgb):
-    import cv2
-
-    from .graph import atomic_write
-
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise InputError("could not encode %s" % path)
-    atomic_write(path, data.tobytes())
 
 
 def _open_saliency(model, backend, features=False):
@@ -387,7 +376,7 @@ def write_layer_grid(model_path, image_path, out_path, backend="auto", colormap=
         grid = layer_grid(saliency, rgb, colormap)
     finally:
         saliency.close()
-    _write_png(out_path, grid.image)
+    write_png(out_path, grid.image)
     return grid
 
 
@@ -525,5 +514,5 @@ def filter_report(tub_path, model_path, out_path=None, threshold=0.0, rare=0.01,
         saliency.close()
     bar.close()
     if out_path:
-        _write_png(out_path, filter_chart(layers, frames, threshold, rare))
+        write_png(out_path, filter_chart(layers, frames, threshold, rare))
     return FilterReport(layers, frames, filter_table(layers, frames, threshold, rare), out_path)

@@ -293,6 +293,18 @@ def encode_jpeg(image, quality=JPEG_QUALITY):
     return data.tobytes()
 
 
+def write_png(path, image):
+    """A uint8 RGB or grayscale image as PNG: encoded in memory, then written atomically."""
+    import cv2
+
+    from .graph import atomic_write
+
+    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
+    if not ok:
+        raise InputError("could not encode %s" % path)
+    atomic_write(path, data.tobytes())
+
+
 # --------------------------------------------------------------------------------------------
 # Writing tubs
 
