@@ -89,34 +89,12 @@ def median_ms(seconds):
 # --- frames --------------------------------------------------------------------------------------
 
 def procedural_frames(count, shape=(120, 160, 3), seed=0):
-    """uint8 (count, H, W, C) road-like scenes (sky, grass, a curving road with edge and centre
-    lines, noise) that change from frame to frame: real structure for a conv net to respond to."""
-    height, width, channels = shape
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    frames = np.empty((count, height, width, 3), dtype=np.uint8)
-    for i in range(count):
-        phase = 2.0 * np.pi * i / max(count, 1)
-        horizon = height * (0.38 + 0.06 * np.sin(phase))
-        depth = np.clip((y - horizon) / (height - horizon), 0.0, 1.0)  # 0 at the horizon, 1 at the bottom
-        centre = width / 2.0 + width * 0.3 * np.sin(phase + 1.0) * (1.0 - depth) ** 2
-        half = 3.0 + depth * width * 0.45
-        offset = np.abs(x - centre)
-        ground = y > horizon
-        road = ground & (offset < half)
-        edge = road & (np.abs(offset - 0.92 * half) < 0.6 + 1.5 * depth)
-        dashes = road & (offset < 0.4 + 1.2 * depth) & (np.sin(40.0 / (depth + 0.15) + 3 * phase) > 0)
-        image = np.empty((height, width, 3), dtype=np.float32)
-        image[...] = (110.0, 160.0, 225.0)  # sky
-        image[ground] = (70.0, 120.0, 50.0)  # grass
-        image[road] = (95.0, 95.0, 100.0)
-        image[edge] = (235.0, 235.0, 235.0)
-        image[dashes] = (240.0, 200.0, 40.0)
-        image += rng.normal(0.0, 8.0, image.shape)
-        frames[i] = np.clip(image, 0, 255).astype(np.uint8)
-    if channels == 1:
-        return frames.mean(axis=-1, keepdims=True).astype(np.uint8)
-    return frames
+    """uint8 (count, H, W, C) views along the demo's procedural road (track.py), fitted to the
+    model's input: real structure for a conv net to respond to, the same on every run."""
+    from .api import fit_to_model
+    from .track import track_frames
+
+    return np.stack([fit_to_model(sample.frame, shape) for sample in track_frames(count, seed=seed, step=2.0)])
 
 
 def _evenly(items, count):
