@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def gradient_saliency(keras_model):
         logger.info("donkeycar's makemovie does not import (%s); using the same GradientTape steps", error)
         return _GradientSaliency(keras_model, model_type), (
             "the identical GradientTape computation (donkeycar's makemovie does not import here: %s)"
-            % (str(error).splitlines() or [type(error).__name__])[0][:80])
+            % first_line(error, 80))
     movie = MakeMovie()
     movie.model_type = model_type
     import warnings

@@ -27,7 +27,7 @@ import types as pytypes
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +165,7 @@ def load_pilot(model_path):
         angle, throttle = float(angle), float(throttle)
     except Exception as error:  # a file Keras cannot read, or a pilot that is not linear
         raise ModelError("the demo drives with a linear pilot (image in, angle and throttle out); "
-                         "%s does not work as one: %s" % (model_path, str(error).splitlines()[0] if str(error) else
-                                                        type(error).__name__))
+                         "%s does not work as one: %s" % (model_path, first_line(error, None)))
     if len(shape) != 3 or not (math.isfinite(angle) and math.isfinite(throttle)):
         raise ModelError("the demo drives with a linear pilot; %s takes input %s" % (model_path, shape))
     return pilot, shape

@@ -1,6 +1,13 @@
 """Errors whose message is the one line a user sees (the CLI prints it and exits 2)."""
 
 
+def first_line(error, limit=200):
+    """The first line of an exception's message (its class name when it has none), for quoting a
+    library's error inside one of ours; cut to ``limit`` characters (None: whole)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
+
+
 class SaliencyError(Exception):
     """Base class: ``str(error)`` is a complete, user-facing sentence."""
 

@@ -14,7 +14,7 @@ import os
 import tempfile
 
 from . import __version__
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .model import pad_before
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,7 @@ class SaliencyGraph(object):
         except ModelError:
             raise
         except Exception as error:
-            raise ModelError("cannot read %s as an ONNX graph: %s" % (path, str(error).splitlines()[0][:200]
-                                                                      if str(error) else type(error).__name__))
+            raise ModelError("cannot read %s as an ONNX graph: %s" % (path, first_line(error)))
 
 
 def default_file_mode():

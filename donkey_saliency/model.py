@@ -11,7 +11,7 @@ import math
 import os
 from collections import namedtuple
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ def load_keras(path):
     try:
         return tf.keras.models.load_model(path, compile=False)
     except Exception as error:  # h5py, protobuf, zip and Keras each raise their own
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ModelError("cannot read %s as a Keras pilot: %s" % (path, first_line[:200]))
+        raise ModelError("cannot read %s as a Keras pilot: %s" % (path, first_line(error)))
 
 
 def _class(layer):

@@ -11,7 +11,7 @@ side of the tests), and the ONNX trunk from ``tf2onnx.convert.from_tflite`` cut 
 """
 import logging
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .model import Step, Trunk, conv_output_size, model_type_from_names
 
 logger = logging.getLogger(__name__)
@@ -57,11 +57,6 @@ def _tensorflow():
     return tf
 
 
-def _first_line(error, limit=200):
-    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
 def _interpreter(path, preserve_all_tensors=False):
     """tf.lite.Interpreter with tensors allocated. It does not verify the flatbuffer (a damaged file
     can crash it), so it only ever opens files that ``_read_graph`` has checked."""
@@ -70,7 +65,7 @@ def _interpreter(path, preserve_all_tensors=False):
         interpreter = tf.lite.Interpreter(model_path=path, experimental_preserve_all_tensors=preserve_all_tensors)
         interpreter.allocate_tensors()
     except Exception as error:  # ValueError or RuntimeError, depending on where the file breaks
-        raise ModelError("cannot read %s as a TensorFlow Lite pilot: %s" % (path, _first_line(error)))
+        raise ModelError("cannot read %s as a TensorFlow Lite pilot: %s" % (path, first_line(error)))
     return interpreter
 
 
@@ -177,7 +172,7 @@ def _read_graph(path):
     except ModelError:
         raise
     except Exception as error:  # a damaged flatbuffer fails anywhere, with anything
-        raise ModelError("%s is a damaged or truncated TensorFlow Lite file (%s)" % (path, _first_line(error, 100)))
+        raise ModelError("%s is a damaged or truncated TensorFlow Lite file (%s)" % (path, first_line(error, 100)))
     return _Graph(tensors, ops, inputs, signature_names)
 
 
@@ -473,7 +468,7 @@ def trunk_onnx(path, trunk, opset):
         proto, _ = tf2onnx.convert.from_tflite(path, input_names=[trunk.input_name], output_names=names,
                                                opset=opset)
     except Exception as error:
-        raise ModelError("tf2onnx cannot convert %s: %s" % (path, _first_line(error)))
+        raise ModelError("tf2onnx cannot convert %s: %s" % (path, first_line(error)))
     # from_tflite carries on past ops it cannot convert, leaving them as 'TFL_*' nodes.
     unknown = sorted({n.op_type for n in proto.graph.node
                       if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type)})

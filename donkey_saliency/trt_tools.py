@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .errors import BackendUnavailable, InputError
+from .errors import BackendUnavailable, InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def default_pilot_graph():
         from donkeycar.parts.keras import default_n_linear
     except Exception as error:
         raise InputError("no MODEL given, and the stand-in pilot needs donkeycar and TensorFlow (%s); "
-                         "give a pilot file" % (str(error).splitlines() or [type(error).__name__])[0])
+                         "give a pilot file" % first_line(error, None))
     from .graph import graph_for
 
     model = default_n_linear(2)

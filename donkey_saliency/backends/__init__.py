@@ -5,7 +5,7 @@ time, so listing and choosing a backend is cheap everywhere (a Raspberry Pi incl
 """
 import logging
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def activate_with_fallback(graph, name="auto", options=None):
         failed = backend.name if backend is not None else name
         if failed == "onnxruntime":
             raise
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        logger.warning("saliency backend %s failed (%s); falling back to onnxruntime", failed, first_line)
+        logger.warning("saliency backend %s failed (%s); falling back to onnxruntime", failed,
+                       first_line(error, None))
     backend = backend_class("onnxruntime")(graph, **options)
     backend.activate()
     return backend

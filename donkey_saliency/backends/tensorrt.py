@@ -30,7 +30,7 @@ import numpy as np
 
 from .base import Backend
 from .. import trt_cache
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -44,21 +44,17 @@ DEFAULT_WORKSPACE_MB = 256  # plenty for this graph; a Nano has 4 GB shared with
 
 # --- what is installed ---------------------------------------------------------------------------
 
-def _import_error_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 def missing_libraries():
     """Names (with the import error) of the libraries that do not import; [] when both do."""
     missing = []
     try:
         import tensorrt  # noqa: F401
     except Exception as error:  # ImportError, or OSError when libnvinfer.so is not found
-        missing.append("tensorrt (%s)" % _import_error_line(error))
+        missing.append("tensorrt (%s)" % first_line(error, None))
     try:
         import pycuda.driver  # noqa: F401
     except Exception as error:
-        missing.append("pycuda (%s)" % _import_error_line(error))
+        missing.append("pycuda (%s)" % first_line(error, None))
     return missing
 
 
@@ -74,7 +70,7 @@ def unavailable_reason():
         cuda.init()
         count = cuda.Device.count()
     except Exception as error:
-        return "tensorrt and pycuda import, but the CUDA driver does not start (%s)" % _import_error_line(error)
+        return "tensorrt and pycuda import, but the CUDA driver does not start (%s)" % first_line(error, None)
     if count < 1:
         return "tensorrt and pycuda import, but there is no CUDA device"
     return None
