@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from .errors import InputError, ModelError, first_line
+from .pilots import load_pilot, reference
 
 logger = logging.getLogger(__name__)
 
@@ -216,14 +217,12 @@ class EagerVisualBackProp(object):
 
     TINY = 1e-6
 
-    def __init__(self, pilot):
+    def __init__(self, pilot, keras_model):
         import tensorflow as tf
-
-        from .model import _image_input
 
         self.tf = tf
         self.steps = pilot.trunk.steps
-        self.submodel = tf.keras.Model(_image_input(pilot.keras_model), pilot.trunk.map_handles)
+        self.submodel = reference.keras_submodel(keras_model, pilot.trunk)
         self.kernels = {index: tf.ones(tuple(step.kernel) + (1, 1), tf.float32)
                         for index, step in enumerate(self.steps) if step.kind in ("conv", "pool")}
 
@@ -375,12 +374,11 @@ def run_bench(model_path, frames=100, tub=None, backend="auto", loops=200, hz=20
     alternatives = {}
     pilot = None
     try:
-        from .model import load_pilot
-
         pilot = load_pilot(model_path)
-        if pilot.keras_model is None:
+        if pilot.format != "keras":
             raise ModelError("needs a Keras pilot (.h5, .keras or SavedModel), not %s"
                              % os.path.basename(os.fspath(model_path)))
+        keras_model = reference.keras_model(model_path)
     except ModelError as error:
         pilot = None
         reason = str(error)
@@ -389,14 +387,14 @@ def run_bench(model_path, frames=100, tub=None, backend="auto", loops=200, hz=20
 
     if pilot is not None:
         say("timing (b) eager TensorFlow VisualBackProp on %d frames" % len(model_frames))
-        times, eager_masks = time_eager_vbp(EagerVisualBackProp(pilot), model_frames)
+        times, eager_masks = time_eager_vbp(EagerVisualBackProp(pilot, keras_model), model_frames)
         difference = float(max(np.max(np.abs(a - b)) for a, b in zip(eager_masks, our_masks)))
         alternatives["b"] = dict(method="eager TensorFlow: Keras sub-model + tf.nn.conv2d_transpose head",
                                  max_abs_difference_from_ours=difference, **summarize(times))
         say("timing (a) makemovie --salient gradient saliency on %d frames" % len(model_frames))
         try:
             # Done after (b): makemovie switches the output layers to linear in place (the trunk is untouched).
-            method, description = gradient_saliency(pilot.keras_model)
+            method, description = gradient_saliency(keras_model)
             alternatives["a"] = dict(method=description, **summarize(time_gradient(method, model_frames)))
         except ModelError as error:
             alternatives["a"] = dict(method="not run: %s" % error, **summarize([]))

@@ -15,7 +15,7 @@ EXIT_BAD_INPUT = 2
 
 def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for name in ("tensorflow", "tf2onnx", "absl", "h5py"):
+    for name in ("tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -81,17 +81,17 @@ def _add_summary(sub):
 
 
 def cmd_summary(args):
-    from .model import load_pilot
+    from .pilots import load_pilot
 
     trunk = load_pilot(args.model).trunk
     height, width, channels = trunk.input_shape
     print("%s  (model type: %s)  input %dx%dx%d, frames scaled by 1/255" % (
         args.model, trunk.model_type, height, width, channels))
-    header = ("layer", "kind", "kernel", "stride", "padding", "output", "receptive field", "jump")
+    header = ("layer", "kind", "kernel", "stride", "padding", "output", "receptive field", "jump", "then")
     rows = [header]
     for r in trunk.table():
         rows.append((r["layer"], r["kind"], "%dx%d" % r["kernel"], "%dx%d" % r["stride"], str(r["padding"]),
-                     r["output"], "%dx%d" % r["receptive_field"], "%dx%d" % r["jump"]))
+                     r["output"], "%dx%d" % r["receptive_field"], "%dx%d" % r["jump"], r["activation"]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -108,7 +108,7 @@ def _add_export(sub):
 
 def cmd_export(args):
     from .graph import export
-    from .model import load_pilot
+    from .pilots import load_pilot
 
     if not args.out.lower().endswith(".onnx"):
         raise InputError("--out must name a .onnx file")

@@ -4,8 +4,9 @@ Outputs: ``mask`` (N, H, W) in [0, 1] and ``mean_<i>`` (N, h_i, w_i), the channe
 conv layer i (shallow to deep). With ``features=True`` also ``features_<i>`` (N, C_i, h_i, w_i).
 The head mirrors ``vbp.py`` operation for operation; the tests hold the two together.
 
-Exported graphs are cached by the pilot file's content hash, so a car exports once (TensorFlow is
-only needed then) and starts from the cached ``.onnx`` afterwards.
+The graph is built from the pilot's trunk description (``pilots/``) with the ``onnx`` package alone:
+no TensorFlow. Built graphs are cached by the pilot file's content hash, so a car builds once and
+starts from the cached ``.onnx`` afterwards.
 """
 import hashlib
 import json
@@ -15,7 +16,9 @@ import tempfile
 
 from . import __version__
 from .errors import ModelError, first_line
-from .model import pad_before
+from .pilots import load_pilot
+from .pilots.trunk import Affine, pad_before, same_padding_totals
+from .vbp import TINY
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +27,7 @@ IR_VERSION = 7  # the IR that goes with opset 13; older ONNX parsers refuse newe
 INPUT_NAME = "frame"
 MASK_NAME = "mask"
 META_KEY = "donkey_saliency"
-GRAPH_FORMAT = 2  # bump when the graph's layout or math changes: invalidates caches
+GRAPH_FORMAT = 3  # bump when the graph's layout or math changes: invalidates caches
 
 
 class SaliencyGraph(object):
@@ -113,37 +116,123 @@ def atomic_write(path, data):
 
 
 # --------------------------------------------------------------------------------------------
-# The head
+# Building the graph
 
 class _Builder(object):
-    """Appends nodes and constants to an ONNX graph with unique names."""
+    """Collects nodes and constants of one ONNX graph under unique names."""
 
-    def __init__(self, graph):
-        self.graph = graph
+    def __init__(self):
+        self.nodes = []
+        self.initializers = []
         self.count = 0
 
     def name(self, hint):
         self.count += 1
-        return "vbp/%s_%d" % (hint, self.count)
+        return "%s_%d" % (hint, self.count)
 
     def const(self, hint, array):
         from onnx import numpy_helper
 
         name = self.name(hint)
-        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
     def op(self, op_type, inputs, hint=None, output=None, **attrs):
         from onnx import helper
 
         output = output or self.name(hint or op_type.lower())
-        self.graph.node.append(helper.make_node(op_type, inputs, [output], name=self.name(op_type), **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=self.name(op_type), **attrs))
         return output
 
 
+# --- the trunk ------------------------------------------------------------------------------------
+
+def _pointwise(b, x, op):
+    """One Affine or Activation (see pilots/trunk.py) on an NCHW tensor."""
+    import numpy as np
+
+    if isinstance(op, Affine):
+        for value, op_type, neutral in ((op.scale, "Mul", 1.0), (op.shift, "Add", 0.0)):
+            value = np.asarray(value, np.float32)
+            if not np.all(value == neutral):
+                shaped = value.reshape(1, -1, 1, 1) if value.size > 1 else value.reshape(())
+                x = b.op(op_type, [x, b.const("trunk/affine", shaped)], "trunk/affine")
+        return x
+    kind = op.kind
+    if kind == "linear":
+        return x
+    if kind == "relu":
+        return b.op("Relu", [x], "trunk/relu")
+    if kind in ("relu6", "relu_n1_to_1", "relu_0_to_1"):
+        low, high = {"relu6": (0.0, 6.0), "relu_n1_to_1": (-1.0, 1.0), "relu_0_to_1": (0.0, 1.0)}[kind]
+        return b.op("Clip", [x, b.const("trunk/low", np.array(low, np.float32)),
+                             b.const("trunk/high", np.array(high, np.float32))], "trunk/clip")
+    if kind == "elu":
+        return b.op("Elu", [x], "trunk/elu", alpha=op.alpha)
+    if kind == "leaky_relu":
+        return b.op("LeakyRelu", [x], "trunk/leaky_relu", alpha=op.alpha)
+    if kind == "tanh":
+        return b.op("Tanh", [x], "trunk/tanh")
+    if kind == "sigmoid":
+        return b.op("Sigmoid", [x], "trunk/sigmoid")
+    if kind == "swish":
+        return b.op("Mul", [x, b.op("Sigmoid", [x], "trunk/sigmoid")], "trunk/swish")
+    raise ValueError("unknown activation %r" % kind)
+
+
+def _step_pads(step):
+    """ONNX pads [top, left, bottom, right] of a conv/pool step."""
+    if step.padding != "same":
+        return [0, 0, 0, 0]
+    total_h, total_w = same_padding_totals(step)
+    return [total_h // 2, total_w // 2, total_h - total_h // 2, total_w - total_w // 2]
+
+
+def _spatial_step(b, x, step):
+    import numpy as np
+
+    name = "trunk/" + step.name
+    if step.kind == "conv":
+        conv = step.compute
+        return b.op("Conv", [x, b.const(name + "/W", conv.weight), b.const(name + "/B", conv.bias)], name,
+                    kernel_shape=list(conv.weight.shape[2:]), strides=list(step.stride), pads=_step_pads(step),
+                    dilations=list(conv.dilation), group=conv.groups)
+    if step.kind == "pool":
+        op_type = "MaxPool" if step.compute == "max" else "AveragePool"
+        return b.op(op_type, [x], name, kernel_shape=list(step.kernel), strides=list(step.stride),
+                    pads=_step_pads(step))
+    (top, bottom), (left, right) = step.border
+    if step.kind == "crop":
+        height, width = step.in_hw
+        return b.op("Slice", [x, b.const(name + "/starts", np.array([top, left], np.int64)),
+                              b.const(name + "/ends", np.array([height - bottom, width - right], np.int64)),
+                              b.const(name + "/axes", np.array([2, 3], np.int64))], name)
+    pads = np.array([0, 0, top, left, 0, 0, bottom, right], np.int64)
+    return b.op("Pad", [x, b.const(name + "/pads", pads)], name, mode="constant")
+
+
+def _trunk(b, trunk, image):
+    """The pilot's conv trunk on an NCHW float image; returns each conv's post-activation map."""
+    x = image
+    for op in trunk.input_tail:
+        x = _pointwise(b, x, op)
+    maps = []
+    for step in trunk.steps:
+        x = _spatial_step(b, x, step)
+        for index, op in enumerate(step.tail):
+            if step.kind == "conv" and index == step.compute.map_at:
+                maps.append(x)
+            x = _pointwise(b, x, op)
+        if step.kind == "conv" and step.compute.map_at == len(step.tail):
+            maps.append(x)
+    return maps
+
+
+# --- the head -------------------------------------------------------------------------------------
+
 def _scale_to_max(b, m, tiny):
-    peak = b.op("ReduceMax", [m], "peak", axes=[2, 3], keepdims=1)
-    return b.op("Div", [m, b.op("Max", [peak, tiny])], "scaled")
+    peak = b.op("ReduceMax", [m], "vbp/peak", axes=[2, 3], keepdims=1)
+    return b.op("Div", [m, b.op("Max", [peak, tiny], "vbp/peak_or_tiny")], "vbp/scaled")
 
 
 def _to_step_input(b, m, step):
@@ -158,58 +247,35 @@ def _to_step_input(b, m, step):
             extra = full - begin[axis] - step.in_hw[axis]  # > 0: cut at the end; < 0: zero rows to add
             pads_end.append(max(extra, 0))
             output_padding.append(max(-extra, 0))
-        ones = b.const("ones", np.ones((1, 1) + tuple(step.kernel), dtype=np.float32))
-        attrs = dict(kernel_shape=list(step.kernel), strides=list(step.stride),
-                     pads=list(begin) + pads_end)
+        ones = b.const("vbp/ones", np.ones((1, 1) + tuple(step.kernel), dtype=np.float32))
+        attrs = dict(kernel_shape=list(step.kernel), strides=list(step.stride), pads=list(begin) + pads_end)
         if any(output_padding):
             attrs["output_padding"] = output_padding
-        return b.op("ConvTranspose", [m, ones], "up_" + step.name, **attrs)
+        return b.op("ConvTranspose", [m, ones], "vbp/up_" + step.name, **attrs)
     (top, bottom), (left, right) = step.border
     if step.kind == "crop":
-        pads = b.const("pads", np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64))
-        return b.op("Pad", [m, pads], "uncrop_" + step.name, mode="constant")
+        pads = b.const("vbp/pads", np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64))
+        return b.op("Pad", [m, pads], "vbp/uncrop_" + step.name, mode="constant")
     if step.kind == "pad":
         height, width = step.out_hw
-        starts = b.const("starts", np.array([top, left], dtype=np.int64))
-        ends = b.const("ends", np.array([height - bottom, width - right], dtype=np.int64))
-        axes = b.const("axes", np.array([2, 3], dtype=np.int64))
-        return b.op("Slice", [m, starts, ends, axes], "unpad_" + step.name)
+        starts = b.const("vbp/starts", np.array([top, left], dtype=np.int64))
+        ends = b.const("vbp/ends", np.array([height - bottom, width - right], dtype=np.int64))
+        axes = b.const("vbp/axes", np.array([2, 3], dtype=np.int64))
+        return b.op("Slice", [m, starts, ends, axes], "vbp/unpad_" + step.name)
     raise ValueError("unknown step kind %r" % step.kind)
 
 
-def add_head(proto, trunk, features=False):
-    """Turn a trunk graph (float 'image' NHWC -> map_i NCHW) into the fused saliency graph, in place."""
+def _head(b, trunk, maps):
+    """VisualBackProp on the maps; returns (mask (N, 1, H, W), [mean_i (N, 1, h, w)])."""
     import numpy as np
-    from onnx import TensorProto, helper
 
-    from .vbp import TINY
-
-    graph = proto.graph
-    height, width, channels = trunk.input_shape
-    b = _Builder(graph)
-
-    # uint8 frame in: a 4x smaller host->device copy, and the /255 that KerasPilot applies.
-    old_input = [i for i in graph.input if i.name == "image"]
-    if len(old_input) != 1:
-        raise ModelError("the converted trunk has no 'image' input")
-    graph.input.remove(old_input[0])
-    graph.input.insert(0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", height, width, channels]))
-    pre = [helper.make_node("Cast", [INPUT_NAME], ["vbp/frame_float"], name="vbp/Cast", to=TensorProto.FLOAT),
-           helper.make_node("Div", ["vbp/frame_float", "vbp/255"], ["image"], name="vbp/Div255")]
-    graph.initializer.append(helper.make_tensor("vbp/255", TensorProto.FLOAT, [], [255.0]))
-    for node in reversed(pre):
-        graph.node.insert(0, node)
-
-    trunk_outputs = list(graph.output)
-    del graph.output[:]
-    tiny = b.const("tiny", np.array(TINY, dtype=np.float32))
+    tiny = b.const("vbp/tiny", np.array(TINY, dtype=np.float32))
     means = []
     for i, conv in enumerate(trunk.convs):
         # The channel mean as a 1x1 conv with weights 1/C: it stays in the runtimes' blocked conv
         # layout (ONNX Runtime would otherwise reorder each 64-channel map just to average it).
-        weights = b.const("channel_mean_%d" % i, np.full((1, conv.channels, 1, 1), 1.0 / conv.channels, np.float32))
-        means.append(b.op("Conv", ["map_%d" % i, weights], "mean4d_%d" % i, kernel_shape=[1, 1]))
-
+        weights = b.const("vbp/channel_mean", np.full((1, conv.channels, 1, 1), 1.0 / conv.channels, np.float32))
+        means.append(b.op("Conv", [maps[i], weights], "vbp/mean4d_%d" % i, kernel_shape=[1, 1]))
     steps = trunk.steps
     level = len(means) - 1
     m = _scale_to_max(b, means[level], tiny)
@@ -217,46 +283,57 @@ def add_head(proto, trunk, features=False):
         m = _to_step_input(b, m, steps[index])
         if index > 0 and steps[index - 1].kind == "conv":
             level -= 1
-            m = _scale_to_max(b, b.op("Mul", [m, means[level]], "product"), tiny)
+            m = _scale_to_max(b, b.op("Mul", [m, means[level]], "vbp/product"), tiny)
+    low = b.op("ReduceMin", [m], "vbp/low", axes=[2, 3], keepdims=1)
+    high = b.op("ReduceMax", [m], "vbp/high", axes=[2, 3], keepdims=1)
+    spread = b.op("Max", [b.op("Sub", [high, low], "vbp/range"), tiny], "vbp/spread")
+    return b.op("Div", [b.op("Sub", [m, low], "vbp/shifted"), spread], "vbp/normalised"), means
 
-    low = b.op("ReduceMin", [m], "low", axes=[2, 3], keepdims=1)
-    high = b.op("ReduceMax", [m], "high", axes=[2, 3], keepdims=1)
-    spread = b.op("Max", [b.op("Sub", [high, low], "range"), tiny], "spread")
-    normalised = b.op("Div", [b.op("Sub", [m, low], "shifted"), spread], "normalised")
-    axis1 = b.const("axis1", np.array([1], dtype=np.int64))
-    b.op("Squeeze", [normalised, axis1], output=MASK_NAME)
+
+def build(trunk, features=False, source=""):
+    """The fused graph (ONNX ModelProto) of a trunk: uint8 frame -> /255 -> trunk -> VisualBackProp."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    height, width, channels = trunk.input_shape
+    b = _Builder()
+    # uint8 frame in: a 4x smaller host->device copy, and the /255 that KerasPilot applies.
+    scaled = b.op("Div", [b.op("Cast", [INPUT_NAME], "input/float", to=TensorProto.FLOAT),
+                          b.const("input/255", np.array(255.0, np.float32))], "input/scaled")
+    image = b.op("Transpose", [scaled], "input/nchw", perm=[0, 3, 1, 2])
+    maps = _trunk(b, trunk, image)
+    mask, means = _head(b, trunk, maps)
+    axis1 = b.const("vbp/axis1", np.array([1], dtype=np.int64))
+    b.op("Squeeze", [mask, axis1], output=MASK_NAME)
     outputs = [helper.make_tensor_value_info(MASK_NAME, TensorProto.FLOAT, ["N", height, width])]
     for i, (conv, mean) in enumerate(zip(trunk.convs, means)):
         b.op("Squeeze", [mean, axis1], output="mean_%d" % i)
         outputs.append(helper.make_tensor_value_info("mean_%d" % i, TensorProto.FLOAT, ["N"] + list(conv.out_hw)))
     if features:
-        for i, out in enumerate(trunk_outputs):
-            b.op("Identity", [out.name], output="features_%d" % i)
+        for i, (conv, tensor) in enumerate(zip(trunk.convs, maps)):
+            b.op("Identity", [tensor], output="features_%d" % i)
             outputs.append(helper.make_tensor_value_info("features_%d" % i, TensorProto.FLOAT,
-                                                         ["N", trunk.convs[i].channels] + list(trunk.convs[i].out_hw)))
-    graph.output.extend(outputs)
-    graph.name = "donkey_saliency"
+                                                         ["N", conv.channels] + list(conv.out_hw)))
+    frame = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", height, width, channels])
+    graph = helper.make_graph(b.nodes, "donkey_saliency", [frame], outputs, initializer=b.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="donkey-saliency",
+                              producer_version=__version__)
+    proto.ir_version = IR_VERSION
+    info = dict(format=GRAPH_FORMAT, input_shape=list(trunk.input_shape), layers=trunk.layer_names,
+                level_shapes=[list(c.out_hw) for c in trunk.convs], model_type=trunk.model_type,
+                source=source, version=__version__, features=features)
+    helper.set_model_props(proto, {META_KEY: json.dumps(info)})
+    onnx.checker.check_model(proto)
     return proto
 
 
 def export(pilot, features=False):
-    """Build the fused graph for a loaded :class:`~donkey_saliency.model.Pilot`."""
-    import onnx
-
-    proto = pilot.trunk_onnx(OPSET)
-    add_head(proto, pilot.trunk, features=features)
-    proto.ir_version = IR_VERSION
-    del proto.opset_import[:]
-    proto.opset_import.extend([onnx.helper.make_opsetid("", OPSET)])
+    """The fused :class:`SaliencyGraph` of a loaded :class:`~donkey_saliency.pilots.Pilot`."""
     trunk = pilot.trunk
-    info = dict(format=GRAPH_FORMAT, input_shape=list(trunk.input_shape), layers=trunk.layer_names,
-                level_shapes=[list(c.out_hw) for c in trunk.convs], model_type=trunk.model_type,
-                source=os.path.basename(pilot.path.rstrip("/")), version=__version__, features=features)
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {META_KEY: json.dumps(info)})
-    onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    return SaliencyGraph(data, trunk.input_shape, trunk.layer_names, info["level_shapes"], pilot.path)
+    proto = build(trunk, features=features, source=os.path.basename(pilot.path.rstrip("/")))
+    return SaliencyGraph(proto.SerializeToString(), trunk.input_shape, trunk.layer_names,
+                         [list(c.out_hw) for c in trunk.convs], pilot.path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,8 +383,6 @@ def graph_for(model_path, cache_dir=None, features=False):
                 return graph
             except ModelError as error:
                 logger.warning("ignoring cached graph %s (%s); exporting again", cached, error)
-    from .model import load_pilot
-
     graph = export(load_pilot(model_path), features=features)
     if cached:
         try:

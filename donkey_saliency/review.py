@@ -70,9 +70,9 @@ class PilotPredictor(object):
     throttle range). Other output layouts give no values."""
 
     def __init__(self, model_path):
-        from .model import load_keras
+        from .pilots.reference import keras_model
 
-        self.model = load_keras(model_path)
+        self.model = keras_model(model_path)
         shape = self.model.inputs[0].shape
         self.input_hw = (int(shape[1]), int(shape[2]))
         self.usable = len(self.model.inputs) == 1

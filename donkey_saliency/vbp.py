@@ -1,11 +1,11 @@
 """VisualBackProp (Bojarski et al. 2016, arXiv 1611.05418) in plain NumPy.
 
 The executable specification: the fused ONNX head in ``graph.py`` must agree with this to 1e-5.
-Maps are batched, (N, h, w). Steps come from ``model.Trunk`` (forward order).
+Maps are batched, (N, h, w). Steps come from ``pilots.trunk.Trunk`` (forward order).
 """
 import numpy as np
 
-from .model import pad_before
+from .pilots.trunk import pad_before
 
 # Guards every division: an all-zero map stays all zeros instead of becoming NaN.
 TINY = 1e-6

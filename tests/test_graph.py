@@ -3,13 +3,16 @@
 Both the converted trunk and the VisualBackProp head are checked: the reference side never
 touches ONNX. Tolerance 1e-5 on masks in [0, 1].
 """
+import os
+
 import numpy as np
 import pytest
 
 from conftest import random_frames, real_data_or_skip, real_frames
 from donkey_saliency import backends, graph, vbp
 from donkey_saliency.errors import ModelError
-from donkey_saliency.model import Pilot, keras_trunk, load_pilot
+from donkey_saliency.pilots import load_pilot
+from donkey_saliency.pilots import reference as framework
 
 TOLERANCE = 1e-5
 
@@ -20,16 +23,30 @@ def layers():
     return tf.keras.layers
 
 
-def check_against_reference(model, frames=None, seed=0):
-    """Export ``model``, run it, compare with vbp on Keras' maps; returns (trunk, outputs)."""
-    trunk = keras_trunk(model)
-    pilot = Pilot("test.h5", trunk, keras_model=model)
+def saved(model, suffix=".h5"):
+    """``model`` written as a pilot file (what a car reads) in a fresh temp folder."""
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="pilot-"), "pilot" + suffix)
+    model.save(path)
+    return path
+
+
+def keras_trunk(model):
+    return load_pilot(saved(model)).trunk
+
+
+def check_against_reference(model, frames=None, seed=0, path=None):
+    """Save ``model``, read the file without TensorFlow, build its graph, run it, compare with vbp on
+    Keras' own maps; returns (trunk, outputs)."""
+    pilot = load_pilot(path or saved(model))
+    trunk = pilot.trunk
     fused = graph.export(pilot)
     if frames is None:
         frames = random_frames(3, trunk.input_shape, seed=seed)
     with backends.create(fused, "onnxruntime") as backend:
         outputs = backend.infer(frames)
-    feature_maps = pilot.feature_maps(frames)
+    feature_maps = framework.feature_maps(pilot, frames, model)
     reference = vbp.mask_from_feature_maps(trunk.steps, feature_maps)
     mask = outputs["mask"]
     assert mask.shape == (len(frames),) + trunk.input_hw
@@ -176,7 +193,7 @@ def test_cropping_zeroes_the_cropped_rows():
 
 def test_constant_input_gives_zeros_not_nan():
     model = build((120, 160, 3), one_conv)
-    fused = graph.export(Pilot("x.h5", keras_trunk(model), keras_model=model))
+    fused = graph.export(load_pilot(saved(model)))
     with backends.create(fused, "onnxruntime") as backend:
         mask = backend.infer(np.zeros((1, 120, 160, 3), np.uint8))["mask"]
     assert np.isfinite(mask).all()
@@ -215,9 +232,10 @@ def test_missing_and_corrupt_files(tmp_path):
 # --- the real pilot -------------------------------------------------------------------------------
 def test_real_pilot_matches_reference():
     real_data_or_skip()
-    pilot = load_pilot(real_data_or_skip()[0])
+    path = real_data_or_skip()[0]
+    pilot = load_pilot(path)
     assert [c.stride for c in pilot.trunk.convs] == [(2, 2), (2, 2), (2, 2), (1, 1), (1, 1)]
-    check_against_reference(pilot.keras_model, frames=real_frames(8))
+    check_against_reference(framework.keras_model(path), frames=real_frames(8), path=path)
 
 
 # --- cache and saved graphs -----------------------------------------------------------------------

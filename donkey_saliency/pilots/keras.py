@@ -1,0 +1,350 @@
+"""Keras pilots read without TensorFlow: the model's config JSON plus its weights, via h5py.
+
+- ``.h5`` as ``donkey train`` writes it (Keras 2 HDF5): ``model_config`` attribute + ``model_weights``;
+- ``.keras`` (a zip of ``config.json`` and ``model.weights.h5``), as Keras 2.13+ and Keras 3 write it;
+- a SavedModel directory needs TensorFlow to be read at all; with it, the loaded model's own config
+  and weights go through the same walker.
+"""
+import io
+import json
+import os
+import re
+import zipfile
+
+import numpy as np
+
+from ..errors import ModelError, first_line
+from .trunk import SEQUENCE_HINT, TrunkBuilder, activation, batch_norm, model_type_from_names
+
+_CONVS = {"Conv2D", "Convolution2D", "DepthwiseConv2D"}
+_POOLS = {"MaxPooling2D": "max", "MaxPool2D": "max", "AveragePooling2D": "avg", "AvgPool2D": "avg"}
+_IDENTITIES = {"Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+               "ActivityRegularization", "Identity"}
+# Decoder branches (donkey's 'latent' model) hang off the trunk; they are not on the decision path.
+_DECODER_BRANCH = {"Conv2DTranspose", "UpSampling2D"}
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ModelError("reading a Keras pilot needs h5py (pip install h5py)")
+    return h5py
+
+
+class _Layer(object):
+    def __init__(self, name, kind, config, inbound):
+        self.name = name
+        self.kind = kind  # Keras class name
+        self.config = config
+        self.inbound = inbound  # names of the layers feeding its first call
+
+
+class KerasFile(object):
+    """A Keras model's layers (config) and a way to get each layer's weights, whatever the container."""
+
+    def __init__(self, config, weights):
+        self.config = config  # the model config: {"class_name": ..., "config": {...}}
+        self.weights = weights  # callable: layer name -> list of NumPy arrays (Keras' weight order)
+        self.layers = _layers(config)
+
+    @property
+    def input_names(self):
+        return _endpoint_names(self.config["config"], "input_layers") or \
+            [l.name for l in self.layers if l.kind == "InputLayer"]
+
+    @property
+    def output_names(self):
+        return _endpoint_names(self.config["config"], "output_layers")
+
+
+def read(path):
+    """The :class:`KerasFile` of a .h5/.hdf5/.keras file or a SavedModel directory."""
+    try:
+        if os.path.isdir(path):
+            return _read_savedmodel(path)
+        if zipfile.is_zipfile(path):
+            return _read_keras_zip(path)
+        return _read_h5(path)
+    except ModelError:
+        raise
+    except Exception as error:  # h5py, zip and JSON each raise their own
+        raise ModelError("cannot read %s as a Keras pilot: %s" % (path, first_line(error)))
+
+
+def _read_h5(path):
+    h5py = _h5py()
+    with h5py.File(path, "r") as handle:
+        config = handle.attrs.get("model_config")
+        if config is None:
+            raise ModelError("cannot read %s as a Keras pilot: it holds weights only, no model config" % path)
+        config = json.loads(config.decode("utf-8") if isinstance(config, bytes) else config)
+        group = handle["model_weights"] if "model_weights" in handle else handle
+        weights = {}
+        for name in _names(group.attrs.get("layer_names", [])):
+            layer = group[name]
+            weights[name] = [np.array(layer[w]) for w in _names(layer.attrs.get("weight_names", []))]
+    return KerasFile(config, lambda name: weights.get(name, []))
+
+
+def _read_keras_zip(path):
+    h5py = _h5py()
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json").decode("utf-8"))
+        data = archive.read("model.weights.h5")
+    weights = {}
+    with h5py.File(io.BytesIO(data), "r") as handle:
+        # Keras names each layer's group after its class, in the model's layer order
+        # (layers/conv2d, layers/conv2d_1, ...), not after the layer's own name.
+        seen = {}
+        for layer in _layers(config):
+            key = _snake_case(layer.kind)
+            count = seen.get(key, 0)
+            seen[key] = count + 1
+            group_name = "layers/%s%s/vars" % (key, "_%d" % count if count else "")
+            if group_name in handle:
+                group = handle[group_name]
+                weights[layer.name] = [np.array(group[str(i)]) for i in range(len(group))]
+    return KerasFile(config, lambda name: weights.get(name, []))
+
+
+def _read_savedmodel(path):
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise ModelError("%s is a directory but not a SavedModel (no saved_model.pb)" % path)
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ModelError("reading a SavedModel pilot needs TensorFlow; use the pilot's .h5 or .tflite file, or "
+                         "export the graph once elsewhere with 'donkey-saliency export'")
+    model = tf.keras.models.load_model(path, compile=False)
+    config = json.loads(model.to_json())
+    weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
+    return KerasFile(config, lambda name: weights.get(name, []))
+
+
+def _names(values):
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _snake_case(name):
+    """Keras' own rule for the weight groups of a .keras file (Conv2D -> conv2d, ReLU -> re_lu)."""
+    name = re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", name)
+    name = re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+    return name if not name.startswith("_") else "private" + name
+
+
+def _layers(config):
+    """The model's layers in order, each with the names of the layers feeding it."""
+    kind = config.get("class_name")
+    body = config.get("config", {})
+    if kind == "Sequential":
+        layers, previous = [], None
+        entries = body["layers"] if isinstance(body, dict) else body
+        for entry in entries:
+            name = entry.get("config", {}).get("name") or entry.get("name")
+            layers.append(_Layer(name, entry["class_name"], entry.get("config", {}), [previous] if previous else []))
+            previous = name
+        return layers
+    if kind not in ("Model", "Functional"):
+        raise ModelError("the file holds a %s, not a Keras model" % kind)
+    return [_Layer(entry.get("name") or entry["config"]["name"], entry["class_name"], entry.get("config", {}),
+                   _inbound_names(entry.get("inbound_nodes") or [])) for entry in body["layers"]]
+
+
+def _inbound_names(nodes):
+    """Layer names feeding a layer's first call. Keras 2 writes [[["conv", 0, 0, {}], ...]];
+    Keras 3 writes [{"args": [{"config": {"keras_history": ["conv", 0, 0]}}], "kwargs": {}}]."""
+    if not nodes:
+        return []
+    node = nodes[0]
+    if isinstance(node, dict):
+        names = []
+
+        def collect(value):
+            if isinstance(value, dict):
+                history = value.get("config", {}).get("keras_history") if value.get("class_name") == \
+                    "__keras_tensor__" else None
+                if history:
+                    names.append(history[0])
+                else:
+                    for item in value.values():
+                        collect(item)
+            elif isinstance(value, list):
+                for item in value:
+                    collect(item)
+
+        collect(node.get("args", []))
+        return names
+    return [entry[0] for entry in node if isinstance(entry, list) and entry and isinstance(entry[0], str)]
+
+
+def _endpoint_names(body, key):
+    entries = body.get(key) or []
+    if entries and isinstance(entries[0], str):  # a single [name, 0, 0]
+        entries = [entries]
+    return [e[0] for e in entries]
+
+
+def _pair(value):
+    return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value), int(value))
+
+
+def _input_shape(layer):
+    shape = layer.config.get("batch_input_shape") or layer.config.get("batch_shape")
+    return tuple(shape) if shape else None
+
+
+def _refuse_sequence_models(layers):
+    kinds = {layer.kind for layer in layers}
+    if "TimeDistributed" in kinds:
+        raise ModelError("this pilot reads a sequence of frames (donkey model type 'rnn', TimeDistributed "
+                         "layers); %s" % SEQUENCE_HINT)
+    if kinds & {"Conv3D", "MaxPooling3D", "MaxPool3D"}:
+        raise ModelError("this pilot is a 3-D CNN over a sequence of frames (donkey model type '3d'); %s"
+                         % SEQUENCE_HINT)
+
+
+def _image_input(keras_file):
+    layers = {l.name: l for l in keras_file.layers}
+    candidates = []
+    for name in keras_file.input_names:
+        layer = layers.get(name)
+        shape = _input_shape(layer) if layer is not None else None
+        if shape and len(shape) == 4 and shape[3] in (1, 3) and shape[1] and shape[2]:
+            candidates.append(layer)
+    if not candidates and keras_file.layers and keras_file.config.get("class_name") == "Sequential":
+        first = keras_file.layers[0]
+        shape = _input_shape(first)
+        if shape and len(shape) == 4:
+            candidates.append(first)
+    if not candidates:
+        shapes = [str(_input_shape(layers[n])[1:]) for n in keras_file.input_names if n in layers and
+                  _input_shape(layers[n])]
+        raise ModelError("the pilot has no image input (expected one of shape (H, W, 1 or 3); it has %s)"
+                         % (", ".join(shapes) or "none"))
+    named = [l for l in candidates if "img" in l.name]
+    return (named or candidates)[0]
+
+
+def _activation_of(layer):
+    """The Activation a layer applies (its ``activation`` setting or what the layer is), or None."""
+    config, kind = layer.config, layer.kind
+    if kind == "ReLU":
+        max_value, slope = config.get("max_value"), config.get("negative_slope") or 0.0
+        if config.get("threshold"):
+            raise ModelError("layer %s is a ReLU with a threshold, which saliency does not support" % layer.name)
+        if slope:
+            return activation("leaky_relu", layer.name, slope) if max_value is None else \
+                activation("relu_with_slope_and_cap", layer.name)
+        if max_value is None:
+            return activation("relu", layer.name)
+        return activation("relu6" if float(max_value) == 6.0 else "relu_max_%g" % float(max_value), layer.name)
+    if kind == "LeakyReLU":
+        alpha = config.get("alpha", config.get("negative_slope"))
+        return activation("leaky_relu", layer.name, 0.3 if alpha is None else alpha)
+    if kind == "ELU":
+        return activation("elu", layer.name, config.get("alpha", 1.0))
+    name = config.get("activation")
+    if isinstance(name, dict):  # serialized activation objects
+        name = name.get("config", {}).get("name") or name.get("class_name")
+    if name is None or name == "linear":
+        return None
+    return activation(str(name).lower(), layer.name)
+
+
+def _conv(builder, keras_file, layer):
+    config = layer.config
+    weights = keras_file.weights(layer.name)
+    if not weights:
+        raise ModelError("layer %s has no weights in the file" % layer.name)
+    dilation = _pair(config.get("dilation_rate", 1))
+    if layer.kind == "DepthwiseConv2D":  # (kh, kw, C, M): output channel c*M + m reads input channel c
+        kernel = weights[0]
+        weight = kernel.reshape(kernel.shape[0], kernel.shape[1], -1).transpose(2, 0, 1)[:, None]
+        groups = kernel.shape[2]
+    else:  # (kh, kw, I/groups, O)
+        weight, groups = weights[0].transpose(3, 2, 0, 1), int(config.get("groups", 1))
+    bias = weights[1] if config.get("use_bias", True) and len(weights) > 1 else None
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise ModelError("layer %s is channels_first; donkey pilots are channels_last" % layer.name)
+    builder.conv(layer.name, weight, bias, _pair(config["strides"]), config["padding"].lower(), dilation, groups,
+                 source=layer.name)
+
+
+def _batch_norm(keras_file, layer, channels):
+    config = layer.config
+    weights = list(keras_file.weights(layer.name))
+    axis = config.get("axis", -1)
+    axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+    if axis not in (-1, 3):
+        raise ModelError("layer %s normalises axis %s; only the channel axis is supported" % (layer.name, axis))
+    gamma = weights.pop(0) if config.get("scale", True) else np.ones(channels, np.float32)
+    beta = weights.pop(0) if config.get("center", True) else np.zeros(channels, np.float32)
+    if len(weights) != 2:
+        raise ModelError("layer %s lacks its moving statistics in the file" % layer.name)
+    return batch_norm(gamma, beta, weights[0], weights[1], float(config.get("epsilon", 1e-3)))
+
+
+def _rescaling(layer):
+    from .trunk import Affine
+
+    config = layer.config
+    return Affine(np.float32(config.get("scale", 1.0)), np.float32(config.get("offset", 0.0)))
+
+
+def keras_trunk(keras_file):
+    """Walk the chain of spatial layers from the image input into a :class:`~.trunk.Trunk`."""
+    layers = keras_file.layers
+    _refuse_sequence_models(layers)
+    image = _image_input(keras_file)
+    height, width, channels = (int(d) for d in _input_shape(image)[1:])
+    builder = TrunkBuilder((height, width, channels), input_source=image.name)
+    consumers = {}
+    for layer in layers:
+        for name in layer.inbound:
+            consumers.setdefault(name, []).append(layer)
+    # Sequential models list their first layer as the input when it carries the input shape.
+    current = image.name
+    pending = [image] if image.kind != "InputLayer" else []
+    while True:
+        if pending:
+            layer = pending.pop()
+        else:
+            following = [l for l in consumers.get(current, []) if l.kind not in _DECODER_BRANCH]
+            if len(following) != 1 or len(following[0].inbound) != 1:
+                break  # the chain ends, branches or merges (Concatenate with other inputs)
+            layer = following[0]
+        kind = layer.kind
+        if kind in _CONVS:
+            _conv(builder, keras_file, layer)
+            applied = _activation_of(layer)
+            if applied is not None:
+                builder.pointwise(applied, source=layer.name)
+        elif kind in _POOLS:
+            config = layer.config
+            pool = _pair(config["pool_size"])
+            builder.pool(layer.name, _POOLS[kind], pool, _pair(config.get("strides") or pool),
+                         config.get("padding", "valid").lower())
+        elif kind in ("Cropping2D", "ZeroPadding2D"):
+            border = layer.config["cropping" if kind == "Cropping2D" else "padding"]
+            border = tuple(_pair(v) for v in border) if isinstance(border, (list, tuple)) else \
+                ((border, border), (border, border))
+            (builder.crop if kind == "Cropping2D" else builder.zero_pad)(layer.name, border)
+        elif kind in ("ReLU", "LeakyReLU", "ELU", "Activation"):
+            applied = _activation_of(layer)
+            if applied is not None:
+                builder.pointwise(applied, source=layer.name)
+        elif kind == "BatchNormalization":
+            builder.pointwise(_batch_norm(keras_file, layer, builder.channels), source=layer.name)
+        elif kind == "Rescaling":
+            builder.pointwise(_rescaling(layer), source=layer.name)
+        elif kind in _IDENTITIES or kind == "InputLayer":
+            pass
+        elif kind == "SeparableConv2D":
+            raise ModelError("layer %s is a SeparableConv2D, which saliency does not read yet" % layer.name)
+        else:
+            break  # Flatten, Dense, global pooling, Lambda, merges: the trunk ends here
+        current = layer.name
+    model_type = model_type_from_names(keras_file.input_names, keras_file.output_names) or \
+        keras_file.config.get("config", {}).get("name") or "keras"
+    return builder.finish(model_type)
