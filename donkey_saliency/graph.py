@@ -138,11 +138,23 @@ class _Builder(object):
         return name
 
     def op(self, op_type, inputs, hint=None, output=None, **attrs):
+        """Append a node; it is named '<prefix>/<op_type>_<n>' after its hint's prefix ('trunk/', 'vbp/'),
+        which TensorRT's precision pinning reads."""
         from onnx import helper
 
         output = output or self.name(hint or op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [output], name=self.name(op_type), **attrs))
+        prefix = (hint or output).rpartition("/")[0]
+        name = self.name((prefix + "/" if prefix else "") + op_type)
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
         return output
+
+    def rename(self, old, new):
+        """Give a tensor a stable name (the conv maps become map_0, map_1, ...)."""
+        for node in self.nodes:
+            for names in (node.input, node.output):
+                for i, name in enumerate(names):
+                    if name == old:
+                        names[i] = new
 
 
 # --- the trunk ------------------------------------------------------------------------------------
@@ -225,7 +237,9 @@ def _trunk(b, trunk, image):
             x = _pointwise(b, x, op)
         if step.kind == "conv" and step.compute.map_at == len(step.tail):
             maps.append(x)
-    return maps
+    for i, tensor in enumerate(maps):
+        b.rename(tensor, "map_%d" % i)
+    return ["map_%d" % i for i in range(len(maps))]
 
 
 # --- the head -------------------------------------------------------------------------------------
@@ -298,21 +312,22 @@ def build(trunk, features=False, source=""):
 
     height, width, channels = trunk.input_shape
     b = _Builder()
-    # uint8 frame in: a 4x smaller host->device copy, and the /255 that KerasPilot applies.
-    scaled = b.op("Div", [b.op("Cast", [INPUT_NAME], "input/float", to=TensorProto.FLOAT),
-                          b.const("input/255", np.array(255.0, np.float32))], "input/scaled")
-    image = b.op("Transpose", [scaled], "input/nchw", perm=[0, 3, 1, 2])
+    # uint8 frame in: a 4x smaller host->device copy, and the /255 that KerasPilot applies. Named
+    # 'vbp/' like the head: TensorRT keeps this cheap prologue in fp32 with it.
+    scaled = b.op("Div", [b.op("Cast", [INPUT_NAME], "vbp/frame_float", to=TensorProto.FLOAT),
+                          b.const("vbp/255", np.array(255.0, np.float32))], "vbp/frame_scaled")
+    image = b.op("Transpose", [scaled], "vbp/frame_nchw", perm=[0, 3, 1, 2])
     maps = _trunk(b, trunk, image)
     mask, means = _head(b, trunk, maps)
     axis1 = b.const("vbp/axis1", np.array([1], dtype=np.int64))
-    b.op("Squeeze", [mask, axis1], output=MASK_NAME)
+    b.op("Squeeze", [mask, axis1], "vbp/output", output=MASK_NAME)
     outputs = [helper.make_tensor_value_info(MASK_NAME, TensorProto.FLOAT, ["N", height, width])]
     for i, (conv, mean) in enumerate(zip(trunk.convs, means)):
-        b.op("Squeeze", [mean, axis1], output="mean_%d" % i)
+        b.op("Squeeze", [mean, axis1], "vbp/output", output="mean_%d" % i)
         outputs.append(helper.make_tensor_value_info("mean_%d" % i, TensorProto.FLOAT, ["N"] + list(conv.out_hw)))
     if features:
         for i, (conv, tensor) in enumerate(zip(trunk.convs, maps)):
-            b.op("Identity", [tensor], output="features_%d" % i)
+            b.op("Identity", [tensor], "vbp/output", output="features_%d" % i)
             outputs.append(helper.make_tensor_value_info("features_%d" % i, TensorProto.FLOAT,
                                                          ["N", conv.channels] + list(conv.out_hw)))
     frame = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", height, width, channels])

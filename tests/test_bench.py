@@ -130,13 +130,14 @@ def test_random_frames_without_a_tub():
 def test_eager_visual_backprop_matches_the_numpy_reference(linear_pilot_path):
     """(b) in the bench is VisualBackProp, checked on donkey's linear architecture."""
     from donkey_saliency import vbp
-    from donkey_saliency.model import load_pilot
+    from donkey_saliency.pilots import load_pilot
+    from donkey_saliency.pilots import reference as framework
 
     pilot = load_pilot(linear_pilot_path)
     frames = random_frames(2, seed=7)
-    eager = bench.EagerVisualBackProp(pilot)
-    reference = vbp.mask_from_feature_maps(pilot.trunk.steps, pilot.feature_maps(frames))
-    for frame, expected in zip(frames, reference):
+    eager = bench.EagerVisualBackProp(pilot, framework.keras_model(linear_pilot_path))
+    expected_masks = vbp.mask_from_feature_maps(pilot.trunk.steps, framework.feature_maps(pilot, frames))
+    for frame, expected in zip(frames, expected_masks):
         assert np.max(np.abs(eager.mask(frame) - expected)) < 1e-5
 
 

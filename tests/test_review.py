@@ -141,10 +141,10 @@ def test_render_cli(tubs, tmp_path):
 # layers
 
 def test_layer_grid_matches_keras_feature_maps(tiny_pilot_path, tmp_path):
-    from donkey_saliency.model import load_pilot
+    from donkey_saliency.pilots import load_pilot, reference
 
     frame = synthetic_frame(3)
-    keras_maps = load_pilot(tiny_pilot_path).feature_maps(frame[None])
+    keras_maps = reference.feature_maps(load_pilot(tiny_pilot_path), frame[None])
     with load(tiny_pilot_path, backend="onnxruntime", features=True) as saliency:
         grid = layer_grid(saliency, frame)
     assert [name for name, _ in grid.layers] == ["conv2d_1", "conv2d_2"]

@@ -31,7 +31,7 @@ needs_no_tensorrt = pytest.mark.skipif(tensorrt_usable(), reason="TensorRT is us
 def tiny_graph(tiny_pilot_path):
     """The fused graph of a tiny in-test conv net (exported without touching any cache)."""
     from donkey_saliency.graph import export
-    from donkey_saliency.model import load_pilot
+    from donkey_saliency.pilots import load_pilot
 
     return export(load_pilot(tiny_pilot_path))
 
@@ -189,8 +189,9 @@ def test_every_head_node_of_the_real_graph_carries_the_prefix(tiny_graph):
             todo.extend(node.input)
     head = [n.name for n in proto.graph.node if n.name not in trunk]
     assert len(head) > 10 and all(name.startswith("vbp/") for name in head)
-    prologue = {"vbp/Cast", "vbp/Div255"}  # uint8 -> float, /255: part of the head's fp32 set, cheap
-    assert {name for name in trunk if name.startswith("vbp/")} == prologue
+    # uint8 -> float, /255, NHWC -> NCHW: part of the head's fp32 set, cheap
+    prologue = {node.op_type for node in proto.graph.node if node.name in trunk and node.name.startswith("vbp/")}
+    assert prologue == {"Cast", "Div", "Transpose"}
     trunk_convs = [n for n in proto.graph.node if n.op_type == "Conv" and not n.name.startswith("vbp/")]
     assert len(trunk_convs) == len(tiny_graph.layer_names) and all(n.name in trunk for n in trunk_convs)
 
