@@ -54,7 +54,7 @@ def test_summary_prints_geometry_and_receptive_field():
     conv5 = [l for l in lines if l.startswith("conv2d_5")][0].split()
     # k3 s1 valid; 8x13x64; receptive field of the linear trunk: 3+2+4*... computed by hand = 61x61 (jump 8)
     assert conv5[1:6] == ["conv", "3x3", "1x1", "valid", "8x13x64"]
-    assert conv5[6:] == ["61x61", "8x8"]
+    assert conv5[6:] == ["61x61", "8x8", "relu"]  # then: the activation read from the file
 
 
 def test_export_writes_a_graph_the_api_loads(tiny_pilot_path, tmp_path):
