@@ -15,8 +15,10 @@ import pytest
 from conftest import REAL_TUB, real_data_or_skip
 from donkey_saliency import backends, cli, trt_cache, trt_tools
 from donkey_saliency.backends import tensorrt as trt_backend
+from donkey_saliency.backends import trt_api, trt_engine
 from donkey_saliency.backends.onnxruntime import OnnxRuntimeBackend
-from donkey_saliency.backends.tensorrt import TensorRTBackend, TensorSpec
+from donkey_saliency.backends.tensorrt import GpuSession, TensorRTBackend
+from donkey_saliency.backends.trt_api import TensorSpec
 from donkey_saliency.errors import BackendUnavailable, InputError
 
 
@@ -168,14 +170,14 @@ def test_store_is_atomic_when_the_write_fails(tmp_path, monkeypatch):
 
 # --- pure pieces of the backend --------------------------------------------------------------------
 def test_head_layers_are_recognised_by_name_or_output():
-    assert trt_backend.is_head_layer("vbp/ReduceMax_12")
-    assert trt_backend.is_head_layer("(Unnamed Layer* 57) [Shuffle]", ["vbp/scaled_14"])
-    assert trt_backend.is_head_layer("(Unnamed Layer* 90) [Shuffle]", ["mask"], head_outputs={"mask", "mean_0"})
-    assert not trt_backend.is_head_layer("StatefulPartitionedCall/model/conv2d_1/Conv2D", ["map_0"])
+    assert trt_engine.is_head_layer("vbp/ReduceMax_12")
+    assert trt_engine.is_head_layer("(Unnamed Layer* 57) [Shuffle]", ["vbp/scaled_14"])
+    assert trt_engine.is_head_layer("(Unnamed Layer* 90) [Shuffle]", ["mask"], head_outputs={"mask", "mean_0"})
+    assert not trt_engine.is_head_layer("StatefulPartitionedCall/model/conv2d_1/Conv2D", ["map_0"])
 
 
 def test_every_head_node_of_the_real_graph_carries_the_prefix(tiny_graph):
-    """constrain_head_to_fp32 finds the head by the 'vbp/' prefix: every node downstream of the trunk's
+    """pin_head_precision finds the head by the 'vbp/' prefix: every node downstream of the trunk's
     maps must have it, and no trunk node may (the trunk is what runs in fp16)."""
     import onnx
 
@@ -196,15 +198,15 @@ def test_every_head_node_of_the_real_graph_carries_the_prefix(tiny_graph):
 
 
 def test_effective_precision():
-    assert trt_backend.effective_precision("fp16", True) == ("fp16", "asked for")
-    assert trt_backend.effective_precision("fp16", False)[0] == "fp32"
-    assert trt_backend.effective_precision("fp32", True) == ("fp32", "asked for")
+    assert trt_engine.effective_precision("fp16", True) == ("fp16", "asked for")
+    assert trt_engine.effective_precision("fp16", False)[0] == "fp32"
+    assert trt_engine.effective_precision("fp32", True) == ("fp32", "asked for")
     with pytest.raises(BackendUnavailable, match="fp8"):
-        trt_backend.effective_precision("fp8", True)
+        trt_engine.effective_precision("fp8", True)
 
 
 def _specs_for(graph, input_dtype=np.uint8):
-    shapes = trt_backend.expected_shapes(graph)
+    shapes = trt_api.expected_shapes(graph)
     specs = [TensorSpec(graph.input_name, shapes[graph.input_name], input_dtype, True, 0)]
     for index, name in enumerate([graph.mask_name] + graph.mean_names, start=1):
         specs.append(TensorSpec(name, shapes[name], np.float32, False, index))
@@ -212,24 +214,24 @@ def _specs_for(graph, input_dtype=np.uint8):
 
 
 def test_check_io_accepts_what_the_graph_promises(tiny_graph):
-    frame, outputs = trt_backend.check_io(_specs_for(tiny_graph), tiny_graph)
+    frame, outputs = trt_api.check_io(_specs_for(tiny_graph), tiny_graph)
     assert frame.shape == (1, 120, 160, 3) and frame.nbytes == 120 * 160 * 3
     assert [o.name for o in outputs] == ["mask", "mean_0", "mean_1"]
     # TensorRT < 8.5 runs the float-input variant of the graph
-    assert trt_backend.check_io(_specs_for(tiny_graph, np.float32), tiny_graph)[0].dtype == np.float32
+    assert trt_api.check_io(_specs_for(tiny_graph, np.float32), tiny_graph)[0].dtype == np.float32
 
 
 def test_check_io_refuses_an_engine_that_does_not_match(tiny_graph):
     specs = _specs_for(tiny_graph)
     with pytest.raises(BackendUnavailable, match="mean_1 missing"):
-        trt_backend.check_io(specs[:-1], tiny_graph)
+        trt_api.check_io(specs[:-1], tiny_graph)
     wrong = specs[:1] + [TensorSpec("mask", (1, 66, 200), np.float32, False, 1)] + specs[2:]
     with pytest.raises(BackendUnavailable, match=r"mask has shape \(1, 66, 200\)"):
-        trt_backend.check_io(wrong, tiny_graph)
+        trt_api.check_io(wrong, tiny_graph)
     with pytest.raises(BackendUnavailable, match="expected uint8 or float32"):
-        trt_backend.check_io(_specs_for(tiny_graph, np.int32), tiny_graph)
+        trt_api.check_io(_specs_for(tiny_graph, np.int32), tiny_graph)
     with pytest.raises(BackendUnavailable, match="inputs are"):
-        trt_backend.check_io([TensorSpec("image", (1, 120, 160, 3), np.float32, True, 0)] + specs[1:], tiny_graph)
+        trt_api.check_io([TensorSpec("image", (1, 120, 160, 3), np.float32, True, 0)] + specs[1:], tiny_graph)
 
 
 def test_float_input_variant_gives_the_same_outputs(tiny_graph):
@@ -237,7 +239,7 @@ def test_float_input_variant_gives_the_same_outputs(tiny_graph):
     import onnx
     import onnxruntime as ort
 
-    variant = trt_backend.with_float_input(tiny_graph.onnx_bytes)
+    variant = trt_engine.with_float_input(tiny_graph.onnx_bytes)
     assert onnx.load_from_string(variant).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     frames = trt_tools.procedural_frames(3)
     original = ort.InferenceSession(tiny_graph.onnx_bytes, providers=["CPUExecutionProvider"])
@@ -246,7 +248,7 @@ def test_float_input_variant_gives_the_same_outputs(tiny_graph):
     for a, b in zip(original.run(names, {"frame": frames}), widened.run(names, {"frame": frames.astype(np.float32)})):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="no input named"):
-        trt_backend.with_float_input(tiny_graph.onnx_bytes, input_name="image")
+        trt_engine.with_float_input(tiny_graph.onnx_bytes, input_name="image")
 
 
 # --- backend choice here (no TensorRT) --------------------------------------------------------------
