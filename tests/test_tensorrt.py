@@ -542,6 +542,89 @@ def test_pinning_covers_every_head_layer_whose_data_input_is_float():
     assert all(layers[key].output_types == {0: f32} for key in pinned)
 
 
+# --- TensorFlow in the same process (finding 2) and JetPack 4.6's Python 3.6 (finding 7) -------------
+def test_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    calls = []
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda devices, kind=None: calls.append((list(devices), kind)))
+    monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "unset by the test")
+    monkeypatch.delenv("TF_FORCE_GPU_ALLOW_GROWTH")
+    assert cli.main(["export", tiny_pilot_path, "--out", str(tmp_path / "graph.onnx")]) == 0
+    assert calls == [([], "GPU")]
+    assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"  # should TensorFlow touch the GPU anyway
+
+
+# What runs on a Jetson Nano's Python 3.6 with TensorRT 8.0/8.2: the backend, its builder and
+# version shims, the engine cache and the selftest's tools.
+TRT_PATH_FILES = ["backends/__init__.py", "backends/base.py", "backends/onnxruntime.py", "backends/tensorrt.py",
+                  "backends/trt_api.py", "backends/trt_engine.py", "trt_cache.py", "trt_tools.py", "errors.py"]
+PY36_CHECK = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+from donkey_saliency import trt_cache
+from donkey_saliency.backends import tensorrt, trt_engine
+reason = tensorrt.unavailable_reason()
+assert reason.startswith("TensorRT backend unavailable - missing tensorrt"), reason
+flags = type("BuilderFlag", (), dict(FP16="FP16", STRICT_TYPES="STRICT_TYPES", TF32="TF32"))
+assert trt_engine.constraint_attempts(flags, "fp16") == ["STRICT_TYPES"]
+meta = trt_cache.engine_meta("ab" * 32, "8.2.1.8", "NVIDIA Tegra X1", (5, 3), "fp16", (1, 120, 160, 3))
+assert trt_cache.unpack(trt_cache.pack(meta, b"engine"))[1] == b"engine"
+events = []
+class Context(object):
+    def push(self): events.append("push")
+    def pop(self): events.append("pop")
+    def detach(self): events.append("detach")
+session = tensorrt.GpuSession(Context()).open(lambda s: s.keep("engine", object()))
+session.close()
+assert events == ["push", "pop", "push", "detach"], events
+print("python %d.%d: ok" % sys.version_info[:2])
+"""
+
+
+def find_python36():
+    import shutil
+
+    for candidate in (os.path.expanduser("~/.pyenv/versions/3.6.15/bin/python3.6"), shutil.which("python3.6")):
+        if candidate and os.path.exists(candidate):
+            import subprocess
+
+            probe = subprocess.run([candidate, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   universal_newlines=True, env=dict(os.environ, PYENV_VERSION="3.6.15"))
+            if probe.returncode == 0 and "3.6" in probe.stdout:
+                return candidate
+    return None
+
+
+def test_tensorrt_path_parses_and_imports_on_python_3_6(tmp_path):
+    import subprocess
+
+    python36 = find_python36()
+    if python36 is None:
+        pytest.skip("no python3.6 interpreter on this machine (JetPack 4.6's Python; pyenv install 3.6.15)")
+    package = os.path.join(os.path.dirname(__file__), "..", "donkey_saliency")
+    env = dict(os.environ, PYENV_VERSION="3.6.15", PYTHONDONTWRITEBYTECODE="1")
+    compile_code = ("import py_compile, sys\nfor i, path in enumerate(sys.argv[2:]):\n"
+                    "    py_compile.compile(path, cfile='%s/%d.pyc' % (sys.argv[1], i), doraise=True)")
+    compiled = subprocess.run([python36, "-c", compile_code, str(tmp_path)] +
+                              [os.path.join(package, name) for name in TRT_PATH_FILES],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, env=env)
+    assert compiled.returncode == 0, compiled.stdout[-2000:]
+    venv = tmp_path / "py36"
+    subprocess.run([python36, "-m", "venv", str(venv)], check=True, env=env, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "numpy"], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, universal_newlines=True, timeout=300, env=env)
+    if pip.returncode != 0:
+        pytest.skip("could not install numpy for python3.6: " + (pip.stdout.strip().splitlines() or ["?"])[-1])
+    modules = ["donkey_saliency." + name[:-3].replace("/", ".").replace(".__init__", "") for name in TRT_PATH_FILES]
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", PY36_CHECK] + modules, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, universal_newlines=True, cwd=os.path.dirname(package),
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "python 3.6: ok"
+
+
 # --- backend choice here (no TensorRT) --------------------------------------------------------------
 @needs_no_tensorrt
 def test_availability_names_what_is_missing_and_how_to_get_it():
@@ -661,6 +744,7 @@ def test_commands_without_tensorrt_exit_2_with_one_line(tiny_pilot_path, tmp_pat
 @pytest.mark.parametrize("argv, message", [
     (["build-engine", "x.h5", "--precision", "int8"], "--precision must be one of fp16, fp32"),
     (["selftest", "--frames", "0"], "--frames must be at least 1"),
+    (["selftest", "--precision", "int8"], "--precision must be one of fp16, fp32, both"),
 ])
 def test_bad_options_exit_2_with_one_line(capsys, argv, message):
     assert cli.main(argv) == 2
