@@ -1,13 +1,20 @@
 """What ``donkey-saliency build-engine`` and ``selftest`` do: build or load a TensorRT engine, and
-check it against ONNX Runtime on the same frames.
+check it against ONNX Runtime on the same frames, the way the car runs it.
 
-The comparison maths (largest mask difference, overlap of the most salient pixels, verdict) are
-pure functions of arrays; frames come from a donkeycar tub (v2 or v1) or are drawn procedurally.
+The selftest activates, runs and closes each engine in one worker thread through the part's own
+``backends.activate_with_fallback``; compares ``mask`` and every ``mean_i`` with ONNX Runtime, fp16
+with fp32; forces a failed activation (a mismatched engine in a valid cache file) to show the
+fallback; and times it (median ms/frame, build time, the copies' share from CUDA events).
+
+The comparison maths (largest difference, overlap of the most salient pixels, verdict) are pure
+functions of arrays; frames come from a donkeycar tub (v2 or v1) or are drawn procedurally.
+Valid Python 3.6 (JetPack 4.6's Python).
 """
 import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -269,20 +276,14 @@ class Check(object):
         return "%s  %s: %s" % ("PASS" if self.passed else "FAIL", self.name, self.detail)
 
 
-def comparison_detail(comparison, tolerance=None):
-    text = "max diff %.5f (median frame %.5f), top-%d%% IoU worst %.4f median %.4f" % (
-        comparison["max_abs"], comparison["median_abs"], round(100 * comparison["fraction"]),
-        comparison["min_overlap"], comparison["median_overlap"])
-    if tolerance:
-        text += " (tolerance <= %g, >= %g)" % (tolerance["max_abs"], tolerance["min_overlap"])
-    return text
-
-
 def comparison_checks(label, summaries, tolerance):
+    """One Check per compared output: its numbers, the tolerance, and what failed."""
     checks = []
-    for name, comparison in summaries.items():
-        passed, failures = verdict(comparison, tolerance)
-        detail = comparison_detail(comparison, tolerance)
+    for name, c in summaries.items():
+        passed, failures = verdict(c, tolerance)
+        detail = "max diff %.5f (median frame %.5f), top-%d%% IoU worst %.4f median %.4f (tolerance <= %g, >= %g)" % (
+            c["max_abs"], c["median_abs"], round(100 * c["fraction"]), c["min_overlap"], c["median_overlap"],
+            tolerance["max_abs"], tolerance["min_overlap"])
         checks.append(Check("%s %s" % (label, name), passed, detail + ("" if passed else " - " + "; ".join(failures))))
     return checks
 
@@ -292,6 +293,7 @@ class EngineRun(object):
 
     def __init__(self, precision):
         self.precision = precision
+        self.thread = None  # the thread it ran in (not the main one, as in the part)
         self.backend_name = None
         self.description = None
         self.engine_line = None
@@ -308,6 +310,7 @@ def run_engine(graph, batch, precision, cache_dir=None, rebuild=False):
     from . import backends
 
     run = EngineRun(precision)
+    run.thread = threading.current_thread().name
     started = time.monotonic()
     backend = backends.activate_with_fallback(graph, "tensorrt", dict(precision=precision, cache_dir=cache_dir,
                                                                       rebuild=rebuild))
@@ -415,26 +418,27 @@ def selftest(graph, frames, precisions=("fp32", "fp16"), cache_dir=None, rebuild
     with OnnxRuntimeBackend(graph) as reference:
         expected, ort_seconds, _ = timed_outputs(reference, batch)
     checks, runs = [], {}
-    worker = ThreadPoolExecutor(max_workers=1)  # one thread: activation, inference and close all in it
+    # One worker thread, as the part has: activation, inference and close all happen in it.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selftest-worker")
     try:
         for precision in precisions:
             run = worker.submit(run_engine, graph, batch, precision, cache_dir, rebuild).result()
             runs[precision] = run
             label = "%s engine" % precision
             if run.backend_name != "tensorrt":
-                checks.append(Check(label + " in a worker thread", False,
-                                    "activation failed, fell back to %s (the warning above says why)" % run.description))
+                checks.append(Check(label + " in a worker thread", False, "activation in %s failed, fell back to %s "
+                                    "(the warning above says why)" % (run.thread, run.description)))
                 continue
-            checks.append(Check(label + " in a worker thread", True, "%s, activated in %.1f s" % (
-                run.engine_line, run.activation_seconds)))
+            checks.append(Check(label + " in a worker thread", True, "%s, activated in %.1f s in %s" % (
+                run.engine_line, run.activation_seconds, run.thread)))
             checks.extend(comparison_checks(label + " vs onnxruntime:", compare_outputs(expected, run.outputs, graph),
                                             TOLERANCES[run.precision]))
         engines = [r for r in runs.values() if r.backend_name == "tensorrt"]
         if len(engines) == 2 and engines[0].precision != engines[1].precision:
             fp32, fp16 = sorted(engines, key=lambda r: r.precision != "fp32")
             comparison = compare_masks(fp32.outputs[graph.mask_name], fp16.outputs[graph.mask_name])
-            passed, failures = verdict(comparison, TOLERANCES["fp16"])
-            checks.append(Check("fp16 engine vs fp32 engine: mask", passed, comparison_detail(comparison)))
+            checks.extend(comparison_checks("fp16 engine vs fp32 engine:", {graph.mask_name: comparison},
+                                            TOLERANCES["fp16"]))
         checks.append(worker.submit(forced_fallback, graph, batch, expected[graph.mask_name]).result())
     finally:
         worker.shutdown(wait=True)

@@ -651,6 +651,23 @@ def test_asking_for_tensorrt_here_is_one_clear_error(tiny_graph):
     assert "tensorrt" in str(caught.value) and "\n" not in str(caught.value)
 
 
+@needs_no_tensorrt
+def test_selftest_without_tensorrt_fails_every_engine_check_and_still_reports(tiny_graph):
+    """The selftest's own machinery, run for real where TensorRT is absent: each engine activation
+    (in the worker thread) falls back to ONNX Runtime, which must read as FAIL, never as a pass."""
+    report = trt_tools.selftest(tiny_graph, trt_tools.procedural_frames(3))
+    assert not report["passed"]
+    assert [(c.name, c.passed) for c in report["checks"]] == [
+        ("fp32 engine in a worker thread", False), ("fp16 engine in a worker thread", False),
+        (trt_tools.FALLBACK_CHECK, False)]
+    assert all(run.thread != threading.current_thread().name for run in report["runs"].values())
+    assert all(run.backend_name == "onnxruntime" for run in report["runs"].values())
+    assert "BackendUnavailable: TensorRT backend unavailable" in report["checks"][-1].detail
+    lines = trt_tools.report_lines(report)
+    assert lines[-1] == "FAIL" and "donkey-saliency selftest: FAIL, 0 of 3 checks passed" in lines
+    assert "fp32: no engine (fell back to onnxruntime (CPU))" in lines
+
+
 # --- run-time fallback ---------------------------------------------------------------------------------
 def _warnings(caplog):
     return [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -1005,5 +1022,51 @@ def test_engine_runs_in_a_worker_thread_and_closes_there(gpu, tiny_graph, tmp_pa
 @pytest.mark.gpu
 def test_selftest_command_passes_on_a_tiny_pilot(gpu, tiny_pilot_path, tmp_path, capsys):
     assert cli.main(["selftest", tiny_pilot_path, "--frames", "10", "--cache-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert out.strip().splitlines()[-1] == "PASS"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "PASS"
+    checks = [line for line in lines if line.startswith(("PASS  ", "FAIL  "))]
+    assert all(line.startswith("PASS  ") for line in checks)
+    for precision in ("fp32", "fp16"):
+        assert any(line.startswith("PASS  %s engine in a worker thread" % precision) for line in checks)
+        assert any(line.startswith("PASS  %s engine vs onnxruntime: mean_1" % precision) for line in checks)
+    assert any(line.startswith("PASS  fp16 engine vs fp32 engine: mask") for line in checks)
+    assert any(line.startswith("PASS  " + trt_tools.FALLBACK_CHECK) for line in checks)
+
+
+@pytest.mark.gpu
+def test_a_failed_activation_falls_back_in_a_worker_thread_and_the_process_lives(gpu, tiny_graph):
+    frames = trt_tools.procedural_frames(2)
+    with OnnxRuntimeBackend(tiny_graph) as reference:
+        expected = reference.infer(frames)["mask"]
+    checks, errors = [], []
+
+    def worker():
+        try:
+            checks.append(trt_tools.forced_fallback(tiny_graph, frames, expected))
+        except Exception as error:  # reported to the main thread below
+            errors.append(error)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(timeout=600)
+    assert not thread.is_alive() and errors == []
+    assert checks[0].passed, checks[0].line()
+    # The GPU is still usable after that teardown: a real engine activates and runs.
+    with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=False) as backend:
+        assert backend.infer(frames[:1])["mask"].shape == (1, 120, 160)
+
+
+@pytest.mark.gpu
+def test_close_from_another_thread_then_activate_again(gpu, tiny_graph, tmp_path):
+    opened = []
+    thread = threading.Thread(target=lambda: opened.append(
+        TensorRTBackend(tiny_graph, precision="fp32", cache_dir=str(tmp_path)).activate()))
+    thread.start()
+    thread.join(timeout=600)
+    [backend] = opened
+    first = backend.infer(trt_tools.procedural_frames(1))["mask"]  # from the main thread: pushed here
+    backend.close()  # from the main thread, not the one that activated it
+    assert backend._session is None
+    with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=str(tmp_path)) as again:
+        assert again.engine_source == "cache"
+        np.testing.assert_array_equal(again.infer(trt_tools.procedural_frames(1))["mask"], first)

@@ -69,6 +69,9 @@ def unavailable_reason():
         return "TensorRT backend unavailable - missing %s. %s" % ("; ".join(missing), INSTALL_HINT)
     import pycuda.driver as cuda
 
+    if not hasattr(cuda.Device, "retain_primary_context"):
+        return ("pycuda %s is too old: the TensorRT backend shares the GPU's primary context, which needs "
+                "pycuda 2020.1 or newer (pip install -U pycuda)" % getattr(cuda, "VERSION_TEXT", "?"))
     try:
         cuda.init()
         count = cuda.Device.count()
@@ -235,9 +238,12 @@ class TensorRTBackend(Backend):
 
     # --- inference -----------------------------------------------------------------------------
     def _infer(self, frames):
+        session = self._session
+        if session is None:
+            raise RuntimeError("the TensorRT backend is closed")
         frames = np.asarray(frames)
         results = {spec.name: [] for spec in self._outputs}
-        with self._session.current() as s:
+        with session.current() as s:
             for frame in frames:
                 self._run_one(s, frame, results)
         return {name: np.concatenate(parts, axis=0) for name, parts in results.items()}
