@@ -396,12 +396,13 @@ def forced_fallback(graph, batch, expected_mask):
         return Check(FALLBACK_CHECK, False, "%s: %s" % (type(error).__name__, first_line(error)))
     finally:
         logging.getLogger("donkey_saliency.backends").removeHandler(recorder)
-    warned = [m for m in recorder.messages if "falling back to onnxruntime" in m]
+    # The fallback must be the refusal of the planted engine, not some other failure.
+    warned = [m for m in recorder.messages if "does not match the graph" in m and "falling back to onnxruntime" in m]
     same = bool(np.allclose(mask, expected_mask[:1], atol=1e-5))
     passed = backend.name == "onnxruntime" and bool(warned) and same
     detail = "mismatched engine file -> %s in %.1f s, mask %s onnxruntime's; %s" % (
         backend.name, seconds, "equal to" if same else "DIFFERENT from",
-        first_line(warned[0]) if warned else "no fallback warning logged")
+        first_line(warned[0]) if warned else "no warning that the engine was refused")
     return Check(FALLBACK_CHECK, passed, detail)
 
 

@@ -546,8 +546,9 @@ def test_pinning_covers_every_head_layer_whose_data_input_is_float():
 def test_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_path, monkeypatch):
     import tensorflow as tf
 
-    calls = []
-    monkeypatch.setattr(tf.config, "set_visible_devices", lambda devices, kind=None: calls.append((list(devices), kind)))
+    calls = []  # recorded, not faked away: the call is what is under test
+    monkeypatch.setattr(tf.config, "set_visible_devices",
+                        lambda devices, kind=None: calls.append((list(devices), kind)))
     monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "unset by the test")
     monkeypatch.delenv("TF_FORCE_GPU_ALLOW_GROWTH")
     assert cli.main(["export", tiny_pilot_path, "--out", str(tmp_path / "graph.onnx")]) == 0
