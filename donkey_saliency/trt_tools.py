@@ -1,16 +1,25 @@
 """What ``donkey-saliency build-engine`` and ``selftest`` do: build or load a TensorRT engine, and
-check it against ONNX Runtime on the same frames.
+check it against ONNX Runtime on the same frames, the way the car runs it.
 
-The comparison maths (largest mask difference, overlap of the most salient pixels, verdict) are
-pure functions of arrays; frames come from a donkeycar tub (v2 or v1) or are drawn procedurally.
+The selftest activates, runs and closes each engine in one worker thread through the part's own
+``backends.activate_with_fallback``; compares ``mask`` and every ``mean_i`` with ONNX Runtime, fp16
+with fp32; forces a failed activation (a mismatched engine in a valid cache file) to show the
+fallback; and times it (median ms/frame, build time, the copies' share from CUDA events).
+
+The comparison maths (largest difference, overlap of the most salient pixels, verdict) are pure
+functions of arrays; frames come from a donkeycar tub (v2 or v1) or are drawn procedurally.
+Valid Python 3.6 (JetPack 4.6's Python).
 """
 import logging
 import os
+import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
 
+from . import trt_cache
 from .errors import BackendUnavailable, InputError, first_line
 
 logger = logging.getLogger(__name__)
@@ -129,17 +138,48 @@ def require_tensorrt():
         raise BackendUnavailable(reason)
 
 
-def check_precision(precision):
-    from .backends.tensorrt import PRECISIONS
+def check_precision(precision, choices=None):
+    """``precision`` if it is one of ``choices`` (default: the engine precisions), else InputError."""
+    from .backends.trt_engine import PRECISIONS
 
-    if precision not in PRECISIONS:
-        raise InputError("--precision must be one of %s, not %r" % (", ".join(PRECISIONS), precision))
+    choices = choices or PRECISIONS
+    if precision not in choices:
+        raise InputError("--precision must be one of %s, not %r" % (", ".join(choices), precision))
     return precision
+
+
+def selftest_precisions(precision):
+    """The engines the selftest builds: both by default (fp32 first: fp16 is compared with it)."""
+    from .backends.trt_engine import PRECISIONS
+
+    check_precision(precision, PRECISIONS + ("both",))
+    return ("fp32", "fp16") if precision == "both" else (precision,)
+
+
+def keep_tensorflow_off_gpu():
+    """Hide the GPU from TensorFlow in this process, if TensorFlow is installed: exporting a pilot needs
+    TensorFlow only on the CPU, and TensorFlow otherwise reserves most of the GPU's memory (on a
+    Jetson, memory shared with the CPU) that TensorRT then lacks. Call before TensorFlow runs
+    anything; afterwards TensorFlow refuses (logged, nothing else). Returns whether the GPU is hidden."""
+    import importlib.util
+
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # should anything touch the GPU anyway
+    if "tensorflow" not in sys.modules and importlib.util.find_spec("tensorflow") is None:
+        return False
+    try:
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
+        return True
+    except Exception as error:  # RuntimeError once TensorFlow has set up its devices
+        logger.warning("could not keep TensorFlow off the GPU: %s", first_line(error))
+        return False
 
 
 def default_pilot_graph():
     """A stand-in pilot: donkey's default linear architecture with fixed random weights (needs
     donkeycar and TensorFlow; the tub frames or procedural scenes give it something to look at)."""
+    keep_tensorflow_off_gpu()
     try:
         import tensorflow  # noqa: F401 - the stand-in is a Keras model
         from donkeycar.parts.keras import default_n_linear
@@ -158,6 +198,15 @@ def default_pilot_graph():
         path = os.path.join(directory, "stand_in_linear.h5")
         model.save(path)
         return graph_for(path, cache_dir=False)
+
+
+def pilot_graph(model_path, cache_dir=None):
+    """The fused graph of a pilot file, with TensorFlow (if an export needs it) kept off the GPU."""
+    from .graph import graph_for
+
+    if not model_path.lower().endswith(".onnx"):
+        keep_tensorflow_off_gpu()
+    return graph_for(model_path, cache_dir=cache_dir)
 
 
 def open_engine(graph, precision, cache_dir=None, rebuild=False, workspace_mb=None):
@@ -179,52 +228,276 @@ def engine_line(backend):
         meta.get("compute_capability"), backend.precision)
 
 
-def timed_masks(backend, frames, mask_name, warmup=WARMUP_RUNS):
-    """(masks (N, H, W), seconds per frame): one frame per call, as the car runs it."""
+def timed_outputs(backend, frames, warmup=WARMUP_RUNS):
+    """(outputs name -> (N, ...), seconds per frame, CUDA stage times per frame or []): one frame per
+    call, as the car runs it."""
     for frame in frames[:warmup]:
         backend.infer(frame[None])
-    masks, seconds = [], []
+    parts, seconds, stages = {}, [], []
     for frame in frames:
         started = time.perf_counter()
         outputs = backend.infer(frame[None])
         seconds.append(time.perf_counter() - started)
-        masks.append(outputs[mask_name][0])
-    return np.stack(masks), seconds
+        if getattr(backend, "stage_ms", None):
+            stages.append(backend.stage_ms)
+        for name, value in outputs.items():
+            parts.setdefault(name, []).append(value[0])
+    return {name: np.stack(values) for name, values in parts.items()}, seconds, stages
 
 
-def selftest(graph, frames, precision, cache_dir=None, rebuild=False):
-    """Run TensorRT and ONNX Runtime on the same frames; returns a report dict."""
+def copy_share(stages):
+    """Share of the GPU's time per frame spent copying (host->device plus device->host), median."""
+    if not stages:
+        return None
+    upload, execute, download = (np.asarray(column, dtype=np.float64) for column in zip(*stages))
+    return float(np.median((upload + download) / np.maximum(upload + execute + download, 1e-9)))
+
+
+def compare_outputs(reference, candidate, graph):
+    """name -> compare_masks summary for ``mask`` and every ``mean_i``. The mean maps are channel
+    averages of ReLU outputs on their own scale, so both are divided by the reference's peak first:
+    their differences read as a share of that peak, like the mask's."""
+    summaries = {graph.mask_name: compare_masks(reference[graph.mask_name], candidate[graph.mask_name])}
+    for name in graph.mean_names:
+        peak = max(float(np.abs(reference[name]).max()), 1e-12)
+        summaries[name] = compare_masks(reference[name] / peak, candidate[name] / peak)
+    return summaries
+
+
+# --- the self-test: what the car does, checked ------------------------------------------------------
+
+class Check(object):
+    """One PASS/FAIL line."""
+
+    def __init__(self, name, passed, detail):
+        self.name, self.passed, self.detail = name, bool(passed), detail
+
+    def line(self):
+        return "%s  %s: %s" % ("PASS" if self.passed else "FAIL", self.name, self.detail)
+
+
+def comparison_checks(label, summaries, tolerance):
+    """One Check per compared output: its numbers, the tolerance, and what failed."""
+    checks = []
+    for name, c in summaries.items():
+        passed, failures = verdict(c, tolerance)
+        detail = "max diff %.5f (median frame %.5f), top-%d%% IoU worst %.4f median %.4f (tolerance <= %g, >= %g)" % (
+            c["max_abs"], c["median_abs"], round(100 * c["fraction"]), c["min_overlap"], c["median_overlap"],
+            tolerance["max_abs"], tolerance["min_overlap"])
+        checks.append(Check("%s %s" % (label, name), passed, detail + ("" if passed else " - " + "; ".join(failures))))
+    return checks
+
+
+class EngineRun(object):
+    """What one engine did in the worker thread."""
+
+    def __init__(self, precision):
+        self.precision = precision
+        self.thread = None  # the thread it ran in (not the main one, as in the part)
+        self.backend_name = None
+        self.description = None
+        self.engine_line = None
+        self.activation_seconds = None
+        self.build_seconds = None
+        self.outputs = None
+        self.seconds = []
+        self.stages = []
+
+
+def run_engine(graph, batch, precision, cache_dir=None, rebuild=False):
+    """In the calling (worker) thread, as the part does it: activate TensorRT with the fallback to
+    ONNX Runtime, run every frame one at a time, close. Returns an EngineRun."""
+    from . import backends
+
+    run = EngineRun(precision)
+    run.thread = threading.current_thread().name
+    started = time.monotonic()
+    backend = backends.activate_with_fallback(graph, "tensorrt", dict(precision=precision, cache_dir=cache_dir,
+                                                                      rebuild=rebuild))
+    run.activation_seconds = time.monotonic() - started
+    try:
+        run.backend_name, run.description = backend.name, backend.describe()
+        if backend.name == "tensorrt":
+            run.engine_line = engine_line(backend)
+            run.build_seconds = backend.build_seconds if backend.engine_source == "built" else None
+            run.precision = backend.precision
+        run.outputs, run.seconds, run.stages = timed_outputs(backend, batch)
+    finally:
+        backend.close()
+    return run
+
+
+def decoy_graph(graph):
+    """A tiny graph with the same input whose engine cannot serve ``graph``: its only output is a
+    ``mask`` (the mean of the channels), no ``mean_i``. Its engine builds in seconds."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from .graph import IR_VERSION, OPSET, SaliencyGraph
+
+    height, width, channels = graph.input_shape
+    nodes = [helper.make_node("Cast", [graph.input_name], ["decoy/float"], name="decoy/Cast", to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["decoy/float"], [graph.mask_name], name="decoy/Mean", axes=[3],
+                              keepdims=0)]
+    body = helper.make_graph(
+        nodes, "donkey_saliency_decoy",
+        [helper.make_tensor_value_info(graph.input_name, TensorProto.UINT8, ["N", height, width, channels])],
+        [helper.make_tensor_value_info(graph.mask_name, TensorProto.FLOAT, ["N", height, width])])
+    proto = helper.make_model(body, opset_imports=[helper.make_opsetid("", OPSET)])
+    proto.ir_version = IR_VERSION
+    onnx.checker.check_model(proto)
+    return SaliencyGraph(proto.SerializeToString(), graph.input_shape, [], [], "decoy")
+
+
+def plant_mismatched_engine(graph, cache_dir):
+    """Put into ``cache_dir`` a valid engine file for ``graph`` (right header, right checksum) whose
+    engine is the decoy's: TensorRT deserializes it, then activation must refuse it. Runs in the
+    worker thread. Returns the planted file's path."""
+    from .backends.tensorrt import TensorRTBackend
+
+    with TensorRTBackend(decoy_graph(graph), precision="fp32", cache_dir=cache_dir) as decoy:
+        meta = dict(decoy.meta, graph_digest=graph.digest)
+        with open(decoy.engine_path, "rb") as handle:
+            _, engine = trt_cache.unpack(handle.read())
+    return trt_cache.store(trt_cache.engine_path(trt_cache.engine_dir(cache_dir), meta), meta, engine)
+
+
+FALLBACK_CHECK = "fallback after a failed activation"
+
+
+class _Recorder(logging.Handler):
+    def __init__(self):
+        logging.Handler.__init__(self, logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def forced_fallback(graph, batch, expected_mask):
+    """A forced-failure activation, in the calling (worker) thread: a mismatched engine file makes
+    TensorRT's activation fail after the runtime, engine and execution context exist - the teardown
+    the fallback depends on. Checks that ONNX Runtime then runs and matches. Returns a Check."""
+    from . import backends
+
+    recorder = _Recorder()
+    logging.getLogger("donkey_saliency.backends").addHandler(recorder)
+    try:
+        with tempfile.TemporaryDirectory(prefix="donkey-saliency-selftest-") as directory:
+            plant_mismatched_engine(graph, directory)
+            started = time.monotonic()
+            backend = backends.activate_with_fallback(graph, "tensorrt", dict(precision="fp32", cache_dir=directory))
+            seconds = time.monotonic() - started
+            try:
+                mask = backend.infer(batch[:1])[graph.mask_name]
+            finally:
+                backend.close()
+    except Exception as error:  # the check fails; the self-test goes on to its summary
+        return Check(FALLBACK_CHECK, False, "%s: %s" % (type(error).__name__, first_line(error)))
+    finally:
+        logging.getLogger("donkey_saliency.backends").removeHandler(recorder)
+    # The fallback must be the refusal of the planted engine, not some other failure.
+    warned = [m for m in recorder.messages if "does not match the graph" in m and "falling back to onnxruntime" in m]
+    same = bool(np.allclose(mask, expected_mask[:1], atol=1e-5))
+    passed = backend.name == "onnxruntime" and bool(warned) and same
+    detail = "mismatched engine file -> %s in %.1f s, mask %s onnxruntime's; %s" % (
+        backend.name, seconds, "equal to" if same else "DIFFERENT from",
+        first_line(warned[0]) if warned else "no warning that the engine was refused")
+    return Check(FALLBACK_CHECK, passed, detail)
+
+
+def selftest(graph, frames, precisions=("fp32", "fp16"), cache_dir=None, rebuild=False):
+    """The engines built or loaded in a worker thread as the part does, against ONNX Runtime on the
+    same frames (mask and every mean_i), fp16 against fp32, a forced-failure activation; returns a
+    report dict for :func:`report_lines`."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .api import prepare_batch
     from .backends.onnxruntime import OnnxRuntimeBackend
 
     batch = prepare_batch(frames, graph.input_shape)
-    engine = open_engine(graph, precision, cache_dir=cache_dir, rebuild=rebuild)
-    try:
-        trt_masks, trt_seconds = timed_masks(engine, batch, graph.mask_name)
-        engine_text = engine_line(engine)
-        built = engine.precision
-    finally:
-        engine.close()
     with OnnxRuntimeBackend(graph) as reference:
-        ort_masks, ort_seconds = timed_masks(reference, batch, graph.mask_name)
-    comparison = compare_masks(ort_masks, trt_masks)
-    tolerance = TOLERANCES[built]
-    passed, failures = verdict(comparison, tolerance)
-    return dict(engine=engine_text, precision=built, comparison=comparison, tolerance=tolerance,
-                trt_ms=median_ms(trt_seconds), ort_ms=median_ms(ort_seconds), passed=passed, failures=failures)
+        expected, ort_seconds, _ = timed_outputs(reference, batch)
+    checks, runs = [], {}
+    # One worker thread, as the part has: activation, inference and close all happen in it.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selftest-worker")
+    try:
+        for precision in precisions:
+            run = worker.submit(run_engine, graph, batch, precision, cache_dir, rebuild).result()
+            runs[precision] = run
+            label = "%s engine" % precision
+            if run.backend_name != "tensorrt":
+                checks.append(Check(label + " in a worker thread", False, "activation in %s failed, fell back to %s "
+                                    "(the warning above says why)" % (run.thread, run.description)))
+                continue
+            checks.append(Check(label + " in a worker thread", True, "%s, activated in %.1f s in %s" % (
+                run.engine_line, run.activation_seconds, run.thread)))
+            checks.extend(comparison_checks(label + " vs onnxruntime:", compare_outputs(expected, run.outputs, graph),
+                                            TOLERANCES[run.precision]))
+        engines = [r for r in runs.values() if r.backend_name == "tensorrt"]
+        if len(engines) == 2 and engines[0].precision != engines[1].precision:
+            fp32, fp16 = sorted(engines, key=lambda r: r.precision != "fp32")
+            comparison = compare_masks(fp32.outputs[graph.mask_name], fp16.outputs[graph.mask_name])
+            checks.extend(comparison_checks("fp16 engine vs fp32 engine:", {graph.mask_name: comparison},
+                                            TOLERANCES["fp16"]))
+        checks.append(worker.submit(forced_fallback, graph, batch, expected[graph.mask_name]).result())
+    finally:
+        worker.shutdown(wait=True)
+    return dict(graph=graph, frames=len(batch), checks=checks, runs=runs, ort_ms=median_ms(ort_seconds),
+                passed=all(c.passed for c in checks))
+
+
+def _version_of(module_name):
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # absent, or a broken install: the summary says so rather than failing
+        return "-"
+    return str(getattr(module, "__version__", None) or getattr(module, "VERSION_TEXT", "?"))
+
+
+def versions():
+    """Installed versions worth quoting in an issue ('-' where absent)."""
+    import platform
+
+    from . import __version__
+
+    found = ["donkey-saliency %s" % __version__, "Python %s" % platform.python_version()]
+    found.extend("%s %s" % (name, _version_of(name)) for name in ("numpy", "tensorrt", "pycuda", "onnxruntime"))
+    return " | ".join(found)
+
+
+def timing_line(run, ort_ms):
+    if run.backend_name != "tensorrt":
+        return "%s: no engine (fell back to %s)" % (run.precision, run.description)
+    ms = median_ms(run.seconds)
+    share = copy_share(run.stages)
+    return "%s: %.2f ms/frame (%.1fx onnxruntime), engine %s, host->device->host copies %s of GPU time" % (
+        run.precision, ms, ort_ms / max(ms, 1e-9),
+        "built in %.1f s" % run.build_seconds if run.build_seconds is not None else "from cache (--rebuild to time it)",
+        "%.0f %%" % (100 * share) if share is not None else "?")
 
 
 def report_lines(report):
-    c, t = report["comparison"], report["tolerance"]
-    lines = [
-        report["engine"],
-        "frames compared           %d (%d with a blank reference mask)" % (c["frames"], c["blank_frames"]),
-        "max mask difference       %.5f (median frame %.5f; tolerance <= %g)" % (c["max_abs"], c["median_abs"],
-                                                                                t["max_abs"]),
-        "top-%d%% overlap (IoU)     worst frame %.4f, median %.4f (tolerance >= %g)" % (
-            round(100 * c["fraction"]), c["min_overlap"], c["median_overlap"], t["min_overlap"]),
-        "median ms per frame       tensorrt %.2f, onnxruntime %.2f (%.1fx)" % (
-            report["trt_ms"], report["ort_ms"], report["ort_ms"] / max(report["trt_ms"], 1e-9)),
+    """One PASS/FAIL line per check, the timings, then a summary to paste into an issue."""
+    graph, runs, checks = report["graph"], report["runs"], report["checks"]
+    lines = [check.line() for check in checks]
+    lines.append("median ms per frame: onnxruntime %.2f" % report["ort_ms"])
+    lines.extend("  " + timing_line(run, report["ort_ms"]) for run in runs.values())
+    failed = [c.name for c in checks if not c.passed]
+    meta = next((r.engine_line for r in runs.values() if r.engine_line), "no engine ran")
+    lines += [
+        "--- paste into an issue ---",
+        "donkey-saliency selftest: %s, %d of %d checks passed" % ("PASS" if report["passed"] else "FAIL",
+                                                                  len(checks) - len(failed), len(checks)),
+        versions(),
+        meta,
+        "pilot %s: input %s, %d conv layers; %d frames" % (
+            os.path.basename(str(graph.source)) or "?", "x".join(map(str, graph.input_shape)), len(graph.layer_names),
+            report["frames"]),
     ]
-    lines.append("PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"]))
+    lines.extend(timing_line(run, report["ort_ms"]) for run in runs.values())
+    lines.extend("failed: " + c.line()[6:] for c in checks if not c.passed)
+    lines += ["---", "PASS" if report["passed"] else "FAIL"]
     return lines

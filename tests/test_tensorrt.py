@@ -15,8 +15,10 @@ import pytest
 from conftest import REAL_TUB, real_data_or_skip
 from donkey_saliency import backends, cli, trt_cache, trt_tools
 from donkey_saliency.backends import tensorrt as trt_backend
+from donkey_saliency.backends import trt_api, trt_engine
 from donkey_saliency.backends.onnxruntime import OnnxRuntimeBackend
-from donkey_saliency.backends.tensorrt import TensorRTBackend, TensorSpec
+from donkey_saliency.backends.tensorrt import GpuSession, TensorRTBackend
+from donkey_saliency.backends.trt_api import TensorSpec
 from donkey_saliency.errors import BackendUnavailable, InputError
 
 
@@ -168,14 +170,14 @@ def test_store_is_atomic_when_the_write_fails(tmp_path, monkeypatch):
 
 # --- pure pieces of the backend --------------------------------------------------------------------
 def test_head_layers_are_recognised_by_name_or_output():
-    assert trt_backend.is_head_layer("vbp/ReduceMax_12")
-    assert trt_backend.is_head_layer("(Unnamed Layer* 57) [Shuffle]", ["vbp/scaled_14"])
-    assert trt_backend.is_head_layer("(Unnamed Layer* 90) [Shuffle]", ["mask"], head_outputs={"mask", "mean_0"})
-    assert not trt_backend.is_head_layer("StatefulPartitionedCall/model/conv2d_1/Conv2D", ["map_0"])
+    assert trt_engine.is_head_layer("vbp/ReduceMax_12")
+    assert trt_engine.is_head_layer("(Unnamed Layer* 57) [Shuffle]", ["vbp/scaled_14"])
+    assert trt_engine.is_head_layer("(Unnamed Layer* 90) [Shuffle]", ["mask"], head_outputs={"mask", "mean_0"})
+    assert not trt_engine.is_head_layer("StatefulPartitionedCall/model/conv2d_1/Conv2D", ["map_0"])
 
 
 def test_every_head_node_of_the_real_graph_carries_the_prefix(tiny_graph):
-    """constrain_head_to_fp32 finds the head by the 'vbp/' prefix: every node downstream of the trunk's
+    """pin_head_precision finds the head by the 'vbp/' prefix: every node downstream of the trunk's
     maps must have it, and no trunk node may (the trunk is what runs in fp16)."""
     import onnx
 
@@ -197,15 +199,15 @@ def test_every_head_node_of_the_real_graph_carries_the_prefix(tiny_graph):
 
 
 def test_effective_precision():
-    assert trt_backend.effective_precision("fp16", True) == ("fp16", "asked for")
-    assert trt_backend.effective_precision("fp16", False)[0] == "fp32"
-    assert trt_backend.effective_precision("fp32", True) == ("fp32", "asked for")
+    assert trt_engine.effective_precision("fp16", True) == ("fp16", "asked for")
+    assert trt_engine.effective_precision("fp16", False)[0] == "fp32"
+    assert trt_engine.effective_precision("fp32", True) == ("fp32", "asked for")
     with pytest.raises(BackendUnavailable, match="fp8"):
-        trt_backend.effective_precision("fp8", True)
+        trt_engine.effective_precision("fp8", True)
 
 
 def _specs_for(graph, input_dtype=np.uint8):
-    shapes = trt_backend.expected_shapes(graph)
+    shapes = trt_api.expected_shapes(graph)
     specs = [TensorSpec(graph.input_name, shapes[graph.input_name], input_dtype, True, 0)]
     for index, name in enumerate([graph.mask_name] + graph.mean_names, start=1):
         specs.append(TensorSpec(name, shapes[name], np.float32, False, index))
@@ -213,24 +215,24 @@ def _specs_for(graph, input_dtype=np.uint8):
 
 
 def test_check_io_accepts_what_the_graph_promises(tiny_graph):
-    frame, outputs = trt_backend.check_io(_specs_for(tiny_graph), tiny_graph)
+    frame, outputs = trt_api.check_io(_specs_for(tiny_graph), tiny_graph)
     assert frame.shape == (1, 120, 160, 3) and frame.nbytes == 120 * 160 * 3
     assert [o.name for o in outputs] == ["mask", "mean_0", "mean_1"]
     # TensorRT < 8.5 runs the float-input variant of the graph
-    assert trt_backend.check_io(_specs_for(tiny_graph, np.float32), tiny_graph)[0].dtype == np.float32
+    assert trt_api.check_io(_specs_for(tiny_graph, np.float32), tiny_graph)[0].dtype == np.float32
 
 
 def test_check_io_refuses_an_engine_that_does_not_match(tiny_graph):
     specs = _specs_for(tiny_graph)
     with pytest.raises(BackendUnavailable, match="mean_1 missing"):
-        trt_backend.check_io(specs[:-1], tiny_graph)
+        trt_api.check_io(specs[:-1], tiny_graph)
     wrong = specs[:1] + [TensorSpec("mask", (1, 66, 200), np.float32, False, 1)] + specs[2:]
     with pytest.raises(BackendUnavailable, match=r"mask has shape \(1, 66, 200\)"):
-        trt_backend.check_io(wrong, tiny_graph)
+        trt_api.check_io(wrong, tiny_graph)
     with pytest.raises(BackendUnavailable, match="expected uint8 or float32"):
-        trt_backend.check_io(_specs_for(tiny_graph, np.int32), tiny_graph)
+        trt_api.check_io(_specs_for(tiny_graph, np.int32), tiny_graph)
     with pytest.raises(BackendUnavailable, match="inputs are"):
-        trt_backend.check_io([TensorSpec("image", (1, 120, 160, 3), np.float32, True, 0)] + specs[1:], tiny_graph)
+        trt_api.check_io([TensorSpec("image", (1, 120, 160, 3), np.float32, True, 0)] + specs[1:], tiny_graph)
 
 
 def test_float_input_variant_gives_the_same_outputs(tiny_graph):
@@ -238,7 +240,7 @@ def test_float_input_variant_gives_the_same_outputs(tiny_graph):
     import onnx
     import onnxruntime as ort
 
-    variant = trt_backend.with_float_input(tiny_graph.onnx_bytes)
+    variant = trt_engine.with_float_input(tiny_graph.onnx_bytes)
     assert onnx.load_from_string(variant).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     frames = trt_tools.procedural_frames(3)
     original = ort.InferenceSession(tiny_graph.onnx_bytes, providers=["CPUExecutionProvider"])
@@ -247,7 +249,382 @@ def test_float_input_variant_gives_the_same_outputs(tiny_graph):
     for a, b in zip(original.run(names, {"frame": frames}), widened.run(names, {"frame": frames.astype(np.float32)})):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="no input named"):
-        trt_backend.with_float_input(tiny_graph.onnx_bytes, input_name="image")
+        trt_engine.with_float_input(tiny_graph.onnx_bytes, input_name="image")
+
+
+# --- teardown order (finding 1) and closing from another thread (finding 6) ---------------------------
+# Plain objects that record what happens to them stand in for pycuda's context and TensorRT's
+# objects: the order of release is pure logic of GpuSession and drop_frames.
+TRT_LOCAL_NAMES = {"runtime", "engine", "context", "builder", "network", "parser", "config", "profile", "plan"}
+
+
+class RecordingContext(object):
+    """Records push/pop/detach, and the thread each happened in."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def _record(self, what):
+        self.events.append((what, threading.current_thread().name))
+
+    def push(self):
+        self._record("push")
+
+    def pop(self):
+        self._record("pop")
+
+    def detach(self):
+        self._record("detach")
+
+
+class Tracked(object):
+    """Records its own destruction (CPython frees it the moment its last reference goes)."""
+
+    def __init__(self, name, events):
+        self.name, self.events = name, events
+
+    def free(self):
+        self.events.append(("free " + self.name, threading.current_thread().name))
+
+    def __del__(self):
+        self.events.append(("del " + self.name, threading.current_thread().name))
+
+
+def _load_like_the_backend(events, fail=False):
+    def load(session):
+        session.keep("runtime", Tracked("runtime", events))
+        session.keep("engine", Tracked("engine", events))
+        builder = Tracked("builder", events)  # a local that holds a TensorRT object, as a build's do
+        session.keep("context", Tracked("context", events))
+        session.keep("device", {"mask": Tracked("buffer", events)}, free=lambda buffers: buffers["mask"].free())
+        if fail:
+            raise BackendUnavailable("engine does not match the graph: mean_0 missing")
+        del builder
+
+    return load
+
+
+def _frames_holding_trt_names(traceback_):
+    held = []
+    while traceback_ is not None:
+        held.extend(sorted(TRT_LOCAL_NAMES & set(traceback_.tb_frame.f_locals)))
+        traceback_ = traceback_.tb_next
+    return held
+
+
+def test_failed_activation_drops_trt_objects_newest_first_before_the_context_goes():
+    events = []
+    with pytest.raises(BackendUnavailable) as caught:
+        GpuSession(RecordingContext(events)).open(_load_like_the_backend(events, fail=True))
+    order = [what for what, _ in events]
+    # The builder local goes when the traceback's frames are cleared; the session's objects go in
+    # reverse order of creation; all while the context is current; then the context is detached.
+    assert order == ["push", "del builder", "free buffer", "del buffer", "del context", "del engine", "del runtime",
+                     "detach"]
+    assert _frames_holding_trt_names(caught.value.__traceback__) == []
+
+
+def test_drop_frames_clears_every_finished_frame_of_chained_errors():
+    events = []
+
+    def deserialize():
+        engine = Tracked("engine", events)  # noqa: F841 - held by this frame only
+        raise ValueError("TensorRT could not deserialize")
+
+    def load():
+        runtime = Tracked("runtime", events)  # noqa: F841
+        try:
+            deserialize()
+        except ValueError as error:
+            raise BackendUnavailable("activation failed") from error
+
+    try:
+        load()
+    except BackendUnavailable as error:
+        assert _frames_holding_trt_names(error.__traceback__) == ["runtime"]
+        assert _frames_holding_trt_names(error.__cause__.__traceback__) == ["runtime", "engine"]
+        assert events == []  # still alive: the frames hold them
+        trt_backend.drop_frames(error)
+        assert _frames_holding_trt_names(error.__traceback__) == []
+        assert _frames_holding_trt_names(error.__cause__.__traceback__) == []
+        assert sorted(what for what, _ in events) == ["del engine", "del runtime"]
+
+
+def test_a_successful_activation_leaves_the_context_popped():
+    events = []
+    session = GpuSession(RecordingContext(events)).open(_load_like_the_backend(events))
+    assert [what for what, _ in events] == ["push", "del builder", "pop"] and session.is_open
+    with session.current() as current:
+        assert current.engine.name == "engine"
+    assert [what for what, _ in events][-2:] == ["push", "pop"]
+
+
+def test_close_from_another_thread_releases_everything_there():
+    events = []
+    session = GpuSession(RecordingContext(events)).open(_load_like_the_backend(events))
+    del events[:]
+    closer = threading.Thread(target=session.close, name="closer")
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive()
+    assert events == [(what, "closer") for what in ("push", "free buffer", "del buffer", "del context", "del engine",
+                                                     "del runtime", "detach")]
+    assert not session.is_open
+    with pytest.raises(RuntimeError, match="closed"):
+        with session.current():
+            pass
+    session.close()  # twice is fine
+    assert [what for what, _ in events].count("detach") == 1
+
+
+def test_close_from_another_thread_waits_for_the_inference_in_flight():
+    events = []
+    session = GpuSession(RecordingContext(events)).open(_load_like_the_backend(events))
+    closer = threading.Thread(target=session.close, name="closer")
+    with session.current():
+        closer.start()
+        closer.join(timeout=0.2)  # it must be blocked on the session's lock, however long we wait
+        assert closer.is_alive() and ("detach", "closer") not in events
+    closer.join(timeout=10)
+    assert not closer.is_alive() and events[-1] == ("detach", "closer")
+
+
+def test_backend_close_from_another_thread_closes_its_session(tiny_graph):
+    events = []
+    backend = TensorRTBackend(tiny_graph)
+    backend._session = GpuSession(RecordingContext(events)).open(_load_like_the_backend(events))
+    backend._active = True
+    closer = threading.Thread(target=backend.close, name="closer")
+    closer.start()
+    closer.join(timeout=10)
+    assert events[-1] == ("detach", "closer") and backend._session is None and not backend._active
+
+
+# --- builder flags per TensorRT version (findings 3, 5) and precision pinning (finding 4) --------------
+def _builder_flags(*names):
+    """A BuilderFlag namespace with the members a TensorRT version has (values: their names)."""
+    return type("BuilderFlag", (), {name: name for name in names})
+
+
+COMMON_FLAGS = ("FP16", "INT8", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32", "SPARSE_WEIGHTS")
+TRT_8_0 = _builder_flags(*(COMMON_FLAGS + ("STRICT_TYPES",)))  # 8.0.1 / 8.1
+TRT_8_2 = _builder_flags(*(COMMON_FLAGS + ("STRICT_TYPES", "OBEY_PRECISION_CONSTRAINTS",
+                                           "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO")))  # 8.2 - 8.6
+TRT_10 = _builder_flags(*(COMMON_FLAGS + ("OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS", "BF16")))
+
+
+class RecordingConfig(object):
+    def __init__(self):
+        self.calls = []
+
+    def set_flag(self, flag):
+        self.calls.append(("set", flag))
+
+    def clear_flag(self, flag):
+        self.calls.append(("clear", flag))
+
+    def flags(self):
+        """The flags that end up set."""
+        on = set()
+        for action, flag in self.calls:
+            (on.add if action == "set" else on.discard)(flag)
+        return on
+
+
+@pytest.mark.parametrize("builder_flag, precision, attempts, final", [
+    (TRT_8_0, "fp16", ["STRICT_TYPES"], {"FP16", "STRICT_TYPES"}),
+    (TRT_8_2, "fp16", ["OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"],
+     {"FP16", "OBEY_PRECISION_CONSTRAINTS"}),
+    (TRT_10, "fp16", ["OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"],
+     {"FP16", "OBEY_PRECISION_CONSTRAINTS"}),
+    (TRT_8_0, "fp32", [None], set()),
+    (TRT_8_2, "fp32", [None], set()),
+    (TRT_10, "fp32", [None], set()),
+])
+def test_flags_per_tensorrt_version(builder_flag, precision, attempts, final):
+    assert trt_engine.constraint_attempts(builder_flag, precision) == attempts
+    config = RecordingConfig()
+    trt_engine.set_precision_flags(config, builder_flag, precision, attempts[0])
+    assert config.flags() == final
+    assert config.calls[0] == ("clear", "TF32")  # every build, fp16 and fp32: no TF32 on Orin
+    assert not any(flag not in vars(builder_flag) for _, flag in config.calls)  # only flags this version has
+
+
+def test_obey_failure_is_retried_once_with_prefer_and_said_once(caplog):
+    config, plans = RecordingConfig(), [None, b"plan"]
+    with caplog.at_level(logging.WARNING, logger="donkey_saliency.backends"):
+        data, used = trt_engine.build_with_constraints(lambda: plans.pop(0), config, TRT_10, "fp16")
+    assert (data, used) == (b"plan", "PREFER_PRECISION_CONSTRAINTS")
+    assert config.flags() == {"FP16", "PREFER_PRECISION_CONSTRAINTS"}  # OBEY cleared for the retry
+    [warning] = _warnings(caplog)
+    assert "OBEY_PRECISION_CONSTRAINTS failed" in warning.getMessage() and "PREFER" in warning.getMessage()
+
+
+@pytest.mark.parametrize("builder_flag, precision, results, expected, builds", [
+    (TRT_8_2, "fp16", [b"plan"], (b"plan", "OBEY_PRECISION_CONSTRAINTS"), 1),  # no retry when OBEY builds
+    (TRT_8_2, "fp16", [None, None], (b"", "PREFER_PRECISION_CONSTRAINTS"), 2),  # both fail: the caller raises
+    (TRT_8_0, "fp16", [None], (b"", "STRICT_TYPES"), 1),  # 8.0/8.1: STRICT_TYPES falls back by itself
+    (TRT_10, "fp32", [None], (b"", None), 1),  # nothing pinned, nothing to retry
+])
+def test_retry_decision(builder_flag, precision, results, expected, builds, caplog):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return results[len(calls) - 1]
+
+    with caplog.at_level(logging.WARNING, logger="donkey_saliency.backends"):
+        assert trt_engine.build_with_constraints(build, RecordingConfig(), builder_flag, precision) == expected
+    assert len(calls) == builds and len(_warnings(caplog)) == builds - 1
+
+
+class Tensor(object):
+    def __init__(self, name, dtype):
+        self.name, self.dtype = name, dtype
+
+
+class Layer(object):
+    """A parsed layer as TensorRT's Python API shows it: inputs, outputs, precision, output types."""
+
+    def __init__(self, name, inputs, outputs):
+        self.name, self._inputs, self._outputs = name, inputs, outputs
+        self.precision = None
+        self.output_types = {}
+
+    num_inputs = property(lambda self: len(self._inputs))
+    num_outputs = property(lambda self: len(self._outputs))
+
+    def get_input(self, index):
+        return self._inputs[index] if index < len(self._inputs) else None
+
+    def get_output(self, index):
+        return self._outputs[index]
+
+    def set_output_type(self, index, dtype):
+        self.output_types[index] = dtype
+
+
+class Network(object):
+    def __init__(self, layers, outputs):
+        self._layers, self._outputs = layers, outputs
+
+    num_layers = property(lambda self: len(self._layers))
+    num_outputs = property(lambda self: len(self._outputs))
+
+    def get_layer(self, index):
+        return self._layers[index]
+
+    def get_output(self, index):
+        return self._outputs[index]
+
+
+def test_pinning_covers_every_head_layer_whose_data_input_is_float():
+    f32, f16, i32, u8 = "float32", "float16", "int32", "uint8"
+    up = Tensor("vbp/up_conv2d_4_pre", f32)
+    layers = {
+        "cast": Layer("vbp/Cast", [Tensor("frame", u8)], [Tensor("vbp/frame_float", f32)]),
+        "trunk": Layer("model/conv2d_1/Conv2D", [Tensor("image", f32)], [Tensor("map_0", f32)]),
+        "deconv": Layer("vbp/ConvTranspose_31", [Tensor("vbp/scaled_30", f32)], [up]),
+        # The Slice the ONNX parser adds for output_padding: float data, int32 start/size inputs,
+        # unnamed by graph.py; found by its output tensor.
+        "slice": Layer("(Unnamed Layer* 88) [Slice]", [up, Tensor("start", i32), Tensor("size", i32)],
+                       [Tensor("vbp/up_conv2d_4", f32)]),
+        "shape": Layer("vbp/Shape_12", [up], [Tensor("vbp/shape", i32)]),
+        "constant": Layer("vbp/tiny", [], [Tensor("vbp/tiny", f32)]),
+        "squeeze": Layer("(Unnamed Layer* 99) [Shuffle]", [Tensor("vbp/normalised", f16)], [Tensor("mask", f32)]),
+    }
+    network = Network(list(layers.values()), [Tensor("mask", f32)])
+    assert trt_engine.pin_head_precision(network, f32, (f32, f16)) == 5
+    pinned = {key for key, layer in layers.items() if layer.precision == f32}
+    assert pinned == {"deconv", "slice", "constant", "squeeze"}
+    assert layers["cast"].output_types == {0: f32}  # uint8 in: only its output type
+    assert layers["trunk"].precision is None and layers["trunk"].output_types == {}  # the trunk stays fp16
+    assert layers["shape"].precision is None and layers["shape"].output_types == {}  # int arithmetic
+    assert all(layers[key].output_types == {0: f32} for key in pinned)
+
+
+# --- TensorFlow in the same process (finding 2) and JetPack 4.6's Python 3.6 (finding 7) -------------
+def test_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    calls = []  # recorded, not faked away: the call is what is under test
+    monkeypatch.setattr(tf.config, "set_visible_devices",
+                        lambda devices, kind=None: calls.append((list(devices), kind)))
+    monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "unset by the test")
+    monkeypatch.delenv("TF_FORCE_GPU_ALLOW_GROWTH")
+    assert cli.main(["export", tiny_pilot_path, "--out", str(tmp_path / "graph.onnx")]) == 0
+    assert calls == [([], "GPU")]
+    assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"  # should TensorFlow touch the GPU anyway
+
+
+# What runs on a Jetson Nano's Python 3.6 with TensorRT 8.0/8.2: the backend, its builder and
+# version shims, the engine cache and the selftest's tools.
+TRT_PATH_FILES = ["backends/__init__.py", "backends/base.py", "backends/onnxruntime.py", "backends/tensorrt.py",
+                  "backends/trt_api.py", "backends/trt_engine.py", "trt_cache.py", "trt_tools.py", "errors.py"]
+PY36_CHECK = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+from donkey_saliency import trt_cache
+from donkey_saliency.backends import tensorrt, trt_engine
+reason = tensorrt.unavailable_reason()
+assert reason.startswith("TensorRT backend unavailable - missing tensorrt"), reason
+flags = type("BuilderFlag", (), dict(FP16="FP16", STRICT_TYPES="STRICT_TYPES", TF32="TF32"))
+assert trt_engine.constraint_attempts(flags, "fp16") == ["STRICT_TYPES"]
+meta = trt_cache.engine_meta("ab" * 32, "8.2.1.8", "NVIDIA Tegra X1", (5, 3), "fp16", (1, 120, 160, 3))
+assert trt_cache.unpack(trt_cache.pack(meta, b"engine"))[1] == b"engine"
+events = []
+class Context(object):
+    def push(self): events.append("push")
+    def pop(self): events.append("pop")
+    def detach(self): events.append("detach")
+session = tensorrt.GpuSession(Context()).open(lambda s: s.keep("engine", object()))
+session.close()
+assert events == ["push", "pop", "push", "detach"], events
+print("python %d.%d: ok" % sys.version_info[:2])
+"""
+
+
+def find_python36():
+    import shutil
+
+    for candidate in (os.path.expanduser("~/.pyenv/versions/3.6.15/bin/python3.6"), shutil.which("python3.6")):
+        if candidate and os.path.exists(candidate):
+            import subprocess
+
+            probe = subprocess.run([candidate, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   universal_newlines=True, env=dict(os.environ, PYENV_VERSION="3.6.15"))
+            if probe.returncode == 0 and "3.6" in probe.stdout:
+                return candidate
+    return None
+
+
+def test_tensorrt_path_parses_and_imports_on_python_3_6(tmp_path):
+    import subprocess
+
+    python36 = find_python36()
+    if python36 is None:
+        pytest.skip("no python3.6 interpreter on this machine (JetPack 4.6's Python; pyenv install 3.6.15)")
+    package = os.path.join(os.path.dirname(__file__), "..", "donkey_saliency")
+    env = dict(os.environ, PYENV_VERSION="3.6.15", PYTHONDONTWRITEBYTECODE="1")
+    compile_code = ("import py_compile, sys\nfor i, path in enumerate(sys.argv[2:]):\n"
+                    "    py_compile.compile(path, cfile='%s/%d.pyc' % (sys.argv[1], i), doraise=True)")
+    compiled = subprocess.run([python36, "-c", compile_code, str(tmp_path)] +
+                              [os.path.join(package, name) for name in TRT_PATH_FILES],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, env=env)
+    assert compiled.returncode == 0, compiled.stdout[-2000:]
+    venv = tmp_path / "py36"
+    subprocess.run([python36, "-m", "venv", str(venv)], check=True, env=env, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "numpy"], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, universal_newlines=True, timeout=300, env=env)
+    if pip.returncode != 0:
+        pytest.skip("could not install numpy for python3.6: " + (pip.stdout.strip().splitlines() or ["?"])[-1])
+    modules = ["donkey_saliency." + name[:-3].replace("/", ".").replace(".__init__", "") for name in TRT_PATH_FILES]
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", PY36_CHECK] + modules, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, universal_newlines=True, cwd=os.path.dirname(package),
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "python 3.6: ok"
 
 
 # --- backend choice here (no TensorRT) --------------------------------------------------------------
@@ -274,6 +651,23 @@ def test_asking_for_tensorrt_here_is_one_clear_error(tiny_graph):
     with pytest.raises(BackendUnavailable) as caught:
         backends.create(tiny_graph, "tensorrt")
     assert "tensorrt" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@needs_no_tensorrt
+def test_selftest_without_tensorrt_fails_every_engine_check_and_still_reports(tiny_graph):
+    """The selftest's own machinery, run for real where TensorRT is absent: each engine activation
+    (in the worker thread) falls back to ONNX Runtime, which must read as FAIL, never as a pass."""
+    report = trt_tools.selftest(tiny_graph, trt_tools.procedural_frames(3))
+    assert not report["passed"]
+    assert [(c.name, c.passed) for c in report["checks"]] == [
+        ("fp32 engine in a worker thread", False), ("fp16 engine in a worker thread", False),
+        (trt_tools.FALLBACK_CHECK, False)]
+    assert all(run.thread != threading.current_thread().name for run in report["runs"].values())
+    assert all(run.backend_name == "onnxruntime" for run in report["runs"].values())
+    assert "BackendUnavailable: TensorRT backend unavailable" in report["checks"][-1].detail
+    lines = trt_tools.report_lines(report)
+    assert lines[-1] == "FAIL" and "donkey-saliency selftest: FAIL, 0 of 3 checks passed" in lines
+    assert "fp32: no engine (fell back to onnxruntime (CPU))" in lines
 
 
 # --- run-time fallback ---------------------------------------------------------------------------------
@@ -369,6 +763,7 @@ def test_commands_without_tensorrt_exit_2_with_one_line(tiny_pilot_path, tmp_pat
 @pytest.mark.parametrize("argv, message", [
     (["build-engine", "x.h5", "--precision", "int8"], "--precision must be one of fp16, fp32"),
     (["selftest", "--frames", "0"], "--frames must be at least 1"),
+    (["selftest", "--precision", "int8"], "--precision must be one of fp16, fp32, both"),
 ])
 def test_bad_options_exit_2_with_one_line(capsys, argv, message):
     assert cli.main(argv) == 2
@@ -432,16 +827,83 @@ def test_compare_masks_and_verdict():
         trt_tools.compare_masks(reference, reference[:, :, :8])
 
 
-def test_report_lines_state_the_numbers_and_the_verdict():
-    comparison = trt_tools.compare_masks(np.eye(8)[None], np.eye(8)[None])
-    report = dict(engine="engine: x", precision="fp16", comparison=comparison, tolerance=trt_tools.TOLERANCES["fp16"],
-                  trt_ms=2.0, ort_ms=30.0, passed=True, failures=[])
+def _run(precision, ms, build_seconds=None, stages=((0.2, 1.0, 0.3),)):
+    run = trt_tools.EngineRun(precision)
+    run.backend_name, run.description = "tensorrt", "tensorrt (%s, built)" % precision
+    run.engine_line = "engine: /c/engine-%s-x.trt (built in 9.0 s) - TensorRT 8.2.1.8, Orin (compute 8.7), %s" % (
+        precision, precision)
+    run.build_seconds, run.seconds, run.stages = build_seconds, [ms / 1000.0] * 3, list(stages)
+    return run
+
+
+def test_report_lines_one_line_per_check_timings_and_a_paste_block(tiny_graph):
+    checks = [trt_tools.Check("fp32 engine in a worker thread", True, "engine: ..."),
+              trt_tools.Check("fp16 engine vs onnxruntime: mask", False, "max diff 0.2 - too far"),
+              trt_tools.Check(trt_tools.FALLBACK_CHECK, True, "mismatched engine file -> onnxruntime")]
+    runs = {"fp32": _run("fp32", 4.0, 12.5), "fp16": _run("fp16", 2.0)}
+    report = dict(graph=tiny_graph, frames=10, checks=checks, runs=runs, ort_ms=30.0, passed=False)
     lines = trt_tools.report_lines(report)
-    assert lines[-1] == "PASS"
+    assert lines[:3] == [c.line() for c in checks]
+    assert lines[0].startswith("PASS  fp32 engine") and lines[1].startswith("FAIL  fp16 engine vs onnxruntime")
     text = "\n".join(lines)
-    assert "max mask difference       0.00000" in text and "tolerance <= 0.05" in text
-    assert "tensorrt 2.00, onnxruntime 30.00 (15.0x)" in text
-    assert "top-10% overlap (IoU)" in text
+    assert "fp32: 4.00 ms/frame (7.5x onnxruntime), engine built in 12.5 s, host->device->host copies 33 % of GPU " \
+           "time" in text
+    assert "fp16: 2.00 ms/frame (15.0x onnxruntime), engine from cache (--rebuild to time it)" in text
+    paste = lines[lines.index("--- paste into an issue ---"):]
+    assert paste[1] == "donkey-saliency selftest: FAIL, 2 of 3 checks passed"
+    assert "Python " in paste[2] and "numpy " in paste[2] and "tensorrt " in paste[2]
+    assert any(line.startswith("failed: fp16 engine vs onnxruntime: mask") for line in paste)
+    assert lines[-2:] == ["---", "FAIL"]
+
+
+def test_fallback_run_is_reported_without_timings():
+    run = trt_tools.EngineRun("fp16")
+    run.backend_name, run.description = "onnxruntime", "onnxruntime (CPU)"
+    assert trt_tools.timing_line(run, 30.0) == "fp16: no engine (fell back to onnxruntime (CPU))"
+
+
+def test_copy_share_is_the_median_share_of_gpu_time_spent_copying():
+    assert trt_tools.copy_share([]) is None
+    assert trt_tools.copy_share([(1.0, 2.0, 1.0)]) == pytest.approx(0.5)
+    assert trt_tools.copy_share([(0.1, 0.8, 0.1), (1.0, 2.0, 1.0), (0.0, 1.0, 0.0)]) == pytest.approx(0.2)
+
+
+def test_compare_outputs_covers_the_mask_and_every_mean_on_its_own_scale(tiny_graph):
+    frames = trt_tools.procedural_frames(3)
+    with OnnxRuntimeBackend(tiny_graph) as backend:
+        reference = backend.infer(frames)
+    nudged = {name: value.copy() for name, value in reference.items()}
+    name = tiny_graph.mean_names[-1]
+    nudged[name] = nudged[name] * 1.01  # 1 % of each value: at most 1 % of the peak
+    summaries = trt_tools.compare_outputs(reference, nudged, tiny_graph)
+    assert sorted(summaries) == sorted([tiny_graph.mask_name] + tiny_graph.mean_names)
+    assert summaries["mask"]["max_abs"] == 0.0
+    assert 0.005 < summaries[name]["max_abs"] <= 0.0100001 and summaries[name]["min_overlap"] == 1.0
+    checks = trt_tools.comparison_checks("fp32 engine vs onnxruntime:", summaries, trt_tools.TOLERANCES["fp32"])
+    failed = [c.name for c in checks if not c.passed]
+    assert len(checks) == 1 + len(tiny_graph.mean_names) and failed == ["fp32 engine vs onnxruntime: " + name]
+
+
+def test_the_decoy_engine_graph_cannot_serve_the_real_graph(tiny_graph):
+    """The forced-failure activation of the selftest: the decoy's engine has the right input and a
+    'mask', but no mean_i, so activation refuses it after TensorRT has deserialized it."""
+    import onnxruntime as ort
+
+    decoy = trt_tools.decoy_graph(tiny_graph)
+    session = ort.InferenceSession(decoy.onnx_bytes, providers=["CPUExecutionProvider"])
+    frames = trt_tools.procedural_frames(1)
+    [mask] = session.run(["mask"], {"frame": frames})
+    assert mask.shape == (1, 120, 160) and decoy.digest != tiny_graph.digest
+    specs = [TensorSpec("frame", frames.shape, np.uint8, True, 0), TensorSpec("mask", mask.shape, np.float32, False, 1)]
+    with pytest.raises(BackendUnavailable, match="mean_0 missing"):
+        trt_api.check_io(specs, tiny_graph)
+
+
+def test_selftest_runs_both_precisions_by_default():
+    assert trt_tools.selftest_precisions("both") == ("fp32", "fp16")
+    assert trt_tools.selftest_precisions("fp16") == ("fp16",)
+    with pytest.raises(InputError, match="one of fp16, fp32, both"):
+        trt_tools.selftest_precisions("int8")
 
 
 # --- frames ---------------------------------------------------------------------------------------
@@ -562,5 +1024,51 @@ def test_engine_runs_in_a_worker_thread_and_closes_there(gpu, tiny_graph, tmp_pa
 @pytest.mark.gpu
 def test_selftest_command_passes_on_a_tiny_pilot(gpu, tiny_pilot_path, tmp_path, capsys):
     assert cli.main(["selftest", tiny_pilot_path, "--frames", "10", "--cache-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert out.strip().splitlines()[-1] == "PASS"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "PASS"
+    checks = [line for line in lines if line.startswith(("PASS  ", "FAIL  "))]
+    assert all(line.startswith("PASS  ") for line in checks)
+    for precision in ("fp32", "fp16"):
+        assert any(line.startswith("PASS  %s engine in a worker thread" % precision) for line in checks)
+        assert any(line.startswith("PASS  %s engine vs onnxruntime: mean_1" % precision) for line in checks)
+    assert any(line.startswith("PASS  fp16 engine vs fp32 engine: mask") for line in checks)
+    assert any(line.startswith("PASS  " + trt_tools.FALLBACK_CHECK) for line in checks)
+
+
+@pytest.mark.gpu
+def test_a_failed_activation_falls_back_in_a_worker_thread_and_the_process_lives(gpu, tiny_graph):
+    frames = trt_tools.procedural_frames(2)
+    with OnnxRuntimeBackend(tiny_graph) as reference:
+        expected = reference.infer(frames)["mask"]
+    checks, errors = [], []
+
+    def worker():
+        try:
+            checks.append(trt_tools.forced_fallback(tiny_graph, frames, expected))
+        except Exception as error:  # reported to the main thread below
+            errors.append(error)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(timeout=600)
+    assert not thread.is_alive() and errors == []
+    assert checks[0].passed, checks[0].line()
+    # The GPU is still usable after that teardown: a real engine activates and runs.
+    with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=False) as backend:
+        assert backend.infer(frames[:1])["mask"].shape == (1, 120, 160)
+
+
+@pytest.mark.gpu
+def test_close_from_another_thread_then_activate_again(gpu, tiny_graph, tmp_path):
+    opened = []
+    thread = threading.Thread(target=lambda: opened.append(
+        TensorRTBackend(tiny_graph, precision="fp32", cache_dir=str(tmp_path)).activate()))
+    thread.start()
+    thread.join(timeout=600)
+    [backend] = opened
+    first = backend.infer(trt_tools.procedural_frames(1))["mask"]  # from the main thread: pushed here
+    backend.close()  # from the main thread, not the one that activated it
+    assert backend._session is None
+    with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=str(tmp_path)) as again:
+        assert again.engine_source == "cache"
+        np.testing.assert_array_equal(again.infer(trt_tools.procedural_frames(1))["mask"], first)

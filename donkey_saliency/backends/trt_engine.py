@@ -1,0 +1,305 @@
+"""Where a TensorRT engine comes from: the engine cache, or a build from the ONNX graph.
+
+The builder half: parse the graph, pin the VisualBackProp head to fp32, set the builder flags the
+installed TensorRT has (TF32 off always; fp16 with OBEY_PRECISION_CONSTRAINTS from 8.2 and, if a
+pinned layer has no fp32 kernel, one retry with PREFER_PRECISION_CONSTRAINTS; STRICT_TYPES on 8.0
+and 8.1), build. The decisions are pure functions over what they are given (a ``BuilderFlag``
+namespace, a config, a parsed network), so they are tested without TensorRT.
+
+The loader half (:class:`EngineLoader`): cache first (``trt_cache``: keyed by graph, TensorRT
+version, GPU, precision, shape), else build and store. TensorRT objects made here are dropped
+last-first before a function returns or raises; the runner (``tensorrt.py``) owns the rest.
+Valid Python 3.6 (JetPack 4.6's Python).
+"""
+import logging
+import os
+import time
+
+from .. import trt_cache
+from ..errors import BackendUnavailable
+from .trt_api import supports_uint8_input, trt_version
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp16", "fp32")
+HEAD_PREFIX = "vbp/"  # every node of the VisualBackProp head (and the uint8 -> /255 prologue)
+DEFAULT_WORKSPACE_MB = 256  # plenty for this graph; a Nano has 4 GB shared with the CPU
+# Precision-constraint flags, strictest first: TensorRT 8.2+ has the pair, 8.0/8.1 only STRICT_TYPES
+# (which itself falls back to the fastest kernel when no constrained one exists).
+OBEY, PREFER, STRICT = "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS", "STRICT_TYPES"
+
+
+# --- pure decisions ------------------------------------------------------------------------------
+
+def effective_precision(requested, has_fast_fp16):
+    """(precision actually built, reason)."""
+    if requested not in PRECISIONS:
+        raise BackendUnavailable("unknown TensorRT precision %r (choose fp16 or fp32)" % (requested,))
+    if requested == "fp16" and not has_fast_fp16:
+        return "fp32", "this GPU has no fast fp16; building fp32"
+    return requested, "asked for"
+
+
+def is_head_layer(layer_name, output_names=(), head_outputs=()):
+    """Whether a TensorRT layer belongs to the VisualBackProp head: the ONNX parser names layers (and
+    tensors) after the ONNX nodes, which graph.py prefixes with 'vbp/'; helper layers the parser adds
+    without such a name (the Slice for a ConvTranspose's output_padding) are recognised by their
+    output tensors."""
+    if layer_name.startswith(HEAD_PREFIX):
+        return True
+    return any(name.startswith(HEAD_PREFIX) or name in head_outputs for name in output_names)
+
+
+def pin_head_precision(network, fp32, float_types):
+    """Run every layer of the VisualBackProp head in fp32, even in an fp16 engine; returns how many.
+
+    Why: each head level sums up to 9 (k x k) overlapping up-sampled values with a transposed
+    convolution and multiplies by the next level's map, over 5 levels; fp16 has 11 bits of
+    mantissa, so it would lose the small values that decide the mask's shape. The head is ~1 % of
+    the graph's FLOPs; the conv trunk (the other 99 %) stays fp16.
+
+    A layer's precision is pinned when its first input is float (the data input: a Slice's start/
+    end inputs are int and do not count) or when it has no inputs (a Constant); every float output
+    is set to fp32 too. The uint8 -> float Cast (first input uint8) gets only its output type.
+    ``fp32``/``float_types``: TensorRT's ``float32`` and (``float32``, ``float16``)."""
+    head_outputs = {network.get_output(i).name for i in range(network.num_outputs)}
+    count = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not is_head_layer(layer.name, [t.name for t in outputs], head_outputs):
+            continue
+        float_outputs = [j for j, t in enumerate(outputs) if t.dtype in float_types]
+        if not float_outputs:
+            continue  # shape and index arithmetic: no float precision to pin
+        first = layer.get_input(0) if layer.num_inputs else None
+        if first is None or first.dtype in float_types:
+            layer.precision = fp32
+        for j in float_outputs:
+            layer.set_output_type(j, fp32)
+        count += 1
+    return count
+
+
+def constraint_attempts(builder_flag, precision):
+    """The precision-constraint flag names to build with, in order (one build each until one
+    succeeds); [None] for fp32, where nothing is pinned."""
+    if precision != "fp16":
+        return [None]
+    if hasattr(builder_flag, OBEY):
+        return [OBEY, PREFER]
+    return [STRICT]
+
+
+def set_precision_flags(config, builder_flag, precision, constraint):
+    """Set ``config``'s precision flags for one build. TF32 is cleared for every build: on Ampere
+    (Orin) it is on by default and would run the fp32 (and fp32-pinned) layers in TF32."""
+    if hasattr(builder_flag, "TF32"):
+        config.clear_flag(builder_flag.TF32)
+    if precision == "fp16":
+        config.set_flag(builder_flag.FP16)
+    for name in (OBEY, PREFER, STRICT):
+        if name != constraint and hasattr(builder_flag, name):
+            config.clear_flag(getattr(builder_flag, name))
+    if constraint is not None:
+        config.set_flag(getattr(builder_flag, constraint))
+
+
+def build_with_constraints(build, config, builder_flag, precision):
+    """``build()`` (-> serialized engine bytes, or empty/None on failure) under each flag set of
+    :func:`constraint_attempts` until one succeeds. An OBEY build fails when a pinned layer has no
+    fp32 kernel (some Shuffle/Constant); then PREFER is tried, and said once. Returns
+    (bytes or b"", constraint used)."""
+    attempts = constraint_attempts(builder_flag, precision)
+    data = b""
+    for index, constraint in enumerate(attempts):
+        set_precision_flags(config, builder_flag, precision, constraint)
+        data = build() or b""
+        if data:
+            return data, constraint
+        if index + 1 < len(attempts):
+            logger.warning("TensorRT: the build with %s failed (a layer pinned to fp32 has no fp32 kernel); "
+                           "retrying with %s, which lets such layers run in fp16", constraint, attempts[index + 1])
+    return data, attempts[-1]
+
+
+# --- building ------------------------------------------------------------------------------------
+
+_TRT_LOGGER = None
+
+
+def trt_logger():
+    """One TensorRT logger per process (TensorRT wants a single one); warnings and errors only."""
+    global _TRT_LOGGER
+    if _TRT_LOGGER is None:
+        import tensorrt as trt
+
+        _TRT_LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _TRT_LOGGER
+
+
+def with_float_input(onnx_bytes, input_name="frame"):
+    """The same graph with a float32 input instead of uint8 (for TensorRT < 8.5). Its first node
+    casts the input to float anyway, and a float->float Cast is a no-op, so outputs are unchanged
+    for the same pixel values."""
+    import onnx
+    from onnx import TensorProto
+
+    proto = onnx.load_from_string(onnx_bytes)
+    inputs = [i for i in proto.graph.input if i.name == input_name]
+    if len(inputs) != 1:
+        raise ValueError("the graph has no input named %r" % input_name)
+    inputs[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    return proto.SerializeToString()
+
+
+def _set_workspace(trt, config, workspace_bytes):
+    if hasattr(config, "set_memory_pool_limit"):  # TensorRT 8.4+
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    elif hasattr(config, "max_workspace_size"):
+        config.max_workspace_size = workspace_bytes
+
+
+def platform_has_fast_fp16(trt):
+    builder = trt.Builder(trt_logger())
+    try:
+        return bool(getattr(builder, "platform_has_fast_fp16", True))
+    finally:
+        del builder
+
+
+def build_engine_bytes(onnx_bytes, input_name, input_shape, precision, workspace_mb=DEFAULT_WORKSPACE_MB):
+    """Parse the ONNX graph and build a serialized engine for batch 1. Takes minutes on a Nano.
+    Call with the CUDA context current."""
+    import tensorrt as trt
+
+    log = trt_logger()
+    started = time.monotonic()
+    builder = network = parser = config = profile = None
+    try:
+        builder = trt.Builder(log)
+        # Explicit batch: a flag in TensorRT 8, the only mode (and the flag deprecated) in 10, which
+        # also dropped the implicit-batch ``max_batch_size``.
+        flags = 0
+        if hasattr(builder, "max_batch_size") and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, log)
+        if not parser.parse(onnx_bytes):
+            errors = [" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors)]
+            raise BackendUnavailable("TensorRT's ONNX parser rejected the graph: %s" % " | ".join(errors)[:500])
+        config = builder.create_builder_config()
+        _set_workspace(trt, config, int(workspace_mb) << 20)
+        # The ONNX batch dimension is symbolic ('N'): pin it to 1 with a one-shape profile.
+        profile = builder.create_optimization_profile()
+        shape = (1,) + tuple(input_shape)
+        profile.set_shape(input_name, shape, shape, shape)
+        config.add_optimization_profile(profile)
+        if precision == "fp16":
+            pinned = pin_head_precision(network, trt.float32, (trt.float32, trt.float16))
+            logger.info("TensorRT: fp16 trunk, %d head layers pinned to fp32", pinned)
+        logger.warning("TensorRT: parsed %d layers in %.1f s; building the %s engine (takes minutes on a Jetson "
+                       "Nano)", network.num_layers, time.monotonic() - started, precision)
+
+        def build():
+            plan = builder.build_serialized_network(network, config)
+            try:
+                return bytes(plan) if plan is not None else b""
+            finally:
+                del plan
+
+        data, constraint = build_with_constraints(build, config, trt.BuilderFlag, precision)
+        if not data:
+            raise BackendUnavailable("TensorRT could not build an engine for this graph (see its log above)")
+        logger.info("TensorRT: engine built in %.1f s (%d KB%s)", time.monotonic() - started, len(data) >> 10,
+                    ", %s" % constraint if constraint else "")
+        return data
+    finally:
+        # Last-first, and before an exception carries them off in its traceback.
+        del profile, config, parser, network, builder
+
+
+# --- the loader ----------------------------------------------------------------------------------
+
+class EngineLoader(object):
+    """The engine for one graph: from the cache when a file there matches exactly, else built (and
+    cached). Says where it came from: ``engine_source`` ("cache" | "built"), ``engine_path``,
+    ``build_seconds``, ``precision`` (what the engine really runs), ``meta`` (its cache key fields).
+
+    Options (the backend's): ``precision`` ("fp16" default, "fp32"), ``cache_dir`` (the base cache
+    dir; engines go to ``<cache_dir>/engines``; ``False``: no cache), ``workspace_mb``, ``rebuild``."""
+
+    def __init__(self, graph, options):
+        self.graph = graph
+        self.options = options
+        self.engine_path = None
+        self.engine_source = None
+        self.build_seconds = None
+        self.precision = None
+        self.meta = None
+
+    def deserialize(self, trt, runtime, gpu_name, compute_capability):
+        """The deserialized engine (the CUDA context must be current); a cached file TensorRT
+        cannot read is rebuilt once."""
+        engine = runtime.deserialize_cuda_engine(self.engine_bytes(trt, gpu_name, compute_capability))
+        if engine is None and self.engine_source == "cache":
+            logger.warning("TensorRT could not deserialize the cached engine %s; rebuilding it", self.engine_path)
+            engine = runtime.deserialize_cuda_engine(self.build_and_store(trt))
+        if engine is None:
+            raise BackendUnavailable("TensorRT could not deserialize the engine it built")
+        return engine
+
+    def engine_bytes(self, trt, gpu_name, compute_capability):
+        """Serialized engine from the cache when one matches exactly, else built (and cached). The
+        cache is tried first: no TensorRT builder is made at all when it hits."""
+        requested = self.options.get("precision") or "fp16"
+        effective_precision(requested, True)  # refuses an unknown name before anything else
+        data = self._cached(trt, gpu_name, compute_capability, requested)
+        if data is not None:
+            return data
+        precision, why = effective_precision(requested, platform_has_fast_fp16(trt))
+        if precision != requested:
+            logger.warning("TensorRT: %s", why)
+            data = self._cached(trt, gpu_name, compute_capability, precision)
+            if data is not None:
+                return data
+        return self.build_and_store(trt)
+
+    def _cached(self, trt, gpu_name, compute_capability, precision):
+        """Engine bytes from the cache for ``precision``, or None (and say why when a file was refused)."""
+        self.precision = precision
+        self.meta = trt_cache.engine_meta(self.graph.digest, trt_version(trt), gpu_name, compute_capability,
+                                          precision, (1,) + tuple(self.graph.input_shape))
+        cache_dir = self.options.get("cache_dir")
+        self.engine_path = None if cache_dir is False else trt_cache.engine_path(trt_cache.engine_dir(cache_dir),
+                                                                                   self.meta)
+        if self.engine_path is None or self.options.get("rebuild"):
+            return None
+        action, reason, data = trt_cache.check(self.engine_path, self.meta)
+        if action == "load":
+            self.engine_source = "cache"
+            logger.info("TensorRT: %s", reason)
+            return data
+        # A refused file (stale, foreign, corrupt, truncated) costs minutes of building: say so.
+        if os.path.exists(self.engine_path):
+            logger.warning("TensorRT: rebuilding - %s", reason)
+        else:
+            logger.info("TensorRT: building - %s", reason)
+        return None
+
+    def build_and_store(self, trt):
+        onnx_bytes = self.graph.onnx_bytes
+        if not supports_uint8_input(trt):
+            onnx_bytes = with_float_input(onnx_bytes, self.graph.input_name)
+        started = time.monotonic()
+        data = build_engine_bytes(onnx_bytes, self.graph.input_name, self.graph.input_shape, self.precision,
+                                  self.options.get("workspace_mb") or DEFAULT_WORKSPACE_MB)
+        self.build_seconds = time.monotonic() - started
+        self.engine_source = "built"
+        if self.engine_path:
+            try:
+                trt_cache.store(self.engine_path, self.meta, data)
+                logger.info("TensorRT: engine cached at %s", self.engine_path)
+            except OSError as error:  # a read-only cache must not stop the car
+                logger.warning("TensorRT: could not cache the engine at %s: %s", self.engine_path, error)
+        return data
