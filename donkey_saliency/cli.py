@@ -107,13 +107,11 @@ def _add_export(sub):
 
 
 def cmd_export(args):
-    from . import trt_tools
     from .graph import export
     from .pilots import load_pilot
 
     if not args.out.lower().endswith(".onnx"):
         raise InputError("--out must name a .onnx file")
-    trt_tools.keep_tensorflow_off_gpu()  # export needs no GPU; TensorRT in this process might
     graph = export(load_pilot(args.model), features=args.features)
     graph.save(args.out)
     print("%s: %d conv layers, input %s, sha256 %s" % (args.out, len(graph.layer_names),
@@ -176,10 +174,11 @@ def _add_build_engine(sub):
 
 def cmd_build_engine(args):
     from . import trt_tools
+    from .graph import graph_for
 
     trt_tools.check_precision(args.precision)
     trt_tools.require_tensorrt()  # before the pilot is loaded: one line saying what to install
-    graph = trt_tools.pilot_graph(args.model, cache_dir=args.cache_dir)
+    graph = graph_for(args.model, cache_dir=args.cache_dir)
     engine = trt_tools.open_engine(graph, args.precision, args.cache_dir, args.rebuild, args.workspace_mb)
     try:
         print(trt_tools.engine_line(engine))
@@ -202,13 +201,14 @@ def _add_selftest(sub):
 
 def cmd_selftest(args):
     from . import trt_tools
+    from .graph import graph_for
 
     precisions = trt_tools.selftest_precisions(args.precision)
     if args.frames < 1:
         raise InputError("--frames must be at least 1")
     trt_tools.require_tensorrt()
     frames = trt_tools.tub_frames(args.tub, args.frames) if args.tub else None  # a bad tub fails first
-    graph = trt_tools.pilot_graph(args.model, args.cache_dir) if args.model else trt_tools.default_pilot_graph()
+    graph = graph_for(args.model, args.cache_dir) if args.model else trt_tools.default_pilot_graph()
     if frames is None:
         frames = trt_tools.procedural_frames(args.frames, graph.input_shape)
     print("selftest: %s, %d frames from %s" % (args.model or "stand-in linear pilot (fixed random weights)",

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import trt_cache
 from .errors import BackendUnavailable, InputError, first_line
+from .pilots.keras import import_tensorflow
 
 logger = logging.getLogger(__name__)
 
@@ -156,32 +157,11 @@ def selftest_precisions(precision):
     return ("fp32", "fp16") if precision == "both" else (precision,)
 
 
-def keep_tensorflow_off_gpu():
-    """Hide the GPU from TensorFlow in this process, if TensorFlow is installed: exporting a pilot needs
-    TensorFlow only on the CPU, and TensorFlow otherwise reserves most of the GPU's memory (on a
-    Jetson, memory shared with the CPU) that TensorRT then lacks. Call before TensorFlow runs
-    anything; afterwards TensorFlow refuses (logged, nothing else). Returns whether the GPU is hidden."""
-    import importlib.util
-
-    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # should anything touch the GPU anyway
-    if "tensorflow" not in sys.modules and importlib.util.find_spec("tensorflow") is None:
-        return False
-    try:
-        import tensorflow as tf
-
-        tf.config.set_visible_devices([], "GPU")
-        return True
-    except Exception as error:  # RuntimeError once TensorFlow has set up its devices
-        logger.warning("could not keep TensorFlow off the GPU: %s", first_line(error))
-        return False
-
-
 def default_pilot_graph():
     """A stand-in pilot: donkey's default linear architecture with fixed random weights (needs
     donkeycar and TensorFlow; the tub frames or procedural scenes give it something to look at)."""
-    keep_tensorflow_off_gpu()
     try:
-        import tensorflow  # noqa: F401 - the stand-in is a Keras model
+        import_tensorflow()  # the stand-in is a Keras model
         from donkeycar.parts.keras import default_n_linear
     except Exception as error:
         raise InputError("no MODEL given, and the stand-in pilot needs donkeycar and TensorFlow (%s); "
@@ -198,15 +178,6 @@ def default_pilot_graph():
         path = os.path.join(directory, "stand_in_linear.h5")
         model.save(path)
         return graph_for(path, cache_dir=False)
-
-
-def pilot_graph(model_path, cache_dir=None):
-    """The fused graph of a pilot file, with TensorFlow (if an export needs it) kept off the GPU."""
-    from .graph import graph_for
-
-    if not model_path.lower().endswith(".onnx"):
-        keep_tensorflow_off_gpu()
-    return graph_for(model_path, cache_dir=cache_dir)
 
 
 def open_engine(graph, precision, cache_dir=None, rebuild=False, workspace_mb=None):

@@ -544,15 +544,21 @@ def test_pinning_covers_every_head_layer_whose_data_input_is_float():
 
 
 # --- TensorFlow in the same process (finding 2) and JetPack 4.6's Python 3.6 (finding 7) -------------
-def test_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_path, monkeypatch):
+def test_a_savedmodel_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_path, monkeypatch):
+    """Only SavedModel pilots bring TensorFlow into the process (.h5/.keras/.tflite are read without
+    it); when they do, TensorFlow must not take the GPU that TensorRT needs."""
     import tensorflow as tf
 
+    saved = str(tmp_path / "pilot_savedmodel")
+    tf.keras.models.save_model(tf.keras.models.load_model(tiny_pilot_path, compile=False), saved, save_format="tf")
     calls = []  # recorded, not faked away: the call is what is under test
     monkeypatch.setattr(tf.config, "set_visible_devices",
                         lambda devices, kind=None: calls.append((list(devices), kind)))
     monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "unset by the test")
     monkeypatch.delenv("TF_FORCE_GPU_ALLOW_GROWTH")
-    assert cli.main(["export", tiny_pilot_path, "--out", str(tmp_path / "graph.onnx")]) == 0
+    assert cli.main(["export", tiny_pilot_path, "--out", str(tmp_path / "h5.onnx")]) == 0
+    assert calls == []
+    assert cli.main(["export", saved, "--out", str(tmp_path / "savedmodel.onnx")]) == 0
     assert calls == [([], "GPU")]
     assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"  # should TensorFlow touch the GPU anyway
 
@@ -560,7 +566,8 @@ def test_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_path, monkeypa
 # What runs on a Jetson Nano's Python 3.6 with TensorRT 8.0/8.2: the backend, its builder and
 # version shims, the engine cache and the selftest's tools.
 TRT_PATH_FILES = ["backends/__init__.py", "backends/base.py", "backends/onnxruntime.py", "backends/tensorrt.py",
-                  "backends/trt_api.py", "backends/trt_engine.py", "trt_cache.py", "trt_tools.py", "errors.py"]
+                  "backends/trt_api.py", "backends/trt_engine.py", "trt_cache.py", "trt_tools.py", "errors.py",
+                  "pilots/__init__.py", "pilots/keras.py", "pilots/trunk.py"]
 PY36_CHECK = """
 import importlib, sys
 for name in sys.argv[1:]:

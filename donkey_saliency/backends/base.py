@@ -38,7 +38,8 @@ class Backend(object):
 
     # --- the lifecycle ---------------------------------------------------------------------
     def activate(self):
-        """Load/compile. Call it in the thread that will run ``infer`` (CUDA contexts are per thread)."""
+        """Load/compile. The part calls it in its worker thread, which then runs ``infer``; the TensorRT
+        backend pushes its CUDA context around each call, so ``close`` may come from any thread."""
         if not self._active:
             self._activate()
             self._active = True

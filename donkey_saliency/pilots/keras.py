@@ -7,6 +7,7 @@
 """
 import io
 import json
+import logging
 import os
 import re
 import zipfile
@@ -15,6 +16,8 @@ import numpy as np
 
 from ..errors import ModelError, first_line
 from .trunk import SEQUENCE_HINT, TrunkBuilder, activation, batch_norm, model_type_from_names
+
+logger = logging.getLogger(__name__)
 
 _CONVS = {"Conv2D", "Convolution2D", "DepthwiseConv2D"}
 _POOLS = {"MaxPooling2D": "max", "MaxPool2D": "max", "AveragePooling2D": "avg", "AvgPool2D": "avg"}
@@ -108,11 +111,26 @@ def _read_keras_zip(path):
     return KerasFile(config, lambda name: weights.get(name, []))
 
 
+def import_tensorflow():
+    """TensorFlow, with the GPU hidden from it when this is the first use in the process: reading a
+    pilot needs only the CPU, and TensorFlow would otherwise reserve most of the GPU's memory (on a
+    Jetson shared with the CPU) that TensorRT then lacks. Once TensorFlow has set up its devices (a
+    car whose own pilot runs on TensorFlow) it is left alone."""
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # should anything touch the GPU anyway
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except Exception as error:  # RuntimeError once TensorFlow has set up its devices
+        logger.debug("TensorFlow keeps its GPU: %s", first_line(error))
+    return tf
+
+
 def _read_savedmodel(path):
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
         raise ModelError("%s is a directory but not a SavedModel (no saved_model.pb)" % path)
     try:
-        import tensorflow as tf
+        tf = import_tensorflow()
     except ImportError:
         raise ModelError("reading a SavedModel pilot needs TensorFlow; use the pilot's .h5 or .tflite file, or "
                          "export the graph once elsewhere with 'donkey-saliency export'")
