@@ -197,6 +197,7 @@ def test_constant_input_gives_zeros_not_nan():
     with backends.create(fused, "onnxruntime") as backend:
         mask = backend.infer(np.zeros((1, 120, 160, 3), np.uint8))["mask"]
     assert np.isfinite(mask).all()
+    assert (mask == 0).all()
 
 
 # --- refusals -----------------------------------------------------------------------------------
