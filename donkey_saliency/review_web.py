@@ -83,11 +83,11 @@ def recording_rate(timestamps_ms):
 def top_disagreements(user_angle, user_throttle, pilot_angle, pilot_throttle, deleted, count=TOP_DISAGREEMENTS,
                       spacing=DISAGREEMENT_SPACING):
     """[(index, score)] of the live records where pilot and user differ most (|d angle| + |d throttle|,
-    a missing throttle counting 0), largest first, at least ``spacing`` records apart."""
+    a missing throttle counting 0; above 0.01), largest first, at least ``spacing`` records apart."""
     angle = np.abs(np.asarray(pilot_angle, np.float64) - np.asarray(user_angle, np.float64))
     throttle = np.nan_to_num(np.abs(np.asarray(pilot_throttle, np.float64) - np.asarray(user_throttle, np.float64)))
     score = angle + throttle
-    usable = np.isfinite(angle) & ~np.asarray(deleted, bool)
+    usable = np.isfinite(angle) & ~np.asarray(deleted, bool) & (score > 0.01)  # agreeing records: no moment
     chosen = []
     taken = np.zeros(len(score), dtype=bool)
     for i in np.argsort(-np.where(usable, score, -np.inf), kind="stable"):

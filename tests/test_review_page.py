@@ -383,8 +383,8 @@ def test_review_page_in_headless_chromium(v2_tub, tmp_path, width, height):
         x, y, w, h = page.state["firstBox"]
         browser.click(x + w // 2, y + h // 2)
         assert page.shows(77), page.state
-        assert page.state["mode"] == "local"
-        # The timeline: a click a third of the way in lands on record ~40, and dragging is the same event.
+        assert page.state["mode"] == "local_angle"  # records 40..79
+        # The timeline: a click at record 12's place jumps there (a deleted record, shown so).
         x, y, w, h = page.state["timelineBox"]
         browser.click(x + (12.5 / COUNT) * w, y + h // 2)
         assert page.shows(12), page.state
