@@ -364,10 +364,15 @@ def _add_review(sub):
 
 
 def cmd_review(args):
+    from .review import KERAS_SUFFIXES
     from .review_web import Review, serve
+
+    from .overlay import COLORMAPS
 
     if not 0 <= args.port < 65536:
         raise InputError("--port must be between 0 and 65535")
+    if args.colormap not in COLORMAPS:
+        raise InputError("unknown colormap %r (choose from: %s)" % (args.colormap, ", ".join(COLORMAPS)))
     review = Review(args.tub, writable=args.writable, alpha=args.alpha, colormap=args.colormap,
                     image_key=args.image_key)  # a bad tub fails before the model loads
     try:
@@ -378,6 +383,10 @@ def cmd_review(args):
             if not os.path.exists(args.model):
                 raise ModelError("model file not found: %s" % args.model)
             review.saliency = load(args.model, backend=args.backend).__enter__()
+            if not review.has_pilot_keys and args.model.lower().rstrip("/").endswith(KERAS_SUFFIXES):
+                from .review import PilotPredictor
+
+                review.compute_pilot(PilotPredictor(args.model))  # the pilot's values, for the timeline
 
         def ready(url):
             print("review of %s (%d records): %s" % (review.index.path, len(review.index), url), flush=True)

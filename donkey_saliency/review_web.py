@@ -62,9 +62,11 @@ def quantise(values):
     return out
 
 
-def timeline_bytes(index):
-    """The ``TIMELINE_LAYOUT`` arrays, each len(index) bytes, one after another."""
-    parts = [quantise(index.array(key)) for key in TIMELINE_KEYS]
+def timeline_bytes(index, series=None):
+    """The ``TIMELINE_LAYOUT`` arrays, each len(index) bytes, one after another; ``series``: the
+    ``TIMELINE_KEYS`` arrays to send (default: the index's own)."""
+    series = [index.array(key) for key in TIMELINE_KEYS] if series is None else series
+    parts = [quantise(values) for values in series]
     parts.append(np.frombuffer(index.modes, dtype=np.uint8) if len(index) else np.zeros(0, np.uint8))
     parts.append(index.deleted().astype(np.uint8))
     return b"".join(np.ascontiguousarray(p).tobytes() for p in parts)
@@ -126,6 +128,7 @@ class Review(object):
         self.colormap = colormap
         self.image_key = image_key
         self.executor = ThreadPoolExecutor(max_workers=1)
+        self.pilot = None  # PilotValues computed with --model when the tub has no pilot keys
         self._pictures = collections.OrderedDict()  # (index, view) -> JPEG bytes
         self._results = collections.OrderedDict()  # index -> (mask, means), computed
         self._top = None
@@ -138,17 +141,37 @@ class Review(object):
     def layer_names(self):
         return list(self.saliency.layer_names) if self.saliency is not None else []
 
+    @property
+    def has_pilot_keys(self):
+        return any(key in self.index.inputs for key in ("pilot/angle", "pilot/throttle"))
+
+    def compute_pilot(self, predictor):
+        """Start predicting the pilot's steering and throttle for every record (a background thread)
+        with ``predictor`` (``review.PilotPredictor``); the timeline shows them as they arrive."""
+        self.pilot = PilotValues(self, predictor)
+        self.pilot.start()
+
+    def series(self):
+        """The ``TIMELINE_KEYS`` arrays, pilot values computed where the tub has none."""
+        arrays = [self.index.array(key) for key in TIMELINE_KEYS]
+        if self.pilot is not None:
+            arrays[2:4] = self.pilot.angle[:len(self.index)], self.pilot.throttle[:len(self.index)]
+        return arrays
+
     def meta(self):
         if self.live:
             self.refresh()
         index = self.index
-        if self._top is None:
-            self._top = top_disagreements(*[index.array(k) for k in TIMELINE_KEYS], deleted=index.deleted())
+        computing = self.pilot is not None and not self.pilot.finished
+        if self._top is None or computing:
+            self._top = top_disagreements(*self.series(), deleted=index.deleted())
         return dict(
             tub=os.path.basename(index.path), version=index.version, count=len(index),
             rate_hz=round(recording_rate(np.frombuffer(index.timestamps, np.float64) if len(index) else []), 3),
             layout=list(TIMELINE_LAYOUT), quant=QUANT, absent=ABSENT, modes=list(MODES),
-            has=dict((key, bool(np.isfinite(index.array(key)).any())) for key in TIMELINE_KEYS),
+            has=dict((key, bool(np.isfinite(values).any())) for key, values in zip(TIMELINE_KEYS, self.series())),
+            pilot=("recorded" if self.has_pilot_keys else "none" if self.pilot is None else
+                   "computed" if not computing else "computing %d/%d" % (self.pilot.done, len(index))),
             overlay=("recorded" if self.recorded_saliency else "computed" if self.saliency is not None else None),
             mask=(MASK_KEY in index.inputs) or self.saliency is not None,
             layers=self.layer_names, writable=self.writable, live=self.live,
@@ -162,7 +185,7 @@ class Review(object):
     def timeline(self):
         if self.live:
             self.refresh()
-        return timeline_bytes(self.index)
+        return timeline_bytes(self.index, self.series())
 
     def _check(self, index):
         if not 0 <= index < len(self.index):
@@ -172,6 +195,9 @@ class Review(object):
         self._check(index)
         record = self.index.record(index)
         fields = dict((key, _json_number(record.get(key))) for key in TIMELINE_KEYS)
+        if self.pilot is not None:
+            fields.update((key, _json_number(values[index])) for key, values in
+                          (("pilot/angle", self.pilot.angle), ("pilot/throttle", self.pilot.throttle)))
         fields.update(index=index, timestamp_ms=_json_number(record.get("_timestamp_ms")),
                       mode=record.get("user/mode") if isinstance(record.get("user/mode"), str) else None,
                       lag_ms=_json_number(record.get(LAG_KEY)), deleted=self.index.is_deleted(index),
@@ -243,9 +269,62 @@ class Review(object):
         return self.index.is_deleted(index)
 
     def close(self):
+        if self.pilot is not None:
+            self.pilot.stop()
         self.executor.shutdown(wait=True)
         if self.saliency is not None:
             self.saliency.close()
+
+
+class PilotValues(object):
+    """The pilot's steering and throttle for every record of a tub that has none recorded, predicted
+    in a background thread in record order (batches of ``batch``); NaN until computed."""
+
+    def __init__(self, review, predictor, batch=64):
+        import threading
+
+        count = len(review.index)
+        self.review = review
+        self.predictor = predictor
+        self.batch = batch
+        self.angle = np.full(count, np.nan, np.float32)
+        self.throttle = np.full(count, np.nan, np.float32)
+        self.done = 0
+        self.finished = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="review-pilot", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self):
+        from .tub import read_rgb
+
+        index, key = self.review.index, self.review.image_key
+        try:
+            for first in range(0, len(self.angle), self.batch):
+                if self._stop.is_set():
+                    return
+                wanted, frames = [], []
+                for i in range(first, min(first + self.batch, len(self.angle))):
+                    path = index.images(i).get(key)
+                    try:
+                        frames.append(read_rgb(path))
+                        wanted.append(i)
+                    except (InputError, TypeError):
+                        continue  # no camera image: no pilot value
+                for i, values in zip(wanted, self.predictor.predict(frames) if frames else []):
+                    if values is not None:
+                        self.angle[i], self.throttle[i] = values
+                self.done = min(first + self.batch, len(self.angle))
+        except Exception as error:  # a tool, not the car: say so once and show what there is
+            logger.warning("review: predicting the pilot's values stopped: %s", error)
+        finally:
+            self.finished = True
 
 
 def _json_number(value):

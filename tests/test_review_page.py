@@ -435,20 +435,40 @@ def test_d_key_deletes_through_the_page_with_writable(v2_tub, tmp_path):
 
 @pytest.mark.browser
 def test_review_page_on_the_real_tub_with_the_real_pilot(tmp_path):
-    """The real v1 tub has no saliency recorded: the overlay and layer maps are computed with the
-    real pilot, on demand."""
+    """The real v1 tub has no saliency and no pilot values recorded: the overlay and layer maps are
+    computed with the real pilot on demand, its steering and throttle in the background (as
+    ``review --model`` does); the disagreement list then jumps to the record where the pilot's
+    steering is furthest from the user's."""
     chromium_or_skip()
     pilot, tub = real_data_or_skip()
     import donkey_saliency
+    from donkey_saliency.review import PilotPredictor
 
     server = Served(tub)
     server.review.saliency = donkey_saliency.load(pilot).__enter__()
+    server.review.compute_pilot(PilotPredictor(pilot))
     browser = None
     try:
         browser, page = open_page(tmp_path, server.base + "/saliency/review", 1280, 900)
         assert page.shows(0), page.state
+        note = 'document.getElementById("pilot-note").textContent'
+        assert wait_for(lambda: browser.evaluate(note) == "(pilot values computed with --model)", timeout=120)
+        assert wait_for(lambda: page.read()["firstDisagreement"] not in (None, ""), timeout=10)
+        top = int(page.state["firstDisagreement"])
+        x, y, w, h = page.state["firstBox"]
+        browser.click(x + w // 2, y + h // 2)
+        assert page.shows(top), page.state
+        user, pilot_angle = server.review.index.array("user/angle"), server.review.pilot.angle
+        assert np.isfinite(pilot_angle).all()
+        gaps = np.abs(pilot_angle - user) + np.abs(server.review.pilot.throttle - server.review.index.array("user/throttle"))
+        assert gaps[top] == pytest.approx(gaps.max(), abs=1e-4)
+        shown = browser.evaluate('document.getElementById("f-pilot-angle").textContent')
+        assert float(shown) == pytest.approx(float(pilot_angle[top]), abs=0.006)
+        browser.press("ArrowLeft")
+        assert page.shows(top - 1), page.state
         browser.press("ArrowRight")
-        assert page.shows(1), page.state
+        browser.press("ArrowRight")
+        assert page.shows(top + 1), page.state
         browser.evaluate('document.getElementById("layers-toggle").click()')
         layers = 'Array.prototype.filter.call(document.querySelectorAll("#layers img"), function (i) { return i.naturalWidth > 0; }).length'
         assert wait_for(lambda: browser.evaluate(layers) == 5, timeout=30)
@@ -459,8 +479,8 @@ def test_review_page_on_the_real_tub_with_the_real_pilot(tmp_path):
         if browser is not None:
             browser.close()
         server.close()
-    names = sorted(n for n in os.listdir(tub) if n.endswith(".jpg"))
-    frame = cv2.cvtColor(cv2.imread(os.path.join(tub, names[1])), cv2.COLOR_BGR2RGB)
+    names = sorted(n for n in os.listdir(tub) if n.endswith(".jpg"))  # record_2000.. are in name order
+    frame = cv2.cvtColor(cv2.imread(os.path.join(tub, names[top + 1])), cv2.COLOR_BGR2RGB)
     shown_camera, shown_overlay = crop(png, state["cameraBox"]), crop(png, state["overlayBox"])
     assert np.mean(np.abs(shown_camera.astype(int) - resized(frame, state["cameraBox"]))) < 12
     assert np.mean(np.abs(shown_overlay.astype(int) - resized(frame, state["overlayBox"]))) > 20  # coloured
