@@ -131,7 +131,8 @@ class Review(object):
         self.pilot = None  # PilotValues computed with --model when the tub has no pilot keys
         self._pictures = collections.OrderedDict()  # (index, view) -> JPEG bytes
         self._results = collections.OrderedDict()  # index -> (mask, means), computed
-        self._top = None
+        self._top = None  # top_disagreements, computed when asked for after a change
+        self._top_pilot = None  # the computed pilot values' progress it was computed with
 
     @property
     def recorded_saliency(self):
@@ -163,8 +164,10 @@ class Review(object):
             self.refresh()
         index = self.index
         computing = self.pilot is not None and not self.pilot.finished
-        if self._top is None or computing:
+        pilot_state = (self.pilot.done, self.pilot.finished) if self.pilot is not None else None
+        if self._top is None or self._top_pilot != pilot_state:
             self._top = top_disagreements(*self.series(), deleted=index.deleted())
+            self._top_pilot = pilot_state
         return dict(
             tub=os.path.basename(index.path), version=index.version, count=len(index),
             rate_hz=round(recording_rate(np.frombuffer(index.timestamps, np.float64) if len(index) else []), 3),
