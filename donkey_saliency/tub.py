@@ -9,6 +9,9 @@ batches. The source is only read. The copy is written into a hidden temp directo
 target and renamed at the end, so an interrupted run leaves no half-written tub and a rerun
 starts from scratch.
 
+Review (``TubIndex``, ``set_deleted``): the drive as compact arrays for the review page, read with
+the same readers record by record, never holding the records; and donkeycar's delete marks.
+
 Tub layouts read here:
 - v2 (donkeycar >= 4): ``manifest.json`` (5 JSON lines: inputs, types, user metadata, manifest
   metadata, catalog metadata with ``deleted_indexes``), ``catalog_N.catalog`` (one JSON record a
