@@ -96,6 +96,14 @@ class DevTools(object):
         for kind in ("mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
+    def drag(self, x0, y, x1, steps=5):
+        """Press at (x0, y), move to (x1, y) in ``steps`` with the button held, release there."""
+        self.send("Input.dispatchMouseEvent", type="mousePressed", x=x0, y=y, button="left", clickCount=1)
+        for k in range(1, steps + 1):
+            self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x0 + (x1 - x0) * k / steps, y=y,
+                      button="left", buttons=1)
+        self.send("Input.dispatchMouseEvent", type="mouseReleased", x=x1, y=y, button="left", clickCount=1)
+
     def screenshot(self, path):
         data = base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
         with open(path, "wb") as handle:

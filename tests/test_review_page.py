@@ -154,6 +154,7 @@ def test_index_reads_what_a_growing_tub_adds(tmp_path):
     with open(os.path.join(path, "catalog_1.catalog"), "ab") as handle:
         handle.write(b', "_index": 6}\n')
     assert index.refresh() == 1 and index.array("user/angle")[6] == np.float32(0.9)
+    tub.close()
 
 
 def test_top_disagreements_skip_deleted_and_neighbours():
@@ -471,9 +472,20 @@ def test_review_page_on_the_real_tub_with_the_real_pilot(tmp_path):
         assert float(shown) == pytest.approx(float(pilot_angle[top]), abs=0.006)
         browser.press("ArrowLeft")
         assert page.shows(top - 1), page.state
-        browser.press("ArrowRight")
-        browser.press("ArrowRight")
-        assert page.shows(top + 1), page.state
+        # Dragging along the timeline scrubs: it ends on the record under the pointer.
+        x, y, w, h = page.state["timelineBox"]
+        browser.drag(x + w * 0.5, y + h // 2, x + w * (30.5 / 300))
+        assert page.shows(30), page.state
+        # Space plays (at the recorded 19.6 Hz) and pauses; paused, the index stays put.
+        browser.press(" ")
+        assert wait_for(lambda: page.read()["index"] >= 35, timeout=20), page.state
+        browser.press(" ")
+        paused = page.read()["index"]
+        later = browser.send("Runtime.evaluate", awaitPromise=True, returnByValue=True, expression=(
+            "new Promise(function (done) { setTimeout(function () { done(+document.body.dataset.index); }, 500); })"))
+        assert later["result"]["value"] == paused
+        browser.press("ArrowRight", shift=True)
+        assert page.shows(paused + 20), page.state
         browser.evaluate('document.getElementById("layers-toggle").click()')
         layers = 'Array.prototype.filter.call(document.querySelectorAll("#layers img"), function (i) { return i.naturalWidth > 0; }).length'
         assert wait_for(lambda: browser.evaluate(layers) == 5, timeout=30)
@@ -485,7 +497,7 @@ def test_review_page_on_the_real_tub_with_the_real_pilot(tmp_path):
             browser.close()
         server.close()
     names = sorted(n for n in os.listdir(tub) if n.endswith(".jpg"))  # record_2000.. are in name order
-    frame = cv2.cvtColor(cv2.imread(os.path.join(tub, names[top + 1])), cv2.COLOR_BGR2RGB)
+    frame = cv2.cvtColor(cv2.imread(os.path.join(tub, names[paused + 20])), cv2.COLOR_BGR2RGB)
     shown_camera, shown_overlay = crop(png, state["cameraBox"]), crop(png, state["overlayBox"])
     assert np.mean(np.abs(shown_camera.astype(int) - resized(frame, state["cameraBox"]))) < 12
     assert np.mean(np.abs(shown_overlay.astype(int) - resized(frame, state["overlayBox"]))) > 20  # coloured
