@@ -333,7 +333,7 @@ STATE = """JSON.stringify((function () {
   function box(id) { var r = document.getElementById(id).getBoundingClientRect();
                      return [Math.round(r.left), Math.round(r.top), Math.round(r.width), Math.round(r.height)]; }
   var b = document.body.dataset;
-  return { state: b.state, index: +b.index, camera: +b.camera, overlay: b.overlay,
+  return { state: b.state, index: +b.index, camera: +b.camera, overlay: b.overlay, record: +b.record,
            field: document.getElementById("f-index").textContent,
            mode: document.getElementById("f-mode").textContent,
            deleted: document.getElementById("f-deleted").textContent,
@@ -356,10 +356,11 @@ class Page(object):
         return self.state
 
     def shows(self, index, overlay=True):
-        """Waits until the page shows record ``index`` (its camera and, if asked, its overlay loaded)."""
+        """Waits until the page shows record ``index``: its camera, its fields and, if asked, its overlay."""
         def done():
             s = self.read()
-            return (s.get("index") == index and s.get("camera") == index and s.get("field", "").startswith("%d /" % index)
+            return (s.get("index") == index and s.get("camera") == index and s.get("record") == index
+                    and s.get("field", "").startswith("%d /" % index)
                     and (not overlay or s.get("overlay") == str(index)))
         return wait_for(done, timeout=30)
 
