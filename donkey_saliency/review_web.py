@@ -370,13 +370,18 @@ class CarReview(object):
         path = os.path.abspath(os.fspath(path))
         if self._review is None or self._review.index.path != path.rstrip(os.sep):
             try:
-                self._review = Review(path, live=True)
+                review = Review(path, live=True)
             except InputError as error:
                 raise NotFound(str(error))
+            if self._review is not None:
+                self._review.executor.shutdown(wait=False)  # the previous drive's tub: its thread ends
+            self._review = review
         return self._review
 
 
 class FixedReview(object):
+    """The CLI's one Review."""
+
     def __init__(self, review):
         self.review = review
 
