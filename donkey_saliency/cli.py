@@ -348,8 +348,58 @@ def cmd_filters(args):
     return 0
 
 
+# --- review (review_web.py) -----------------------------------------------------------------------
+def _add_review(sub):
+    p = sub.add_parser("review", help="a page to scrub a tub in the browser: camera | saliency, the drive's "
+                                      "steering and throttle, where pilot and user disagree")
+    p.add_argument("tub", help="tub directory (v2, or a donkeycar 3 v1 tub)")
+    p.add_argument("--model", help="pilot file: computes the overlay and layer maps when the tub has none")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8890, help="port (default 8890; 0 picks a free one)")
+    p.add_argument("--writable", action="store_true",
+                   help="let the d key mark records deleted/restored (in manifest.json, as donkeycar does)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--image-key", default="cam/image_array")
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--colormap", default="jet")
+
+
+def cmd_review(args):
+    from .review import KERAS_SUFFIXES
+    from .review_web import Review, serve
+
+    from .overlay import COLORMAPS
+
+    if not 0 <= args.port < 65536:
+        raise InputError("--port must be between 0 and 65535")
+    if args.colormap not in COLORMAPS:
+        raise InputError("unknown colormap %r (choose from: %s)" % (args.colormap, ", ".join(COLORMAPS)))
+    review = Review(args.tub, writable=args.writable, alpha=args.alpha, colormap=args.colormap,
+                    image_key=args.image_key)  # a bad tub fails before the model loads
+    try:
+        if args.model:
+            from . import load
+            from .errors import ModelError
+
+            if not os.path.exists(args.model):
+                raise ModelError("model file not found: %s" % args.model)
+            review.saliency = load(args.model, backend=args.backend).__enter__()
+            if not review.has_pilot_keys and args.model.lower().rstrip("/").endswith(KERAS_SUFFIXES):
+                from .review import PilotPredictor
+
+                review.compute_pilot(PilotPredictor(args.model))  # the pilot's values, for the timeline
+
+        def ready(url):
+            print("review of %s (%d records): %s" % (review.index.path, len(review.index), url), flush=True)
+
+        serve(review, host=args.host, port=args.port, ready=ready)
+    finally:
+        review.close()
+    return 0
+
+
 # Sub-commands in the order `--help` lists them. New commands add an _add_/cmd_ pair above and a name here.
-COMMANDS = ["mask", "summary", "export", "bench", "build-engine", "selftest", "demo", "backfill", "render", "layers", "filters"]
+COMMANDS = ["mask", "summary", "export", "bench", "build-engine", "selftest", "demo", "backfill", "render", "layers", "filters", "review"]
 
 
 def build_parser():

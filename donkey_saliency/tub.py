@@ -9,6 +9,9 @@ batches. The source is only read. The copy is written into a hidden temp directo
 target and renamed at the end, so an interrupted run leaves no half-written tub and a rerun
 starts from scratch.
 
+Review (``TubIndex``, ``set_deleted``): the drive as compact arrays for the review page, read with
+the same readers record by record, never holding the records; and donkeycar's delete marks.
+
 Tub layouts read here:
 - v2 (donkeycar >= 4): ``manifest.json`` (5 JSON lines: inputs, types, user metadata, manifest
   metadata, catalog metadata with ``deleted_indexes``), ``catalog_N.catalog`` (one JSON record a
@@ -163,43 +166,73 @@ def open_tub(path):
 
 
 def _read_v2(path):
+    inputs, types, metadata, manifest_metadata, catalogs = read_v2_manifest(path)
+    deleted = set(catalogs.get("deleted_indexes", []))
+    image_keys = [k for k, t in zip(inputs, types) if t in IMAGE_TYPES]
+    entries = []
+    for _, _, line in v2_catalog_lines(path, catalogs["paths"]):
+        index = len(entries)
+        record = parse_v2_line(line)
+        if record is None:
+            # donkeycar's iterator skips such a line too; the copy keeps it as a deleted stub
+            entries.append(Entry(index, True, {"_index": index}, {}))
+            continue
+        entries.append(Entry(index, index in deleted, record, v2_image_paths(path, image_keys, record)))
+    return SourceTub(path, 2, inputs, types, metadata, manifest_metadata, int(catalogs["max_len"]), entries)
+
+
+def read_v2_manifest(path):
+    """A v2 tub's manifest.json as its five parts (inputs, types, metadata, manifest metadata,
+    catalog metadata with ``paths``, ``max_len``, ``deleted_indexes``), or InputError."""
     try:
         with open(os.path.join(path, "manifest.json"), "r") as handle:
             lines = [line for line in handle.read().split("\n") if line.strip()]
         inputs, types, metadata, manifest_metadata, catalogs = [json.loads(line) for line in lines[:5]]
-        catalog_paths = list(catalogs["paths"])
-        deleted = set(catalogs.get("deleted_indexes", []))
-        max_len = int(catalogs.get("max_len", CATALOG_MAX_LEN))
-    except (ValueError, KeyError, TypeError):
+        catalogs["paths"] = [str(name) for name in catalogs["paths"]]
+        catalogs["deleted_indexes"] = [int(i) for i in catalogs.get("deleted_indexes", [])]
+        catalogs["max_len"] = int(catalogs.get("max_len", CATALOG_MAX_LEN))
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise InputError("%s: manifest.json is not a donkeycar tub manifest" % path)
     if len(inputs) != len(types):
         raise InputError("%s: manifest.json lists %d inputs but %d types" % (path, len(inputs), len(types)))
-    image_keys = [k for k, t in zip(inputs, types) if t in IMAGE_TYPES]
-    images_dir = os.path.join(path, "images")
-    entries = []
-    for name in catalog_paths:
-        catalog = os.path.join(path, name)
+    return inputs, types, metadata, manifest_metadata, catalogs
+
+
+def v2_catalog_lines(path, catalog_paths, start=(0, 0), complete_only=False):
+    """(catalog number, byte offset, line bytes) of every non-empty record line of a v2 tub's
+    catalogs, from ``start`` = (catalog number, byte offset) on. ``complete_only``: stop at a last
+    line without its newline (a tub being written), so a later call from there reads it whole."""
+    for number in range(start[0], len(catalog_paths)):
+        catalog = os.path.join(path, catalog_paths[number])
         if not os.path.isfile(catalog):
-            raise InputError("%s: catalog %s listed in manifest.json is missing" % (path, name))
-        with open(catalog, "r") as handle:
+            raise InputError("%s: catalog %s listed in manifest.json is missing" % (path, catalog_paths[number]))
+        with open(catalog, "rb") as handle:
+            offset = start[1] if number == start[0] else 0
+            handle.seek(offset)
             for line in handle:
-                line = line.rstrip("\r\n")
-                if not line:
-                    continue
-                index = len(entries)
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    # donkeycar's iterator skips such a line too; the copy keeps it as a deleted stub
-                    entries.append(Entry(index, True, {"_index": index}, {}))
-                    continue
-                images = {k: os.path.join(images_dir, record[k]) for k in image_keys
-                          if isinstance(record.get(k), str)}
-                entries.append(Entry(index, index in deleted, record, images))
-    return SourceTub(path, 2, inputs, types, metadata, manifest_metadata, max_len, entries)
+                if complete_only and not line.endswith(b"\n"):
+                    return
+                if line.strip():
+                    yield number, offset, line
+                offset += len(line)
 
 
-def _read_v1(path):
+def parse_v2_line(line):
+    """One catalog line as a record dict, or None when it is not one."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def v2_image_paths(path, image_keys, record):
+    images_dir = os.path.join(path, "images")
+    return {k: os.path.join(images_dir, record[k]) for k in image_keys if isinstance(record.get(k), str)}
+
+
+def read_v1_meta(path):
+    """(meta.json dict, inputs, types, excluded record numbers) of a donkeycar 3 tub, or InputError."""
     try:
         with open(os.path.join(path, "meta.json"), "r") as handle:
             meta = json.load(handle)
@@ -214,30 +247,64 @@ def _read_v1(path):
                 excluded = set(int(i) for i in json.load(handle))
         except (ValueError, TypeError):
             raise InputError("%s: exclude.json is not a list of record numbers" % path)
-    pattern = re.compile(r"^record_(\d+)\.json$")
-    numbers = sorted(int(m.group(1)) for m in (pattern.match(n) for n in os.listdir(path)) if m)
+    return meta, inputs, types, excluded
+
+
+_V1_RECORD = re.compile(r"^record_(\d+)\.json$")
+
+
+def v1_record_numbers(path):
+    """The record numbers of a donkeycar 3 tub, sorted."""
+    return sorted(int(m.group(1)) for m in (_V1_RECORD.match(n) for n in os.listdir(path)) if m)
+
+
+def v1_start_ms(meta):
+    return int(round(float(meta.get("start", 0)) * 1000))
+
+
+def v1_session(start_ms):
+    return "%s_0" % time.strftime("%y-%m-%d", time.localtime(start_ms / 1000.0 if start_ms else time.time()))
+
+
+def read_v1_record(path, number, index, start_ms, session):
+    """Record ``number`` of a v1 tub in donkeycar 4's form (``_index``, ``_session_id``,
+    ``_timestamp_ms``), or None when its file is not a JSON object."""
+    try:
+        with open(os.path.join(path, "record_%d.json" % number), "r") as handle:
+            stored = json.load(handle)
+        if not isinstance(stored, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    # The v1 fields under the same keys; 'milliseconds' (since the tub's start) becomes
+    # donkeycar 4's '_timestamp_ms' (epoch milliseconds).
+    record = {k: v for k, v in stored.items() if k != "milliseconds"}
+    record["_index"] = index
+    record["_session_id"] = session
+    try:
+        record["_timestamp_ms"] = start_ms + int(stored.get("milliseconds", 0) or 0)
+    except (TypeError, ValueError):
+        record["_timestamp_ms"] = start_ms
+    return record
+
+
+def v1_image_paths(path, image_keys, record):
+    return {k: os.path.join(path, record[k]) for k in image_keys if isinstance(record.get(k), str)}
+
+
+def _read_v1(path):
+    meta, inputs, types, excluded = read_v1_meta(path)
     image_keys = [k for k, t in zip(inputs, types) if t in IMAGE_TYPES]
-    start_ms = int(round(float(meta.get("start", 0)) * 1000))
-    session = "%s_0" % time.strftime("%y-%m-%d", time.localtime(start_ms / 1000.0 if start_ms else time.time()))
+    start_ms = v1_start_ms(meta)
+    session = v1_session(start_ms)
     entries = []
-    for number in numbers:
+    for number in v1_record_numbers(path):
         index = len(entries)
-        try:
-            with open(os.path.join(path, "record_%d.json" % number), "r") as handle:
-                stored = json.load(handle)
-            if not isinstance(stored, dict):
-                raise ValueError("not an object")
-        except (ValueError, UnicodeDecodeError):
+        record = read_v1_record(path, number, index, start_ms, session)
+        if record is None:
             entries.append(Entry(index, True, {"_index": index, "_session_id": session}, {}))
             continue
-        # The v1 fields under the same keys; 'milliseconds' (since the tub's start) becomes
-        # donkeycar 4's '_timestamp_ms' (epoch milliseconds).
-        record = {k: v for k, v in stored.items() if k != "milliseconds"}
-        record["_index"] = index
-        record["_session_id"] = session
-        record["_timestamp_ms"] = start_ms + int(stored.get("milliseconds", 0) or 0)
-        images = {k: os.path.join(path, stored[k]) for k in image_keys if isinstance(stored.get(k), str)}
-        entries.append(Entry(index, number in excluded, record, images))
+        entries.append(Entry(index, number in excluded, record, v1_image_paths(path, image_keys, record)))
     metadata = {k: v for k, v in meta.items() if k not in ("inputs", "types")}
     manifest_metadata = {"created_at": time.time(),
                          "sessions": {"all_full_ids": [session], "last_id": 0, "last_full_id": session}}
@@ -251,6 +318,197 @@ def camera_image_paths(path, key=CAMERA_KEY):
     if not paths:
         raise InputError("%s holds no %s images" % (source.path, key))
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# The drive as compact arrays (the review page's timeline)
+
+MODES = ("user", "local_angle", "local")  # donkeycar's drive modes; code len(MODES): other or absent
+TIMELINE_KEYS = ("user/angle", "user/throttle", "pilot/angle", "pilot/throttle")
+
+
+class TubIndex(object):
+    """A tub's drive as compact arrays, read in one pass and never holding its records: per record
+    the ``TIMELINE_KEYS`` values (float32, NaN where absent), the drive mode (a code into ``MODES``),
+    ``_timestamp_ms``, the saliency lag and where the record lives on disk (~40 bytes a record).
+    ``record(i)`` reads one record back; ``refresh()`` reads what a tub being written has added and
+    the current deleted marks. v2 and v1 tubs; ``index`` is the record's position, as in
+    ``open_tub``."""
+
+    def __init__(self, path):
+        import array
+
+        path = os.path.abspath(os.fspath(path)).rstrip(os.sep) or os.sep
+        if not os.path.isdir(path):
+            raise InputError("tub not found: %s" % path)
+        if os.path.isfile(os.path.join(path, "manifest.json")):
+            self.version = 2
+        elif os.path.isfile(os.path.join(path, "meta.json")):
+            self.version = 1
+        else:
+            raise InputError("%s is not a tub (no manifest.json, and no meta.json of a donkeycar 3 tub)" % path)
+        self.path = path
+        self.values = [array.array("f") for _ in TIMELINE_KEYS]
+        self.modes = array.array("B")
+        self.timestamps = array.array("d")
+        self.lags = array.array("f")
+        self.where = array.array("q")  # v2: byte offset in its catalog; v1: record number
+        self.catalog = array.array("H")  # v2: catalog number
+        self._unreadable = set()
+        self._marked = set()  # deleted_indexes (v2) / excluded positions (v1)
+        self._position = (0, 0)  # v2: where the next catalog line starts
+        self._catalog_paths = []
+        self.inputs, self.types = [], []
+        self.refresh()
+
+    def __len__(self):
+        return len(self.modes)
+
+    @property
+    def image_keys(self):
+        return [k for k, t in zip(self.inputs, self.types) if t in IMAGE_TYPES]
+
+    def refresh(self):
+        """Read records added since the last call and the current deleted marks; how many were added."""
+        before = len(self)
+        if self.version == 2:
+            self._refresh_v2()
+        else:
+            self._refresh_v1()
+        return len(self) - before
+
+    def _append(self, record, where, catalog=0):
+        index = len(self.modes)
+        if record is None:
+            self._unreadable.add(index)
+            record = {}
+        for values, key in zip(self.values, TIMELINE_KEYS):
+            values.append(_float_or_nan(record.get(key)))
+        mode = record.get("user/mode")
+        self.modes.append(MODES.index(mode) if mode in MODES else len(MODES))
+        self.timestamps.append(_float_or_nan(record.get("_timestamp_ms")))
+        self.lags.append(_float_or_nan(record.get(LAG_KEY)))
+        self.where.append(where)
+        self.catalog.append(catalog)
+
+    def _refresh_v2(self):
+        inputs, types, self.metadata, _, catalogs = read_v2_manifest(self.path)
+        self.inputs, self.types = inputs, types
+        self._catalog_paths = catalogs["paths"]
+        self._marked = set(catalogs["deleted_indexes"])
+        end = self._position
+        for number, offset, line in v2_catalog_lines(self.path, self._catalog_paths, self._position, True):
+            self._append(parse_v2_line(line), offset, number)
+            end = (number, offset + len(line))
+        self._position = end
+
+    def _refresh_v1(self):
+        meta, self.inputs, self.types, excluded = read_v1_meta(self.path)
+        self.metadata = meta
+        self._start_ms = v1_start_ms(meta)
+        self._session = v1_session(self._start_ms)
+        last = self.where[-1] if len(self) else -1
+        for number in v1_record_numbers(self.path):
+            if number > last:
+                self._append(read_v1_record(self.path, number, len(self), self._start_ms, self._session), number)
+        numbers = np.frombuffer(self.where, dtype=np.int64) if len(self) else np.zeros(0, np.int64)
+        self._marked = set(np.nonzero(np.isin(numbers, sorted(excluded)))[0].tolist())
+
+    def deleted(self):
+        """bool array: marked deleted (v2) / excluded (v1), or unreadable."""
+        flags = np.zeros(len(self), dtype=bool)
+        marked = [i for i in self._marked | self._unreadable if 0 <= i < len(flags)]
+        flags[marked] = True
+        return flags
+
+    def is_deleted(self, index):
+        return index in self._marked or index in self._unreadable
+
+    def array(self, key):
+        """float32 array of one of ``TIMELINE_KEYS``."""
+        return np.frombuffer(self.values[TIMELINE_KEYS.index(key)], dtype=np.float32) if len(self) \
+            else np.zeros(0, np.float32)
+
+    def record(self, index):
+        """Record ``index`` read back from disk (a dict; empty when unreadable)."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if self.version == 1:
+            record = read_v1_record(self.path, self.where[index], index, self._start_ms, self._session)
+        else:
+            with open(os.path.join(self.path, self._catalog_paths[self.catalog[index]]), "rb") as handle:
+                handle.seek(self.where[index])
+                record = parse_v2_line(handle.readline())
+        return record or {}
+
+    def images(self, index, record=None):
+        """{key: absolute path} of record ``index``'s image files that lie inside the tub (a record
+        naming a file elsewhere, e.g. ``../x``, gets nothing for that key)."""
+        record = self.record(index) if record is None else record
+        paths = (v2_image_paths if self.version == 2 else v1_image_paths)(self.path, self.image_keys, record)
+        inside = os.path.join(self.path, "")
+        return {k: p for k, p in paths.items() if os.path.realpath(p).startswith(inside)}
+
+
+def _float_or_nan(value):
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def set_deleted(tub_path, indexes, deleted=True):
+    """Mark records deleted (or restore them) as donkeycar's ``Manifest.delete_records`` /
+    ``restore_records`` do: their indexes in ``deleted_indexes`` of manifest.json's catalog line.
+    The manifest is read again under a lock on the tub directory (two writers never lose each
+    other's marks) and replaced atomically; the other lines are kept byte for byte. v2 tubs only.
+    Returns the sorted deleted indexes now stored."""
+    from .graph import atomic_write
+
+    path = os.path.abspath(os.fspath(tub_path))
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        raise InputError("%s: marking records deleted needs a v2 tub (manifest.json)" % path)
+    with _DirectoryLock(path):
+        with open(os.path.join(path, "manifest.json"), "r") as handle:
+            lines = handle.read().split("\n")
+        read_v2_manifest(path)  # validates
+        content = [i for i, line in enumerate(lines) if line.strip()]
+        catalog_line = content[4]
+        catalogs = json.loads(lines[catalog_line])
+        current = set(int(i) for i in catalogs.get("deleted_indexes", []))
+        count = int(catalogs.get("current_index", 0))
+        wanted = set(int(i) for i in indexes)
+        bad = [i for i in wanted if not 0 <= i < count]
+        if bad:
+            raise InputError("%s: no record %d (the tub has %d)" % (path, bad[0], count))
+        current = (current | wanted) if deleted else (current - wanted)
+        catalogs["deleted_indexes"] = sorted(current)
+        lines[catalog_line] = json.dumps(catalogs)
+        atomic_write(os.path.join(path, "manifest.json"), "\n".join(lines).encode("utf-8"))
+    return catalogs["deleted_indexes"]
+
+
+class _DirectoryLock(object):
+    """An exclusive flock on a directory (where fcntl exists): what two writers of one tub share."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return self
+        self.fd = os.open(self.path, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+        return False
 
 
 def image_file_name(index, key, extension=".jpg"):

@@ -309,11 +309,17 @@ class SaliencyWeb(object):
             channel.publish(None)
 
 
-def attach_web(ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5"):
+def attach_web(ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5", review_tub=None):
     """Adds the saliency routes to a ``LocalWebController`` (call before ``V.start()``) and returns the
-    ``SaliencyWeb``; add its ``drive_view`` part to the vehicle after ``UserPilotCondition``."""
+    ``SaliencyWeb``; add its ``drive_view`` part to the vehicle after ``UserPilotCondition``.
+    ``review_tub`` (a tub path, or a callable giving the tub being written) also mounts the
+    read-only review page at /saliency/review (review_web.py)."""
     web = SaliencyWeb(ctr, part, jpeg_quality=jpeg_quality, drive_view=drive_view, toggle_button=toggle_button)
     ctr.add_handlers(r".*", web.routes())
+    if review_tub is not None:
+        from .review_web import mount
+
+        mount(ctr, review_tub)
     return web
 
 
