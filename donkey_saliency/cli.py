@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from .errors import InputError, SaliencyError
+from .errors import InputError, SaliencyError, first_line
 
 EXIT_BAD_INPUT = 2
 
@@ -17,6 +17,12 @@ def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for name in ("tensorflow", "tf2onnx", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _os_error_line(error):
+    """'cannot write /x/y: No space left on device' from an OSError (its class name without strerror)."""
+    reason = error.strerror or first_line(error)
+    return "%s: %s" % (error.filename, reason) if error.filename else reason
 
 
 def read_image(path):
@@ -57,9 +63,10 @@ def _add_mask(sub):
 def cmd_mask(args):
     from . import load
     from .errors import ModelError
-    from .overlay import overlay
+    from .overlay import check_style, overlay
     from .tub import write_png
 
+    check_style(args.alpha, args.colormap)  # before anything is computed or written
     if not os.path.exists(args.model):
         raise ModelError("model file not found: %s" % args.model)
     # Read every image first: a bad one fails before anything is written.
@@ -273,7 +280,8 @@ def cmd_backfill(args):
 def _add_render(sub):
     p = sub.add_parser("render", help="review video: camera | saliency, user vs pilot steering and throttle")
     p.add_argument("tub")
-    p.add_argument("--out", required=True, help="FILE.mp4")
+    p.add_argument("--out", required=True, help="FILE.webm (VP8: plays in browsers) or FILE.mp4 (MPEG-4 Part 2: "
+                                                "plays in VLC/ffplay, not in browsers)")
     p.add_argument("--model", help="pilot file: computes saliency when the tub has none, and the pilot's "
                                    "steering/throttle when the tub has no pilot/angle")
     p.add_argument("--start", type=int, help="first record index (default: the first)")
@@ -374,6 +382,9 @@ def main(argv=None):
         return handler(args) or 0
     except SaliencyError as error:
         print("donkey-saliency %s: %s" % (args.command, error), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:  # a read-only or full filesystem, a missing permission: the outputs are cleaned up
+        print("donkey-saliency %s: %s" % (args.command, _os_error_line(error)), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("donkey-saliency %s: interrupted" % args.command, file=sys.stderr)

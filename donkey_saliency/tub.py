@@ -172,13 +172,15 @@ def _read_v2(path):
         max_len = int(catalogs.get("max_len", CATALOG_MAX_LEN))
     except (ValueError, KeyError, TypeError):
         raise InputError("%s: manifest.json is not a donkeycar tub manifest" % path)
+    if max_len < 1:
+        raise InputError("%s: manifest.json's max_len is %d; records per catalog must be at least 1" % (path, max_len))
     if len(inputs) != len(types):
         raise InputError("%s: manifest.json lists %d inputs but %d types" % (path, len(inputs), len(types)))
     image_keys = [k for k, t in zip(inputs, types) if t in IMAGE_TYPES]
     images_dir = os.path.join(path, "images")
     entries = []
     for name in catalog_paths:
-        catalog = os.path.join(path, name)
+        catalog = inside(path, name, "catalog")
         if not os.path.isfile(catalog):
             raise InputError("%s: catalog %s listed in manifest.json is missing" % (path, name))
         with open(catalog, "r") as handle:
@@ -189,11 +191,13 @@ def _read_v2(path):
                 index = len(entries)
                 try:
                     record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise ValueError("not an object")
                 except ValueError:
                     # donkeycar's iterator skips such a line too; the copy keeps it as a deleted stub
                     entries.append(Entry(index, True, {"_index": index}, {}))
                     continue
-                images = {k: os.path.join(images_dir, record[k]) for k in image_keys
+                images = {k: inside(images_dir, record[k], "record %d's %s" % (index, k)) for k in image_keys
                           if isinstance(record.get(k), str)}
                 entries.append(Entry(index, index in deleted, record, images))
     return SourceTub(path, 2, inputs, types, metadata, manifest_metadata, max_len, entries)
@@ -236,12 +240,23 @@ def _read_v1(path):
         record["_index"] = index
         record["_session_id"] = session
         record["_timestamp_ms"] = start_ms + int(stored.get("milliseconds", 0) or 0)
-        images = {k: os.path.join(path, stored[k]) for k in image_keys if isinstance(stored.get(k), str)}
+        images = {k: inside(path, stored[k], "record %d's %s" % (number, k)) for k in image_keys
+                  if isinstance(stored.get(k), str)}
         entries.append(Entry(index, number in excluded, record, images))
     metadata = {k: v for k, v in meta.items() if k not in ("inputs", "types")}
     manifest_metadata = {"created_at": time.time(),
                          "sessions": {"all_full_ids": [session], "last_id": 0, "last_full_id": session}}
     return SourceTub(path, 1, inputs, types, metadata, manifest_metadata, CATALOG_MAX_LEN, entries)
+
+
+def inside(root, name, what):
+    """``root/name``, or InputError when ``name`` (from a tub's own files: hostile until checked)
+    leads out of ``root`` - an absolute path, ``..``, or a link pointing elsewhere."""
+    target = os.path.join(root, name)
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(target)]) != real_root:
+        raise InputError("%s: %s path %r leads outside the tub; refusing it" % (root, what, name))
+    return target
 
 
 def camera_image_paths(path, key=CAMERA_KEY):
@@ -271,7 +286,10 @@ def read_rgb(path):
 def decode_image(data, source):
     import cv2
 
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:  # cv2.imdecode raises on an empty buffer (a 0-byte file) and returns None on other junk
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if len(data) else None
+    except cv2.error:
+        image = None
     if image is None:
         raise InputError("not a readable image: %s" % source)
     if image.ndim == 3 and image.shape[2] == 4:
@@ -321,6 +339,8 @@ class TubV2Writer(object):
         self.metadata = dict(metadata or {})
         self.manifest_metadata = dict(manifest_metadata or {"created_at": time.time()})
         self.max_len = int(max_len)
+        if self.max_len < 1:
+            raise InputError("records per catalog (max_len) must be at least 1, not %d" % self.max_len)
         self.images_dir = os.path.join(path, "images")
         os.makedirs(self.images_dir, exist_ok=True)
         self.count = 0
@@ -429,6 +449,66 @@ def partial_path(out_path):
     """The hidden directory a backfill writes into before the final rename."""
     parent, name = os.path.split(os.path.abspath(out_path).rstrip(os.sep))
     return os.path.join(parent, ".%s.partial" % name)
+
+
+class OutputLock(object):
+    """An exclusive claim on an output path: ``.NAME.lock`` beside it, created with O_EXCL and
+    holding the owner's pid, removed on release. A lock whose process is gone is taken over."""
+
+    def __init__(self, out_path):
+        parent, name = os.path.split(os.path.abspath(out_path).rstrip(os.sep))
+        self.path = os.path.join(parent, ".%s.lock" % name)
+        self.out_path = out_path
+        self._held = False
+
+    def acquire(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None or _process_exists(holder):  # (no pid yet: it is being created)
+                    raise InputError("another run (pid %s) is writing %s; wait for it, or choose another --out "
+                                     "(its lock: %s)" % (holder or "?", self.out_path, self.path))
+                logger.info("taking over %s: its process %d is gone", self.path, holder)
+                os.unlink(self.path)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write("%d\n" % os.getpid())
+            self._held = True
+            return self
+        raise InputError("could not lock %s (%s keeps reappearing)" % (self.out_path, self.path))
+
+    def _holder(self):
+        try:
+            with open(self.path, "r") as handle:
+                return int(handle.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self):
+        if self._held:
+            self._held = False
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_threads():
@@ -577,11 +657,17 @@ def backfill(tub_path, model_path=None, out_path=None, batch=64, backend="auto",
     if int(batch) < 1:
         raise InputError("--batch must be at least 1")
     source.check_images()
-    from .overlay import COLORMAPS
+    from .overlay import check_style
 
-    if colormap not in COLORMAPS:
-        raise InputError("unknown colormap %r (choose from: %s)" % (colormap, ", ".join(COLORMAPS)))
+    alpha, colormap = check_style(alpha, colormap)
+    # Before anything is written or removed: a second run to the same --out must not touch the first's copy.
+    with OutputLock(out_path):
+        return _backfill_locked(source, model_path, out_path, batch, backend, image_key, alpha, colormap, workers,
+                                threads, progress, saliency)
 
+
+def _backfill_locked(source, model_path, out_path, batch, backend, image_key, alpha, colormap, workers, threads,
+                     progress, saliency):
     own = saliency is None
     if own:
         from . import load

@@ -53,7 +53,8 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
         from .web import attach_web
 
         web = attach_web(web_controller, part, jpeg_quality=s["SALIENCY_JPEG_QUALITY"],
-                         drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"])
+                         drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"],
+                         max_viewers=s["SALIENCY_MAX_VIEWERS"])
         toggle = web.drive_view  # the toggle the /saliency page flips; must run after UserPilotCondition
         V.add(toggle, inputs=toggle.inputs, outputs=toggle.outputs)
 
