@@ -199,7 +199,7 @@ class SaliencyPart(object):
 
         try:
             picture = to_rgb(as_uint8_image(frame))
-        except InputError:
+        except Exception:  # a bad frame: the worker counts and logs it once, not the loop thread too
             return self._state[1]
         mask_hw = self.graph.input_hw if self.graph is not None else picture.shape[:2]
         return picture, np.zeros(mask_hw, dtype=np.uint8), 0.0, NO_MASK_LAG_MS

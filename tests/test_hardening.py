@@ -1,0 +1,319 @@
+"""Issue 11: every defect found by probing the part, the web routes and the tools, each pinned by a
+test that failed before its fix. Real parts throughout: a real SaliencyPart on a real ONNX Runtime
+backend, donkeycar's real LocalWebController on 127.0.0.1 read over real sockets, real tubs, the
+real console script, and headless Chromium for video playback. Fakes only inject a fault (a backend
+wrapper that fails or returns bad maps, a frame whose conversion raises)."""
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import wait_for
+from donkey_saliency.part import SaliencyPart
+from test_tub import make_v2_tub, read_tub
+from test_web import CHROMIUM, LiveServer, camera_frame, live, open_stream  # noqa: F401 (live: fixture)
+
+CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
+
+
+def run_cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def assert_one_line_exit_2(result, command):
+    """The CLI contract for bad input: exit 2, exactly one line on stderr, no traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stderr)
+    assert lines[0].startswith("donkey-saliency %s: " % command), lines[0]
+    return lines[0]
+
+
+class FaultyBackend(object):
+    """Wraps a real backend; only the faults it injects are fake."""
+
+    def __init__(self, backend, fail_every=0, nan=False, bad_means=False, slow_s=0.0):
+        self.backend = backend
+        self.fail_every, self.nan, self.bad_means, self.slow_s = fail_every, nan, bad_means, slow_s
+        self.calls = 0
+        self.closed_in = None
+
+    def infer(self, frames):
+        self.calls += 1
+        if self.slow_s:
+            time.sleep(self.slow_s)
+        if self.fail_every and self.calls % self.fail_every == 0:
+            raise RuntimeError("injected fault on call %d" % self.calls)
+        outputs = dict(self.backend.infer(frames))
+        if self.nan:
+            mask = outputs["mask"].copy()
+            mask[..., 0, 0] = np.nan
+            outputs["mask"] = mask
+        if self.bad_means:
+            outputs["mean_0"] = np.zeros((1, 7), np.float32)  # 1-D per frame
+            outputs["mean_1"] = np.zeros((1, 0, 0), np.float32)  # empty
+        return outputs
+
+    def describe(self):
+        return "faulty " + self.backend.describe()
+
+    def close(self):
+        self.closed_in = threading.current_thread()
+        self.backend.close()
+
+
+def part_with(model_path, **faults):
+    from donkey_saliency import backends
+
+    part = SaliencyPart(model_path, backend="onnxruntime")
+    assert part.graph.mask_name == "mask" and part.graph.mean_names[:2] == ["mean_0", "mean_1"]
+    part.backend = FaultyBackend(backends.activate_with_fallback(part.graph, "onnxruntime", {}), **faults)
+    return part
+
+
+def start_worker(part):
+    thread = threading.Thread(target=part.update, daemon=True)
+    thread.start()
+    return thread
+
+
+def saliency_records(caplog, level):
+    return [r for r in caplog.records if r.name == "donkey_saliency.part" and r.levelno == level]
+
+
+# --- the car: web routes ----------------------------------------------------------------------------
+
+def raw_request(port, head, body=b"", read_timeout=10.0):
+    """Sends ``head`` (and ``body``) on a fresh socket; the status line of the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+        sock.sendall(head + body)
+        reply = b""
+        while b"\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.split(b"\r\n", 1)[0].decode("latin-1")
+
+
+def test_1_deeply_nested_body_is_refused_unparsed(live):
+    """100,000 '[' used to reach json.loads on the IOLoop thread (recursion limit 100,000 after
+    `import donkeycar`): a segfault of the car's process."""
+    status, _, reply = live.request("/saliency/drive_view", "POST", b"[" * 100000)
+    assert status == 413 and b"error" in reply
+    # Small but nested: refused by the fixed pattern, not a parser.
+    status, _, _ = live.request("/saliency/drive_view", "POST", b"[" * 900)
+    assert status == 400
+    status, _, reply = live.request("/saliency/drive_view", "POST", b'{"on": true}')
+    assert status == 200 and json.loads(reply) == {"drive_view": True}
+    assert live.stats()["drive_view"] is True
+
+
+def test_2_large_body_refused_before_it_is_read(live):
+    """A 50 MB body used to be read and parsed (4.1 s stall). Now the reply comes while the client
+    has sent only the headers and 1 KB: the server never waited for the rest."""
+    head = (b"POST /saliency/drive_view HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 50000000\r\n\r\n" % live.port)
+    assert raw_request(live.port, head, b" " * 1024, read_timeout=10).split(" ")[1] == "413"
+    # Chunked (no Content-Length): cut off at the same limit, never 200.
+    chunk = b" " * 4000
+    head = (b"POST /saliency/drive_view HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % live.port)
+    status = raw_request(live.port, head, b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk))
+    assert not status.split(" ")[1:2] == ["200"], status
+    assert live.web.drive_view.on is False and live.stats()["status"] in ("starting", "running")
+
+
+def test_3_cross_origin_writes_are_refused(live):
+    import http.client
+
+    def post(headers):
+        connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+        try:
+            connection.request("POST", "/saliency/drive_view", body=b'{"on": true}',
+                               headers=dict({"Content-Type": "text/plain"}, **headers))
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    own = "http://127.0.0.1:%d" % live.port
+    for foreign in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                    {"Origin": "http://127.0.0.1:%d" % (live.port + 1)},
+                    {"Referer": "http://evil.example/page.html"}):
+        status, reply = post(foreign)
+        assert status == 403 and "error" in reply, foreign
+        assert live.web.drive_view.on is False
+    assert post({"Origin": own}) == (200, {"drive_view": True})
+    assert post({"Referer": own + "/saliency"}) == (200, {"drive_view": True})
+    assert post({}) == (200, {"drive_view": True})  # curl, scripts: no Origin, no Referer (documented)
+
+
+def test_9_viewer_cap_and_clients_that_never_read(tiny_pilot_path):
+    live = LiveServer(tiny_pilot_path, max_viewers=2, stall_s=1.0)
+    stop = threading.Event()
+    big = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)  # ~300 KB JPEGs
+
+    def feed():
+        while not stop.is_set():
+            live.part.run_threaded(big)
+            time.sleep(1.0 / 30)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    connections = []
+    try:
+        feeder.start()
+        assert wait_for(lambda: live.part.latest is not None, timeout=20)
+        connections = [open_stream(live.port, "/saliency/video")[0], open_stream(live.port, "/saliency/camera")[0]]
+        assert wait_for(lambda: live.web.clients == 2)
+        status, _, _ = live.request("/saliency/video")
+        assert status == 503 and live.stats()["refused"] == 1
+        for connection in connections:
+            connection.close()
+        assert wait_for(lambda: live.web.clients == 0)
+        # A client that never reads: a tiny receive buffer, and it never calls recv.
+        sleeper = socket.socket()
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sleeper.connect(("127.0.0.1", live.port))
+        sleeper.sendall(b"GET /saliency/video HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        connections = [sleeper]
+        assert wait_for(lambda: live.web.clients == 1)
+        assert wait_for(lambda: live.web.clients == 0 and live.web.stalled == 1, timeout=30), live.web.stats()
+        assert live.request("/saliency/stats")[0] == 200
+    finally:
+        stop.set()
+        for connection in connections:
+            connection.close()
+        feeder.join(5)
+        live.close()
+
+
+# --- the car: the part ------------------------------------------------------------------------------
+
+def test_4_run_threaded_does_constant_work_for_a_huge_frame(tiny_pilot_path):
+    """A 4000x3000 frame used to be copied in the drive loop's thread (540 ms, +36 MB a call)."""
+    part = SaliencyPart(tiny_pilot_path, backend="onnxruntime")
+    worker = start_worker(part)
+    try:
+        part.run_threaded(camera_frame())
+        assert wait_for(lambda: part.latest is not None, timeout=20)
+        huge = np.full((3000, 4000, 3), 90, np.uint8)
+        assert wait_for(lambda: not part.busy)
+        tracemalloc.start()
+        try:
+            for _ in range(3):
+                outputs = part.run_threaded(huge)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20, "run_threaded allocated %d bytes for a %d-byte frame" % (peak, huge.nbytes)
+        assert len(outputs) == 4
+        # The worker made its own full-size copy and overlay.
+        assert wait_for(lambda: part.latest.frame.shape == (3000, 4000, 3), timeout=30)
+        assert not np.shares_memory(part.latest.frame, huge)
+    finally:
+        part.shutdown()
+        worker.join(10)
+
+
+def test_5_alternating_faults_cannot_flood_the_log(tiny_pilot_path, caplog):
+    """A listener failing on every frame and a backend failing on every 3rd call used to log a
+    WARNING and an INFO per frame; now one WARNING per cause, the rest counted."""
+    part = part_with(tiny_pilot_path, fail_every=3)
+
+    def failing_listener(result):
+        raise ValueError("listener broke")
+
+    part.add_listener(failing_listener)
+    caplog.set_level(logging.INFO, logger="donkey_saliency.part")
+    for i in range(300):
+        part.run(camera_frame(i))
+    warnings, infos = saliency_records(caplog, logging.WARNING), saliency_records(caplog, logging.INFO)
+    assert len(warnings) == 2 and infos == [], [r.getMessage() for r in warnings + infos]
+    assert part.stats()["errors"] == 100 + 200  # every fault counted: 100 inference, 200 listener
+    assert part.stats()["processed"] == 200
+    # Faults over: one INFO after a run of good frames, and nothing more.
+    part.backend.fail_every = 0
+    part._listeners.remove(failing_listener)
+    for i in range(40):
+        part.run(camera_frame(i))
+    infos = saliency_records(caplog, logging.INFO)
+    assert len(infos) == 1 and "recovered" in infos[0].getMessage()
+    assert len(saliency_records(caplog, logging.WARNING)) == 2
+
+
+def test_6_nan_masks_are_counted_and_never_recorded(tiny_pilot_path, caplog):
+    part = part_with(tiny_pilot_path, nan=True)
+    caplog.set_level(logging.INFO, logger="donkey_saliency.part")
+    for i in range(5):
+        overlay_image, mask, _, lag = part.run(camera_frame(i))
+    assert part.latest is None and part.stats()["errors"] == 5 and part.stats()["processed"] == 0
+    assert lag == -1.0 and not mask.any()  # the "no mask yet" placeholder, not a NaN mask turned to zeros
+    assert len(saliency_records(caplog, logging.WARNING)) == 1
+    assert "NaN" in saliency_records(caplog, logging.WARNING)[0].getMessage()
+
+
+def test_7_malformed_layer_maps_are_404_and_counted(tiny_pilot_path):
+    from donkey_saliency.web import layer_picture
+
+    live = LiveServer(tiny_pilot_path)
+    try:
+        live.part.backend = part_with(tiny_pilot_path, bad_means=True).backend
+        live.feeding.set()
+        assert wait_for(lambda: live.part.latest is not None, timeout=20)
+        for index in (0, 1):
+            status, _, _ = live.request("/saliency/layer/%d.jpg" % index)
+            assert status == 404
+        figures = live.stats()
+        assert figures["errors"] >= 2 and figures["layer_shapes"] == [None, None]
+    finally:
+        live.close()
+    for bad in (np.zeros(5), np.zeros((0, 3))):
+        with pytest.raises(ValueError):
+            layer_picture(bad)
+
+
+def test_8_worker_survives_unexpected_errors_and_shutdown_joins_it(tiny_pilot_path):
+    class Unconvertible(object):
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("a frame numpy cannot read")
+
+    part = part_with(tiny_pilot_path, slow_s=0.3)
+    worker = start_worker(part)
+    part.run_threaded(Unconvertible())  # never raises in the loop thread
+    assert wait_for(lambda: part.stats()["errors"] == 1 and not part.busy)
+    assert worker.is_alive()
+    part.run_threaded(camera_frame())
+    assert wait_for(lambda: part.latest is not None, timeout=20)
+    assert part.stats()["status"] == "running"
+    # Outputs and result come from one state: the overlay handed to the loop is the latest's.
+    assert part.run_threaded(camera_frame())[0] is part.latest.overlay
+    # shutdown() while a (slow) inference is in flight: it returns once the worker has ended
+    # and closed the backend in the worker's own thread.
+    backend = part.backend
+    assert wait_for(lambda: part.busy)
+    part.shutdown()
+    assert not worker.is_alive() and backend.closed_in is worker and part.backend is None
+
+
+def test_17_bad_alpha_and_colormap_in_the_part_are_logged_and_replaced(tiny_pilot_path, caplog):
+    from donkey_saliency.errors import InputError
+    from donkey_saliency.overlay import check_style
+
+    caplog.set_level(logging.ERROR, logger="donkey_saliency.part")
+    part = SaliencyPart(tiny_pilot_path, alpha=5, colormap="nosuch")
+    assert (part.alpha, part.colormap) == (0.5, "jet")
+    assert "alpha must be between 0 and 1" in caplog.text
+    assert check_style("0.25", "magma") == (0.25, "magma")
+    for alpha, colormap in ((5, "jet"), (-1, "jet"), (float("nan"), "jet"), ("x", "jet"), (0.5, "nosuch")):
+        with pytest.raises(InputError):
+            check_style(alpha, colormap)
