@@ -317,3 +317,206 @@ def test_17_bad_alpha_and_colormap_in_the_part_are_logged_and_replaced(tiny_pilo
     for alpha, colormap in ((5, "jet"), (-1, "jet"), (float("nan"), "jet"), ("x", "jet"), (0.5, "nosuch")):
         with pytest.raises(InputError):
             check_style(alpha, colormap)
+
+
+# --- the tools --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tool_tubs(tmp_path_factory, tiny_pilot_path):
+    """A small v2 tub (with pilot/angle, written by donkeycar's own Tub), and a run of the CLI that
+    caches the exported graph for the subprocesses of this module."""
+    base = tmp_path_factory.mktemp("tools")
+    tub = make_v2_tub(base / "tub", count=12, deleted=(3,), max_len=5)
+    warm = run_cli("render", tub, "--model", tiny_pilot_path, "--backend", "onnxruntime", "--out",
+                   base / "warm.mp4", "--end", "2", "--scale", "1")
+    assert warm.returncode == 0, warm.stderr
+    return dict(base=base, tub=tub)
+
+
+def copy_tub(source, target):
+    import shutil
+
+    shutil.copytree(source, str(target))
+    return str(target)
+
+
+def image_of(tub, index):
+    _, records = read_tub(tub)
+    record = [r for r in records if r["_index"] == index][0]
+    return os.path.join(tub, "images", record["cam/image_array"])
+
+
+def test_10_zero_byte_jpeg_is_one_line_and_exit_2(tool_tubs, tiny_pilot_path, tmp_path):
+    from donkey_saliency.errors import InputError
+    from donkey_saliency.tub import decode_image
+
+    with pytest.raises(InputError):
+        decode_image(b"", "empty.jpg")
+    tub = copy_tub(tool_tubs["tub"], tmp_path / "tub")
+    open(image_of(tub, 5), "wb").close()
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    runs = {
+        "backfill": ("backfill", tub, "--model", tiny_pilot_path, "--out", tmp_path / "copy"),
+        "render": ("render", tub, "--model", tiny_pilot_path, "--out", tmp_path / "r.mp4", "--recompute"),
+        "filters": ("filters", tub, "--model", tiny_pilot_path),
+        "mask": ("mask", tiny_pilot_path, empty, "--out", tmp_path / "masks"),
+    }
+    for command, args in runs.items():
+        line = assert_one_line_exit_2(run_cli(*(args + ("--backend", "onnxruntime"))), command)
+        assert "readable image" in line or "not an image" in line, line
+    assert sorted(os.listdir(str(tmp_path))) == ["empty.jpg", "tub"]  # nothing half-written
+
+
+def test_11_catalog_line_that_is_not_an_object_is_a_deleted_stub(tool_tubs, tiny_pilot_path, tmp_path):
+    from donkey_saliency.tub import open_tub
+
+    tub = copy_tub(tool_tubs["tub"], tmp_path / "tub")
+    with open(os.path.join(tub, "catalog_2.catalog"), "a") as handle:
+        handle.write("[1, 2]\n42\n")
+    source = open_tub(tub)
+    assert len(source.entries) == 14 and [e.index for e in source.entries if e.deleted] == [3, 12, 13]
+    result = run_cli("render", tub, "--model", tiny_pilot_path, "--backend", "onnxruntime", "--out",
+                     tmp_path / "r.mp4", "--scale", "1")
+    assert result.returncode == 0 and "11 frames" in result.stdout, result.stderr
+
+
+def rewrite_manifest(tub, change):
+    path = os.path.join(tub, "manifest.json")
+    lines = open(path).read().splitlines()
+    catalogs = json.loads(lines[4])
+    change(catalogs)
+    lines[4] = json.dumps(catalogs)
+    open(path, "w").write("\n".join(lines) + "\n")
+
+
+def test_12_max_len_zero_is_one_line_and_exit_2(tool_tubs, tiny_pilot_path, tmp_path):
+    tub = copy_tub(tool_tubs["tub"], tmp_path / "tub")
+    rewrite_manifest(tub, lambda catalogs: catalogs.update(max_len=0))
+    line = assert_one_line_exit_2(run_cli("backfill", tub, "--model", tiny_pilot_path, "--backend", "onnxruntime",
+                                          "--out", tmp_path / "copy"), "backfill")
+    assert "max_len" in line and not os.path.exists(str(tmp_path / "copy"))
+
+
+def test_16_paths_leading_out_of_the_tub_are_refused(tool_tubs, tiny_pilot_path, tmp_path):
+    from donkey_saliency.errors import InputError
+    from donkey_saliency.tub import open_tub
+
+    tub = copy_tub(tool_tubs["tub"], tmp_path / "tub")
+    rewrite_manifest(tub, lambda catalogs: catalogs["paths"].append("../../../../../../etc/passwd"))
+    with pytest.raises(InputError, match="outside the tub"):
+        open_tub(tub)
+    line = assert_one_line_exit_2(run_cli("backfill", tub, "--model", tiny_pilot_path, "--out", tmp_path / "c"),
+                                  "backfill")
+    assert "outside the tub" in line
+
+    tub = copy_tub(tool_tubs["tub"], tmp_path / "tub2")
+    catalog = os.path.join(tub, "catalog_0.catalog")
+    lines = open(catalog).read().splitlines()
+    record = json.loads(lines[1])
+    record["cam/image_array"] = "../../../../../../etc/hostname"
+    lines[1] = json.dumps(record)
+    open(catalog, "w").write("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="outside the tub"):
+        open_tub(tub)
+    os.symlink("/etc", os.path.join(tub, "images", "elsewhere"))  # a link out is refused too
+    lines[1] = json.dumps(dict(record, **{"cam/image_array": "elsewhere/hostname"}))
+    open(catalog, "w").write("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="outside the tub"):
+        open_tub(tub)
+
+
+def test_15_two_backfills_to_one_output_cannot_collide(tool_tubs, tiny_pilot_path, tmp_path):
+    from donkey_saliency.tub import OutputLock, partial_path
+
+    out = str(tmp_path / "copy")
+    first = OutputLock(out).acquire()  # the first run, holding its lock, with its partial copy
+    os.makedirs(os.path.join(partial_path(out), "images"))
+    marker = os.path.join(partial_path(out), "images", "0_cam_image_array_.jpg")
+    open(marker, "wb").write(b"first run's work")
+    try:
+        line = assert_one_line_exit_2(run_cli("backfill", tool_tubs["tub"], "--model", tiny_pilot_path,
+                                              "--backend", "onnxruntime", "--out", out), "backfill")
+        assert "another run (pid %d)" % os.getpid() in line
+        assert open(marker, "rb").read() == b"first run's work" and not os.path.exists(out)
+    finally:
+        first.release()
+    # A lock left by a process that is gone is taken over.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    open(first.path, "w").write("%d\n" % gone.pid)
+    result = run_cli("backfill", tool_tubs["tub"], "--model", tiny_pilot_path, "--backend", "onnxruntime", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert len(read_tub(out)[1]) == 11 and not os.path.exists(first.path)
+
+
+def test_17_cli_validates_alpha_and_colormap_before_writing(tool_tubs, tiny_pilot_path, tmp_path):
+    image = tmp_path / "frame.jpg"
+    cv2.imwrite(str(image), camera_frame())
+    bad = [("--colormap", "nosuch"), ("--alpha", "5"), ("--alpha", "-1")]
+    for option in bad:
+        runs = {
+            "mask": ("mask", tiny_pilot_path, image, "--out", tmp_path / "masks"),
+            "backfill": ("backfill", tool_tubs["tub"], "--model", tiny_pilot_path, "--out", tmp_path / "copy"),
+            "render": ("render", tool_tubs["tub"], "--model", tiny_pilot_path, "--out", tmp_path / "r.mp4"),
+        }
+        if option[0] == "--colormap":
+            runs["layers"] = ("layers", tiny_pilot_path, image, "--out", tmp_path / "grid.png")
+        for command, args in runs.items():
+            line = assert_one_line_exit_2(run_cli(*(args + option)), command)
+            assert ("colormap" in line) if option[0] == "--colormap" else ("alpha" in line), line
+    assert sorted(os.listdir(str(tmp_path))) == ["frame.jpg"]  # no .npy left behind, nothing at all
+
+
+def test_19_categorical_decoding_is_donkeycars_linear_unbin():
+    from donkeycar.utils import linear_unbin as donkey_unbin
+
+    from donkey_saliency.review import decode_pilot_outputs, linear_unbin
+
+    for b in range(20):
+        throttle = np.zeros(20, np.float32)
+        throttle[b] = 1.0
+        angle = np.zeros(15, np.float32)
+        angle[b % 15] = 1.0
+        expected = (donkey_unbin(angle), donkey_unbin(throttle, N=20, offset=0.0, R=0.5))
+        assert decode_pilot_outputs([angle, throttle]) == pytest.approx(expected, abs=1e-12)
+        assert linear_unbin(throttle, N=20, offset=0.0, R=0.5) == pytest.approx(b * 0.025)
+    assert decode_pilot_outputs([np.zeros(3)]) is None
+
+
+def test_18_tflite_pilot_predictions_equal_the_keras_pilot(linear_pilot_path, tmp_path):
+    from test_tflite import to_tflite
+
+    from donkey_saliency.review import KerasPilotPredictor, PilotPredictor
+
+    import shutil
+
+    h5 = str(tmp_path / "pilot.h5")
+    shutil.copyfile(linear_pilot_path, h5)
+    tflite = to_tflite(h5)
+    frames = [camera_frame(i) for i in range(4)] + [np.full((90, 120, 3), 200, np.uint8)]
+    from_tflite = PilotPredictor.for_model(tflite).predict(frames)
+    from_keras = PilotPredictor(KerasPilotPredictor(h5)).predict(frames)
+    assert all(p is not None for p in from_tflite)
+    np.testing.assert_allclose(np.array(from_tflite), np.array(from_keras), atol=1e-4)
+    # render draws them: a tub without pilot/angle, the .tflite pilot.
+    tub = str(tmp_path / "tub")
+    from donkeycar.parts.tub_v2 import Tub
+
+    writer = Tub(tub, inputs=["cam/image_array", "user/angle", "user/throttle", "user/mode"],
+                 types=["image_array", "float", "float", "str"])
+    for i in range(3):
+        writer.write_record({"cam/image_array": camera_frame(i), "user/angle": 0.0, "user/throttle": 0.2,
+                             "user/mode": "user"})
+    writer.close()
+    from donkey_saliency.review import compose_frame, render
+
+    result = render(tub, str(tmp_path / "r.mp4"), model_path=tflite, backend="onnxruntime", scale=1, progress=False)
+    assert result.frames == 3
+    ok, first = cv2.VideoCapture(str(tmp_path / "r.mp4")).read()
+    camera = camera_frame(0)
+    with_bars = compose_frame(camera, camera, 0, "user", (0.0, 0.2), from_tflite[0], scale=1)
+    without = compose_frame(camera, camera, 0, "user", (0.0, 0.2), None, scale=1)
+    panel = slice(with_bars.shape[0] - 96, with_bars.shape[0])
+    shown = cv2.cvtColor(first, cv2.COLOR_BGR2RGB)[panel].astype(np.int16)
+    assert np.mean(np.abs(shown - with_bars[panel])) < np.mean(np.abs(shown - without[panel]))
