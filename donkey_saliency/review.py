@@ -12,8 +12,10 @@
 Pictures are plain uint8 RGB arrays drawn with OpenCV; files are written to a temp name and renamed.
 """
 import collections
+import contextlib
 import logging
 import os
+import sys
 
 import numpy as np
 
@@ -318,8 +320,9 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                                           note="saliency (recorded)" if recorded else "saliency (computed)")
                     if writer is None:
                         size = (frame.shape[1], frame.shape[0])
-                        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[suffix]), float(fps),
-                                                 size)
+                        with _quiet_stderr():  # FFmpeg's note that WebM has no codec tags: noise to a user
+                            writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[suffix]),
+                                                     float(fps), size)
                         if not writer.isOpened():
                             raise InputError("OpenCV cannot write %s (%s) video here" % (suffix, VIDEO_CODECS[suffix]))
                     if (frame.shape[1], frame.shape[0]) != size:
@@ -329,8 +332,8 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                 bar.update(len(chunk))
             writer.release()
             writer = None
-            bar.close()
             _check_video(tmp, written, out_path)
+            bar.close()
             os.replace(tmp, out_path)
         except BaseException:
             if writer is not None:
@@ -344,18 +347,33 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
     return RenderResult(out_path, written, size, fps, not recorded)
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silences what OpenCV and FFmpeg print straight to file descriptor 2 (no logging switch reaches it)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _check_video(path, frames, out_path):
     """InputError unless the file at ``path`` decodes to ``frames`` frames: OpenCV's VideoWriter
     reports no write errors, so a full disk would otherwise give a truncated, unplayable file."""
     import cv2
 
-    capture = cv2.VideoCapture(path)
     decoded = 0
-    try:
-        while decoded < frames and capture.grab():
-            decoded += 1
-    finally:
-        capture.release()
+    with _quiet_stderr():  # FFmpeg's own complaints about a broken file: our one line says it
+        capture = cv2.VideoCapture(path)
+        try:
+            while decoded < frames and capture.grab():
+                decoded += 1
+        finally:
+            capture.release()
     if decoded != frames:
         raise InputError("writing %s failed: %d of %d frames could be read back (is the disk full?)"
                          % (out_path, decoded, frames))

@@ -407,8 +407,8 @@ class Progress(object):
         self.enabled = enabled
         self.done = 0
         self.started = time.monotonic()
-        self._drawn = 0.0
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._drawn = 0.0 if self._tty else self.started  # in a log, the first line after 5 s, not at once
 
     @property
     def rate(self):
@@ -473,8 +473,12 @@ class OutputLock(object):
                 logger.info("taking over %s: its process %d is gone", self.path, holder)
                 os.unlink(self.path)
                 continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write("%d\n" % os.getpid())
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write("%d\n" % os.getpid())
+            except OSError:  # e.g. a full disk: no lock left behind
+                os.unlink(self.path)
+                raise
             self._held = True
             return self
         raise InputError("could not lock %s (%s keeps reappearing)" % (self.out_path, self.path))

@@ -520,3 +520,57 @@ def test_18_tflite_pilot_predictions_equal_the_keras_pilot(linear_pilot_path, tm
     panel = slice(with_bars.shape[0] - 96, with_bars.shape[0])
     shown = cv2.cvtColor(first, cv2.COLOR_BGR2RGB)[panel].astype(np.int16)
     assert np.mean(np.abs(shown - with_bars[panel])) < np.mean(np.abs(shown - without[panel]))
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """mount(kind) -> a directory on a fresh 1 MB tmpfs: 'ro' read-only, 'full' with no space left."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs for a read-only / full filesystem needs root (mount -t tmpfs)")
+    mounted = []
+
+    def mount(kind):
+        point = tmp_path / ("fs_%s" % kind)
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here: %s" % result.stderr.strip())
+        mounted.append(point)
+        if kind == "ro":
+            subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+        else:
+            with open(str(point / "filler"), "wb", buffering=0) as handle:
+                try:
+                    while True:
+                        handle.write(b"\0" * 4096)
+                except OSError:
+                    pass
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.mark.parametrize("kind", ["ro", "full"])
+def test_13_14_read_only_or_full_filesystem_is_one_line_and_nothing_left(small_fs, kind, tool_tubs,
+                                                                        tiny_pilot_path, tmp_path):
+    """Every writing command on a read-only or full filesystem: exit 2, one line, no partial output.
+    On a full one, render used to exit 0 with a truncated video (the VideoWriter reports nothing)."""
+    fs = small_fs(kind)
+    before = sorted(os.listdir(str(fs)))
+    image = tmp_path / "frame.jpg"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    runs = {
+        "backfill": ("backfill", tool_tubs["tub"], "--model", tiny_pilot_path, "--out", fs / "copy"),
+        "render": ("render", tool_tubs["tub"], "--model", tiny_pilot_path, "--out", fs / "review.webm",
+                   "--scale", "2"),
+        "mask": ("mask", tiny_pilot_path, image, "--out", fs),
+    }
+    for command, args in runs.items():
+        line = assert_one_line_exit_2(run_cli(*(args + ("--backend", "onnxruntime"))), command)
+        assert any(word in line for word in ("Read-only", "No space", "disk full")), line
+        assert sorted(os.listdir(str(fs))) == before, command
+    line = assert_one_line_exit_2(run_cli("export", tiny_pilot_path, "--out", fs / "graph.onnx"), "export")
+    assert sorted(os.listdir(str(fs))) == before
