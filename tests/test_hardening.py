@@ -574,3 +574,53 @@ def test_13_14_read_only_or_full_filesystem_is_one_line_and_nothing_left(small_f
         assert sorted(os.listdir(str(fs))) == before, command
     line = assert_one_line_exit_2(run_cli("export", tiny_pilot_path, "--out", fs / "graph.onnx"), "export")
     assert sorted(os.listdir(str(fs))) == before
+
+
+VIDEO_STATE = """JSON.stringify((function () {
+  var v = document.getElementById("v");
+  var q = v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : {};
+  return { readyState: v.readyState, duration: v.duration, width: v.videoWidth, height: v.videoHeight,
+           ended: v.ended, error: v.error ? v.error.code : null, decoded: q.totalVideoFrames || 0 };
+})())"""
+
+
+@pytest.mark.browser
+def test_20_review_video_plays_in_headless_chromium(tool_tubs, tiny_pilot_path, tmp_path):
+    """The .webm (VP8) review video plays in Chromium to its end; the .mp4 (MPEG-4 Part 2, all that
+    OpenCV's wheels can write as MP4) does not - which is why .webm exists."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs Debian's chromium package at /usr/bin/chromium (apt-get install chromium; "
+                    ".ci/run installs it)")
+    from test_web import DevTools
+
+    from donkey_saliency.review import render
+
+    results = {}
+    for suffix in (".webm", ".mp4"):
+        results[suffix] = render(tool_tubs["tub"], str(tmp_path / ("review" + suffix)), model_path=tiny_pilot_path,
+                                 backend="onnxruntime", fps=10, scale=1, progress=False)
+    webm = results[".webm"]
+    assert webm.frames == 11
+    browser = DevTools(str(tmp_path / "profile"), str(tmp_path / "chromium.log"), 800, 600)
+    states = {}
+    try:
+        for suffix in (".webm", ".mp4"):
+            page = tmp_path / ("play%s.html" % suffix.replace(".", "_"))
+            page.write_text('<!doctype html><video id="v" src="review%s" muted autoplay playsinline></video>' % suffix)
+            browser.open("file://" + str(page), 800, 600, mobile=False)
+            state = {}
+
+            def settled():
+                state.update(json.loads(browser.evaluate(VIDEO_STATE) or "{}"))
+                return state.get("ended") or state.get("error") is not None
+
+            wait_for(settled, timeout=30)
+            states[suffix] = dict(state)
+    finally:
+        browser.close()
+    played = states[".webm"]
+    assert played["error"] is None and played["ended"] and played["readyState"] >= 2, played
+    assert played["duration"] == pytest.approx(webm.frames / 10.0, abs=0.15)
+    assert (played["width"], played["height"]) == webm.size
+    assert played["decoded"] >= webm.frames - 1, played
+    assert states[".mp4"]["error"] == 4, states[".mp4"]  # MEDIA_ERR_SRC_NOT_SUPPORTED: the defect .webm fixes
