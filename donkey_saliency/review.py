@@ -27,7 +27,6 @@ WHITE, GREY, DARK = (255, 255, 255), (150, 150, 150), (30, 30, 30)
 USER_COLOR, PILOT_COLOR = (60, 200, 60), (70, 140, 255)  # green / blue, as makemovie draws them
 RED, ORANGE, YELLOW = (255, 60, 60), (255, 165, 0), (255, 230, 120)
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
-PILOT_SUFFIXES = KERAS_SUFFIXES + (".tflite",)
 # Review video containers: .webm (VP8) plays in browsers; .mp4 is MPEG-4 Part 2, since OpenCV's wheels
 # carry no H.264 encoder: it plays in VLC and ffplay, not in Chromium or Firefox.
 VIDEO_CODECS = {".webm": "VP80", ".mp4": "mp4v"}

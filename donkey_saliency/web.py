@@ -38,6 +38,8 @@ import re
 import threading
 import time
 
+from .config import DEFAULTS
+
 logger = logging.getLogger(__name__)
 
 BOUNDARY = "saliencyframe"
@@ -215,7 +217,7 @@ class SaliencyWeb(object):
     """The web side of one ``SaliencyPart``: encodes, counts, and serves. See the module docstring."""
 
     def __init__(self, ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5", page_file=PAGE_FILE,
-                 max_viewers=16, stall_s=STALL_S):
+                 max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S):
         quality = int(jpeg_quality)
         if not 1 <= quality <= 100:
             raise ValueError("SALIENCY_JPEG_QUALITY must be 1..100, not %r" % (jpeg_quality,))
@@ -340,7 +342,8 @@ class SaliencyWeb(object):
             channel.publish(None)
 
 
-def attach_web(ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5", max_viewers=16, stall_s=STALL_S):
+def attach_web(ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5",
+               max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S):
     """Adds the saliency routes to a ``LocalWebController`` (call before ``V.start()``) and returns the
     ``SaliencyWeb``; add its ``drive_view`` part to the vehicle after ``UserPilotCondition``."""
     web = SaliencyWeb(ctr, part, jpeg_quality=jpeg_quality, drive_view=drive_view, toggle_button=toggle_button,

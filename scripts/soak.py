@@ -95,11 +95,13 @@ class Camera(object):
         self.big = np.ascontiguousarray(np.repeat(np.repeat(frames[0], 8, axis=0), 8, axis=1))
 
     def run(self):
+        """(image, ok): two outputs, because donkeycar keeps the old value of a part's only output when it
+        returns None."""
         if self.schedule.on("camera gives None"):
-            return None
+            return None, False
         if self.schedule.on("1280x960 frames"):
-            return self.big
-        return self.frames[self.schedule.loop % len(self.frames)]
+            return self.big, True
+        return self.frames[self.schedule.loop % len(self.frames)], True
 
 
 class LoopStart(object):
@@ -255,7 +257,7 @@ def main(argv=None):
                                         ["image_array", "float", "float", "str"], False)
     vehicle = Vehicle()
     vehicle.add(LoopStart(clock))
-    vehicle.add(Camera(frames, schedule), outputs=["cam/image_array"])
+    vehicle.add(Camera(frames, schedule), outputs=["cam/image_array", "cam/ok"])
     vehicle.add(timed_ctr, inputs=["cam/image_array", "tub/num_records", "user/mode", "recording"],
                 outputs=["user/angle", "user/throttle", "user/mode", "recording", "web/buttons"])
     vehicle.add(timed_part, inputs=["cam/image_array"], outputs=list(OUTPUTS), threaded=True)
