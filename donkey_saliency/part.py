@@ -45,21 +45,16 @@ class _Faults(object):
     recover_after = 20
     repeat_s = 60.0
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self):
         self.total = 0
-        self._clock = clock
         self._lock = threading.Lock()  # the loop thread and the worker both report
         self._logged_at = {}  # cause -> when its last WARNING was written
         self._unlogged = collections.Counter()  # cause -> faults counted since that WARNING
         self._active = set()  # causes WARNed about and not yet declared over
         self._good = 0  # consecutive good frames
 
-    @property
-    def active(self):
-        return set(self._active)
-
     def report(self, cause, message, *args):
-        now = self._clock()
+        now = time.monotonic()
         with self._lock:
             self.total += 1
             self._good = 0
@@ -71,8 +66,8 @@ class _Faults(object):
             self._logged_at[cause] = now
             self._active.add(cause)
         suffix = " (%d more since the last report)" % more if more else ""
-        logger.warning("saliency: " + message + " (counted in stats; logged at most once a minute until it "
-                       "recovers)" + suffix, *args)
+        logger.warning("saliency: " + message + " (counted in /saliency/stats; repeats logged at most once a "
+                       "minute)" + suffix, *args)
 
     def good_frame(self):
         with self._lock:

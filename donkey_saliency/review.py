@@ -1,8 +1,8 @@
 """Looking back at a drive: the review video, the layer grid and the dead-filter report.
 
-- ``render``: a video (.webm plays in browsers, .mp4 in players) of camera | overlay side by side with user vs pilot steering and throttle,
-  record index and mode under them. Uses the overlay recorded in the tub, or computes it with the
-  pilot when the tub has none.
+- ``render``: a video (.webm plays in browsers, .mp4 in players) of camera | overlay side by side
+  with user vs pilot steering and throttle, record index and mode under them. Uses the overlay
+  recorded in the tub, or computes it with the pilot when the tub has none.
 - ``layer_grid``: every conv layer's feature maps for one image, labelled (layer, output size,
   filter index), with each layer's averaged map and the final mask - what ``donkey
   cnnactivations`` shows, and the VisualBackProp steps on top.
@@ -135,8 +135,7 @@ class TflitePilotPredictor(object):
         self.input_keys = list(signature["inputs"])
         self.output_keys = list(signature["outputs"])
         self.usable = len(self.input_keys) == 1
-        detail = [d for d in self.interpreter.get_input_details()][0]
-        self.input_shape = tuple(int(d) for d in detail["shape"][1:])
+        self.input_shape = tuple(int(d) for d in self.interpreter.get_input_details()[0]["shape"][1:])
 
     def outputs(self, x):
         results = []

@@ -296,11 +296,12 @@ def test_8_worker_survives_unexpected_errors_and_shutdown_joins_it(tiny_pilot_pa
     assert wait_for(lambda: part.latest is not None, timeout=20)
     assert part.stats()["status"] == "running"
     # Outputs and result come from one state: the overlay handed to the loop is the latest's.
-    assert part.run_threaded(camera_frame())[0] is part.latest.overlay
-    # shutdown() while a (slow) inference is in flight: it returns once the worker has ended
-    # and closed the backend in the worker's own thread.
+    # This call also queues a frame the (slow) backend takes 0.3 s over: shutdown() below happens
+    # with it pending or in flight, and returns only once the worker has ended and closed the
+    # backend in the worker's own thread.
+    assert part.run_threaded(camera_frame(1))[0] is part.latest.overlay
+    assert part.busy
     backend = part.backend
-    assert wait_for(lambda: part.busy)
     part.shutdown()
     assert not worker.is_alive() and backend.closed_in is worker and part.backend is None
 
