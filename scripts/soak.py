@@ -56,6 +56,15 @@ def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
+def os_threads():
+    """Every thread of the process, native ones (ONNX Runtime's, OpenCV's) included."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def snapshot():
+    return rss_mb(), threading.active_count(), os_threads(), open_fds()
+
+
 class Schedule(object):
     """Which faults are on at loop ``i`` of ``loops``."""
 
@@ -127,18 +136,29 @@ class LoopEnd(object):
 
 
 class Timed(object):
-    """Times a part's call in the loop (run or run_threaded); everything else passes through."""
+    """Times a part's call in the loop (run or run_threaded); everything else passes through. The
+    longest call is kept with its loop number and the CPU time the loop thread spent in it: a long
+    call with little CPU time waited (for the GIL, or for a core on a busy machine)."""
 
-    def __init__(self, part):
-        self.part = part
-        self.longest = 0.0
+    def __init__(self, part, schedule):
+        self.part, self.schedule = part, schedule
+        self.longest = (0.0, 0.0, -1)  # (wall s, thread CPU s, loop)
+        self.calls = []
 
     def _timed(self, method, *args):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             return method(*args)
         finally:
-            self.longest = max(self.longest, time.perf_counter() - started)
+            wall = time.perf_counter() - started
+            self.calls.append(wall)
+            if wall > self.longest[0]:
+                self.longest = (wall, time.thread_time() - cpu, self.schedule.loop)
+
+    def describe(self, name):
+        wall, cpu, loop = self.longest
+        return "%s %.2f ms (loop %d, %.2f ms of it on the CPU; p99.9 %.2f ms)" % (
+            name, wall * 1000, loop, cpu * 1000, np.percentile(self.calls, 99.9) * 1000)
 
     def run(self, *args):
         return self._timed(self.part.run, *args)
@@ -232,6 +252,7 @@ def main(argv=None):
 
     part.add_listener(failing_listener)
     web = attach_web(ctr, part)
+    baseline = snapshot()
     server = ServerThread(ctr).start()
 
     stop = threading.Event()
@@ -242,16 +263,16 @@ def main(argv=None):
 
     def on_loop(i):
         if i == 100:
-            snapshots["start"] = (rss_mb(), threading.active_count(), open_fds())
+            snapshots["start"] = snapshot()
         elif i == args.loops // 2:
-            snapshots["middle"] = (rss_mb(), threading.active_count(), open_fds())
+            snapshots["middle"] = snapshot()
         elif i == args.loops - 1:
-            snapshots["end"] = (rss_mb(), threading.active_count(), open_fds())
+            snapshots["end"] = snapshot()
         if i % 1000 == 500:
             threading.Thread(target=lambda: hostile.extend(hostile_requests(server.port)), daemon=True).start()
 
     clock = type("Clock", (), {"started": 0.0})()
-    timed_part, timed_ctr, timed_toggle = Timed(part), Timed(ctr), Timed(web.drive_view)
+    timed_part, timed_ctr, timed_toggle = Timed(part, schedule), Timed(ctr, schedule), Timed(web.drive_view, schedule)
     base_inputs = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
     inputs, types, _ = recording_inputs(os.path.join(workdir, "tub"), base_inputs,
                                         ["image_array", "float", "float", "str"], False)
@@ -262,12 +283,11 @@ def main(argv=None):
                 outputs=["user/angle", "user/throttle", "user/mode", "recording", "web/buttons"])
     vehicle.add(timed_part, inputs=["cam/image_array"], outputs=list(OUTPUTS), threaded=True)
     vehicle.add(timed_toggle, inputs=web.drive_view.inputs, outputs=web.drive_view.outputs)
-    vehicle.add(TubWriter(os.path.join(workdir, "tub"), inputs=inputs, types=types), inputs=inputs,
-                outputs=["tub/num_records"])
+    timed_writer = Timed(TubWriter(os.path.join(workdir, "tub"), inputs=inputs, types=types), schedule)
+    vehicle.add(timed_writer, inputs=inputs, outputs=["tub/num_records"])
     end = LoopEnd(clock, schedule, args.loops, args.hz, on_loop)
     vehicle.add(end)
 
-    baseline_threads, baseline_fds = threading.active_count(), open_fds()
     for viewer in viewers:
         viewer.start()
     started = time.monotonic()
@@ -287,7 +307,7 @@ def main(argv=None):
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     time.sleep(0.5)
-    after_threads, after_fds = threading.active_count(), open_fds()
+    after = snapshot()
 
     durations = np.array(end.durations) * 1000.0
     period_ms = 1000.0 / args.hz
@@ -295,18 +315,24 @@ def main(argv=None):
         len(durations), args.hz, seconds, len(viewers), sum(v.connects for v in viewers),
         sum(v.frames for v in viewers), sum(v.refused for v in viewers)))
     print("faults: %s" % "; ".join("%s (loops %d-%d)" % (n, a, b) for a, b, n in schedule.windows))
-    for name in ("start", "middle", "end"):
-        rss, threads, fds = snapshots.get(name, (float("nan"), 0, 0))
-        print("%-6s RSS %6.1f MB  threads %3d  fds %4d" % (name, rss, threads, fds))
-    print("RSS growth start -> end: %+.1f MB" % (snapshots["end"][0] - snapshots["start"][0]))
-    print("after: threads %d (before the vehicle: %d), fds %d (before: %d), stream handlers left %d"
-          % (after_threads, baseline_threads, after_fds, baseline_fds, handlers_left))
+    snapshots.update(before=baseline, after=after)
+    for name in ("before", "start", "middle", "end", "after"):
+        rss, threads, tasks, fds = snapshots.get(name, (float("nan"), 0, 0, 0))
+        print("%-6s RSS %6.1f MB  Python threads %3d  OS threads %3d  fds %4d" % (name, rss, threads, tasks, fds))
+    print("(before: the part and web built, nothing started; start/middle/end: loops 100, %d, %d while "
+          "running; after: vehicle stopped, viewers gone, server stopped)" % (args.loops // 2, args.loops - 1))
+    print("RSS growth start -> end: %+.1f MB; stream handlers left: %d" % (
+        snapshots["end"][0] - snapshots["start"][0], handlers_left))
     print("loop work time: median %.2f ms, p99 %.2f ms, longest %.1f ms (loop %d); missed %d-ms deadlines: %d"
           % (np.median(durations), np.percentile(durations, 99), durations.max(), int(durations.argmax()),
              period_ms, int((durations > period_ms).sum())))
-    print("longest call in the loop: SaliencyPart.run_threaded %.2f ms, LocalWebController.run %.2f ms, "
-          "DriveViewToggle.run %.2f ms" % (timed_part.longest * 1000, timed_ctr.longest * 1000,
-                                            timed_toggle.longest * 1000))
+    print("longest calls in the loop:")
+    for timed, name in ((timed_part, "SaliencyPart.run_threaded"), (timed_ctr, "LocalWebController.run"),
+                        (timed_toggle, "DriveViewToggle.run"), (timed_writer, "TubWriter.run")):
+        print("  " + timed.describe(name))
+    ours = np.array(timed_part.calls) + np.array(timed_ctr.calls) + np.array(timed_toggle.calls)
+    print("loops where the part, the toggle and the web controller together took over 100 ms: %d (over %.0f ms: %d)"
+          % (int((ours > 0.1).sum()), period_ms, int((ours * 1000 > period_ms).sum())))
     print("part: received %d, processed %d, dropped %d, errors %d; stream: frames sent %d, stalled %d, refused %d"
           % (figures["received"], figures["processed"], figures["dropped"], figures["errors"],
              figures["frames_sent"], figures["stalled"], figures["refused"]))
