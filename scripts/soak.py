@@ -127,12 +127,30 @@ class LoopEnd(object):
     def __init__(self, clock, schedule, loops, hz, on_loop):
         self.clock, self.schedule, self.loops, self.period = clock, schedule, loops, 1.0 / hz
         self.on_loop = on_loop
-        self.durations = []
+        self.durations = np.zeros(loops)
 
     def run(self):
-        self.durations.append(time.perf_counter() - self.clock.started)
+        if self.schedule.loop < self.loops:
+            self.durations[self.schedule.loop] = time.perf_counter() - self.clock.started
         self.on_loop(self.schedule.loop)
         self.schedule.loop += 1
+
+
+class NoProfiler(object):
+    """donkeycar's PartProfiler keeps every part's every duration (memory that grows with the loop
+    count and would be counted as ours); this harness keeps its own figures in fixed arrays instead."""
+
+    def profile_part(self, part):
+        pass
+
+    def on_part_start(self, part):
+        pass
+
+    def on_part_finished(self, part):
+        pass
+
+    def report(self):
+        pass
 
 
 class Timed(object):
@@ -140,10 +158,10 @@ class Timed(object):
     longest call is kept with its loop number and the CPU time the loop thread spent in it: a long
     call with little CPU time waited (for the GIL, or for a core on a busy machine)."""
 
-    def __init__(self, part, schedule):
+    def __init__(self, part, schedule, loops):
         self.part, self.schedule = part, schedule
         self.longest = (0.0, 0.0, -1)  # (wall s, thread CPU s, loop)
-        self.calls = []
+        self.calls = np.zeros(loops)  # preallocated: the harness must not grow RSS itself
 
     def _timed(self, method, *args):
         started, cpu = time.perf_counter(), time.thread_time()
@@ -151,7 +169,8 @@ class Timed(object):
             return method(*args)
         finally:
             wall = time.perf_counter() - started
-            self.calls.append(wall)
+            if self.schedule.loop < len(self.calls):
+                self.calls[self.schedule.loop] = wall
             if wall > self.longest[0]:
                 self.longest = (wall, time.thread_time() - cpu, self.schedule.loop)
 
@@ -259,6 +278,7 @@ def main(argv=None):
     viewers = [Viewer(server.port, "/saliency/video" if i % 2 == 0 else "/saliency/camera", stop, i)
                for i in range(args.viewers)]
     snapshots = {}
+    rss_series = []
     hostile = []
 
     def on_loop(i):
@@ -268,22 +288,25 @@ def main(argv=None):
             snapshots["middle"] = snapshot()
         elif i == args.loops - 1:
             snapshots["end"] = snapshot()
+        if i % max(1, args.loops // 10) == 0:
+            rss_series.append(round(rss_mb(), 1))
         if i % 1000 == 500:
             threading.Thread(target=lambda: hostile.extend(hostile_requests(server.port)), daemon=True).start()
 
     clock = type("Clock", (), {"started": 0.0})()
-    timed_part, timed_ctr, timed_toggle = Timed(part, schedule), Timed(ctr, schedule), Timed(web.drive_view, schedule)
+    timed_part, timed_ctr, timed_toggle = (Timed(p, schedule, args.loops) for p in (part, ctr, web.drive_view))
     base_inputs = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
     inputs, types, _ = recording_inputs(os.path.join(workdir, "tub"), base_inputs,
                                         ["image_array", "float", "float", "str"], False)
     vehicle = Vehicle()
+    vehicle.profiler = NoProfiler()
     vehicle.add(LoopStart(clock))
     vehicle.add(Camera(frames, schedule), outputs=["cam/image_array", "cam/ok"])
     vehicle.add(timed_ctr, inputs=["cam/image_array", "tub/num_records", "user/mode", "recording"],
                 outputs=["user/angle", "user/throttle", "user/mode", "recording", "web/buttons"])
     vehicle.add(timed_part, inputs=["cam/image_array"], outputs=list(OUTPUTS), threaded=True)
     vehicle.add(timed_toggle, inputs=web.drive_view.inputs, outputs=web.drive_view.outputs)
-    timed_writer = Timed(TubWriter(os.path.join(workdir, "tub"), inputs=inputs, types=types), schedule)
+    timed_writer = Timed(TubWriter(os.path.join(workdir, "tub"), inputs=inputs, types=types), schedule, args.loops)
     vehicle.add(timed_writer, inputs=inputs, outputs=["tub/num_records"])
     end = LoopEnd(clock, schedule, args.loops, args.hz, on_loop)
     vehicle.add(end)
@@ -321,6 +344,7 @@ def main(argv=None):
         print("%-6s RSS %6.1f MB  Python threads %3d  OS threads %3d  fds %4d" % (name, rss, threads, tasks, fds))
     print("(before: the part and web built, nothing started; start/middle/end: loops 100, %d, %d while "
           "running; after: vehicle stopped, viewers gone, server stopped)" % (args.loops // 2, args.loops - 1))
+    print("RSS every %d loops (MB): %s" % (max(1, args.loops // 10), " ".join(map(str, rss_series))))
     print("RSS growth start -> end: %+.1f MB; stream handlers left: %d" % (
         snapshots["end"][0] - snapshots["start"][0], handlers_left))
     print("loop work time: median %.2f ms, p99 %.2f ms, longest %.1f ms (loop %d); missed %d-ms deadlines: %d"
