@@ -322,7 +322,8 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                             writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[suffix]),
                                                      float(fps), size)
                         if not writer.isOpened():
-                            raise InputError("OpenCV cannot write %s (%s) video here" % (suffix, VIDEO_CODECS[suffix]))
+                            raise InputError("OpenCV could not start writing %s (%s video): is the disk full?"
+                                             % (out_path, VIDEO_CODECS[suffix]))
                     if (frame.shape[1], frame.shape[0]) != size:
                         frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
                     writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))

@@ -525,12 +525,13 @@ def test_18_tflite_pilot_predictions_equal_the_keras_pilot(linear_pilot_path, tm
 
 @pytest.fixture
 def small_fs(tmp_path):
-    """mount(kind) -> a directory on a fresh 1 MB tmpfs: 'ro' read-only, 'full' with no space left."""
+    """mount(kind, free=0) -> a directory on a fresh 1 MB tmpfs: 'ro' read-only, 'full' with ``free``
+    bytes left."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs for a read-only / full filesystem needs root (mount -t tmpfs)")
     mounted = []
 
-    def mount(kind):
+    def mount(kind, free=0):
         point = tmp_path / ("fs_%s" % kind)
         point.mkdir()
         result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)],
@@ -547,6 +548,7 @@ def small_fs(tmp_path):
                         handle.write(b"\0" * 4096)
                 except OSError:
                     pass
+                handle.truncate(max(0, handle.tell() - free))
         return point
 
     yield mount
@@ -555,17 +557,17 @@ def small_fs(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["ro", "full"])
-def test_13_14_read_only_or_full_filesystem_is_one_line_and_nothing_left(small_fs, kind, tool_tubs,
+def test_13_read_only_or_full_filesystem_is_one_line_and_nothing_left(small_fs, kind, tool_tubs,
                                                                         tiny_pilot_path, tmp_path):
-    """Every writing command on a read-only or full filesystem: exit 2, one line, no partial output.
-    On a full one, render used to exit 0 with a truncated video (the VideoWriter reports nothing)."""
+    """Every writing command on a read-only or full filesystem: exit 2, one line, no partial output."""
     fs = small_fs(kind)
     before = sorted(os.listdir(str(fs)))
     image = tmp_path / "frame.jpg"
     cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
     runs = {
         "backfill": ("backfill", tool_tubs["tub"], "--model", tiny_pilot_path, "--out", fs / "copy"),
-        "render": ("render", tool_tubs["tub"], "--model", tiny_pilot_path, "--out", fs / "review.webm",
+        # .mp4: before the fix a full disk gave exit 0 and a truncated file (the VideoWriter reports nothing)
+        "render": ("render", tool_tubs["tub"], "--model", tiny_pilot_path, "--out", fs / "review.mp4",
                    "--scale", "2"),
         "mask": ("mask", tiny_pilot_path, image, "--out", fs),
     }
@@ -575,6 +577,16 @@ def test_13_14_read_only_or_full_filesystem_is_one_line_and_nothing_left(small_f
         assert sorted(os.listdir(str(fs))) == before, command
     line = assert_one_line_exit_2(run_cli("export", tiny_pilot_path, "--out", fs / "graph.onnx"), "export")
     assert sorted(os.listdir(str(fs))) == before
+
+
+def test_14_render_that_fills_the_disk_midway_is_one_line_and_nothing_left(small_fs, tool_tubs, tiny_pilot_path):
+    """Room for the video's first frames only: the VideoWriter opens, then fails silently; render used
+    to exit 0 with a truncated .mp4."""
+    fs = small_fs("full", free=64 * 1024)
+    before = sorted(os.listdir(str(fs)))
+    line = assert_one_line_exit_2(run_cli("render", tool_tubs["tub"], "--model", tiny_pilot_path, "--backend",
+                                          "onnxruntime", "--out", fs / "review.mp4", "--scale", "4"), "render")
+    assert "disk full" in line and sorted(os.listdir(str(fs))) == before
 
 
 VIDEO_STATE = """JSON.stringify((function () {
