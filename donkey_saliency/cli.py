@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from .errors import InputError, SaliencyError
+from .errors import InputError, SaliencyError, first_line
 
 EXIT_BAD_INPUT = 2
 
@@ -17,6 +17,12 @@ def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for name in ("tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _os_error_line(error):
+    """'cannot write /x/y: No space left on device' from an OSError (its class name without strerror)."""
+    reason = error.strerror or first_line(error)
+    return "%s: %s" % (error.filename, reason) if error.filename else reason
 
 
 def read_image(path):
@@ -57,9 +63,10 @@ def _add_mask(sub):
 def cmd_mask(args):
     from . import load
     from .errors import ModelError
-    from .overlay import overlay
+    from .overlay import check_style, overlay
     from .tub import write_png
 
+    check_style(args.alpha, args.colormap)  # before anything is computed or written
     if not os.path.exists(args.model):
         raise ModelError("model file not found: %s" % args.model)
     # Read every image first: a bad one fails before anything is written.
@@ -274,7 +281,8 @@ def cmd_backfill(args):
 def _add_render(sub):
     p = sub.add_parser("render", help="review video: camera | saliency, user vs pilot steering and throttle")
     p.add_argument("tub")
-    p.add_argument("--out", required=True, help="FILE.mp4")
+    p.add_argument("--out", required=True, help="FILE.webm (VP8: plays in browsers) or FILE.mp4 (MPEG-4 Part 2: "
+                                                "plays in VLC/ffplay, not in browsers)")
     p.add_argument("--model", help="pilot file: computes saliency when the tub has none, and the pilot's "
                                    "steering/throttle when the tub has no pilot/angle")
     p.add_argument("--start", type=int, help="first record index (default: the first)")
@@ -365,15 +373,12 @@ def _add_review(sub):
 
 
 def cmd_review(args):
-    from .review import KERAS_SUFFIXES
+    from .overlay import check_style
     from .review_web import Review, serve
-
-    from .overlay import COLORMAPS
 
     if not 0 <= args.port < 65536:
         raise InputError("--port must be between 0 and 65535")
-    if args.colormap not in COLORMAPS:
-        raise InputError("unknown colormap %r (choose from: %s)" % (args.colormap, ", ".join(COLORMAPS)))
+    check_style(args.alpha, args.colormap)
     review = Review(args.tub, writable=args.writable, alpha=args.alpha, colormap=args.colormap,
                     image_key=args.image_key)  # a bad tub fails before the model loads
     try:
@@ -384,10 +389,12 @@ def cmd_review(args):
             if not os.path.exists(args.model):
                 raise ModelError("model file not found: %s" % args.model)
             review.saliency = load(args.model, backend=args.backend).__enter__()
-            if not review.has_pilot_keys and args.model.lower().rstrip("/").endswith(KERAS_SUFFIXES):
+            if not review.has_pilot_keys:
                 from .review import PilotPredictor
 
-                review.compute_pilot(PilotPredictor(args.model))  # the pilot's values, for the timeline
+                predictor = PilotPredictor.for_model(args.model)  # None (logged) where it cannot run the file
+                if predictor is not None:
+                    review.compute_pilot(predictor)  # the pilot's values, for the timeline
 
         def ready(url):
             print("review of %s (%d records): %s" % (review.index.path, len(review.index), url), flush=True)
@@ -425,6 +432,9 @@ def main(argv=None):
         return handler(args) or 0
     except SaliencyError as error:
         print("donkey-saliency %s: %s" % (args.command, error), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:  # a read-only or full filesystem, a missing permission: the outputs are cleaned up
+        print("donkey-saliency %s: %s" % (args.command, _os_error_line(error)), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("donkey-saliency %s: interrupted" % args.command, file=sys.stderr)

@@ -16,6 +16,7 @@ DEFAULTS = dict(
     SALIENCY_MAX_FPS=0,              # 0: as fast as frames arrive
     SALIENCY_WEB=True,               # routes /saliency, /saliency/video, /saliency/stats on the web UI
     SALIENCY_JPEG_QUALITY=80,
+    SALIENCY_MAX_VIEWERS=16,         # /saliency/video + /saliency/camera clients at once (more get 503)
     SALIENCY_DRIVE_VIEW=False,       # start with the overlay in /drive's video
     SALIENCY_TOGGLE_BUTTON="w5",     # web button that toggles it (w1..w5), None for none
     SALIENCY_RECORD=True,            # add saliency keys to the TubWriter

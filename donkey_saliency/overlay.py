@@ -1,7 +1,23 @@
 """Pure functions from a mask to a picture: colour, blend, resize. No state, no I/O."""
 import numpy as np
 
+from .errors import InputError
+
 COLORMAPS = ("jet", "inferno", "magma", "viridis", "turbo", "hot", "plasma", "gray")
+
+
+def check_style(alpha, colormap):
+    """``(alpha, colormap)`` as the drawing functions take them, or InputError naming the bad value:
+    alpha is the heat map's weight in [0, 1], colormap one of ``COLORMAPS``."""
+    try:
+        weight = float(alpha)
+    except (TypeError, ValueError):
+        weight = float("nan")
+    if not 0.0 <= weight <= 1.0:  # NaN fails too
+        raise InputError("alpha must be between 0 and 1 (the heat map's weight), not %r" % (alpha,))
+    if colormap not in COLORMAPS:
+        raise InputError("unknown colormap %r (choose from: %s)" % (colormap, ", ".join(COLORMAPS)))
+    return weight, colormap
 
 
 def _cv2_colormap(name):

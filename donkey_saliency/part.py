@@ -35,35 +35,64 @@ frame_time, done_time  time.monotonic() when the frame arrived / the overlay was
 
 
 class _Faults(object):
-    """Logs each distinct fault once, and once more when good frames return."""
+    """Fault counting and logging that cannot flood the log, whatever the pattern of faults.
+
+    Each cause is logged at most once per ``repeat_s`` seconds (the line after a quiet spell says how
+    many more happened meanwhile); the rest are only counted. A logged fault is declared over - one
+    INFO line - after ``recover_after`` consecutive good frames, so faults on every frame, or on every
+    third, give one WARNING, not one per frame."""
+
+    recover_after = 20
+    repeat_s = 60.0
 
     def __init__(self):
-        self.active = set()
         self.total = 0
+        self._lock = threading.Lock()  # the loop thread and the worker both report
+        self._logged_at = {}  # cause -> when its last WARNING was written
+        self._unlogged = collections.Counter()  # cause -> faults counted since that WARNING
+        self._active = set()  # causes WARNed about and not yet declared over
+        self._good = 0  # consecutive good frames
 
     def report(self, cause, message, *args):
-        self.total += 1
-        if cause not in self.active:
-            self.active.add(cause)
-            logger.warning("saliency: " + message + " (logged once until it recovers)", *args)
+        now = time.monotonic()
+        with self._lock:
+            self.total += 1
+            self._good = 0
+            last = self._logged_at.get(cause)
+            if last is not None and now - last < self.repeat_s:
+                self._unlogged[cause] += 1
+                return
+            more = self._unlogged.pop(cause, 0)
+            self._logged_at[cause] = now
+            self._active.add(cause)
+        suffix = " (%d more since the last report)" % more if more else ""
+        logger.warning("saliency: " + message + " (counted in /saliency/stats; repeats logged at most once a "
+                       "minute)" + suffix, *args)
 
-    def recovered(self):
-        if self.active:
-            logger.info("saliency: recovered (%s)", ", ".join(sorted(self.active)))
-            self.active.clear()
+    def good_frame(self):
+        with self._lock:
+            if not self._active:
+                return
+            self._good += 1
+            if self._good < self.recover_after:
+                return
+            causes = sorted(self._active)
+            self._active.clear()
+        logger.info("saliency: recovered (%s)", ", ".join(causes))
 
 
 class SaliencyPart(object):
     """Threaded part. Inputs: the pilot's image (and optionally a fallback image key).
     Outputs: see ``OUTPUTS``. Options: alpha, colormap, max_fps, cache_dir, backend_options."""
 
+    shutdown_join_s = 5.0  # how long shutdown() waits for the worker to finish its frame and close the backend
+
     def __init__(self, model_path, backend="auto", alpha=0.5, colormap="jet", max_fps=0, cache_dir=None,
                  backend_options=None):
         self.model_path = model_path
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})
-        self.alpha = float(alpha)
-        self.colormap = colormap
+        self.alpha, self.colormap = _style_or_default(alpha, colormap)
         self.min_period = 1.0 / max_fps if max_fps else 0.0
         self.graph = None
         self.backend = None
@@ -74,9 +103,11 @@ class SaliencyPart(object):
         self._wake = threading.Condition()
         self._pending = None  # (frame, arrival time) not yet taken by the worker
         self._in_flight = False  # the worker is processing a frame it took
-        self._latest = None  # SaliencyResult
-        self._outputs = (None, None, 0.0, NO_MASK_LAG_MS)
+        # (SaliencyResult, outputs): one tuple, replaced whole by the worker, so a reader never pairs a
+        # new result with an old overlay.
+        self._state = (None, (None, None, 0.0, NO_MASK_LAG_MS))
         self._running = True
+        self._worker = None  # the thread running update(), once it runs
         self._dropped = 0
         self._processed = 0
         self._received = 0
@@ -103,7 +134,7 @@ class SaliencyPart(object):
 
     @property
     def latest(self):
-        return self._latest
+        return self._state[0]
 
     @property
     def layer_names(self):
@@ -123,13 +154,14 @@ class SaliencyPart(object):
             backend=self.backend_description,
             model=os.path.basename(str(self.model_path).rstrip("/")),
             layers=self.layer_names,
-            status="disabled: " + self.error if self.error else ("running" if self._latest else "starting"),
+            status="disabled: " + self.error if self.error else ("running" if self.latest else "starting"),
         )
 
     # --- the drive loop's side ----------------------------------------------------------------
     def run_threaded(self, image=None, fallback=None):
-        """Never blocks, never raises. ``fallback`` is used when ``image`` is None (e.g. the
-        transformed image does not exist in user mode)."""
+        """Never blocks, never raises, and does O(1) work whatever the frame's size: it hands the
+        frame's reference to the worker, which copies and resizes it. ``fallback`` is used when
+        ``image`` is None (e.g. the transformed image does not exist in user mode)."""
         try:
             frame = image if image is not None else fallback
             now = time.monotonic()
@@ -137,7 +169,7 @@ class SaliencyPart(object):
                 with self._wake:
                     if self._pending is not None:
                         self._dropped += 1
-                    self._pending = (np.array(frame, copy=True), now)
+                    self._pending = (frame, now)
                     self._received += 1
                     self._wake.notify()
             elif frame is None:
@@ -145,13 +177,13 @@ class SaliencyPart(object):
             return self._outputs_for(frame, now)
         except Exception as error:  # pragma: no cover - the car must keep going whatever happens
             self._faults.report("run_threaded", "run_threaded failed: %s", error)
-            return self._outputs
+            return self._state[1]
 
     def _outputs_for(self, frame, now):
-        latest = self._latest
+        latest, outputs = self._state
         if latest is None:
             return self._placeholder(frame)
-        overlay_image, mask_u8, latency_ms, _ = self._outputs
+        overlay_image, mask_u8, latency_ms, _ = outputs
         lag_ms = round((now - latest.frame_time) * 1000.0, 2)
         return overlay_image, mask_u8, latency_ms, lag_ms
 
@@ -162,8 +194,8 @@ class SaliencyPart(object):
 
         try:
             picture = to_rgb(as_uint8_image(frame))
-        except InputError:
-            return self._outputs
+        except Exception:  # a bad frame: the worker counts and logs it once, not the loop thread too
+            return self._state[1]
         mask_hw = self.graph.input_hw if self.graph is not None else picture.shape[:2]
         return picture, np.zeros(mask_hw, dtype=np.uint8), 0.0, NO_MASK_LAG_MS
 
@@ -172,12 +204,14 @@ class SaliencyPart(object):
         frame = image if image is not None else fallback
         if frame is not None and self.graph is not None:
             self._received += 1
-            self._process(np.asarray(frame), time.monotonic())
+            self._process_guarded(frame, time.monotonic())
         return self._outputs_for(frame, time.monotonic())
 
     # --- the worker's side --------------------------------------------------------------------
     def update(self):
-        """Worker thread body. Catches everything: an exception here would silently kill the thread."""
+        """Worker thread body. Nothing may end it but shutdown(): each frame is processed under a
+        catch-all, and should the loop itself fail, stats() says the part is disabled and why."""
+        self._worker = threading.current_thread()
         try:
             while self._running:
                 with self._wake:
@@ -190,11 +224,23 @@ class SaliencyPart(object):
                     self._pending = None
                     self._in_flight = True
                 started = time.monotonic()
-                self._process(frame, arrived)
+                self._process_guarded(frame, arrived)
                 if self.min_period:
                     time.sleep(max(0.0, self.min_period - (time.monotonic() - started)))
+        except BaseException as error:  # pragma: no cover - only a bug here; say so instead of "running"
+            self.error = "the saliency worker stopped: %s" % (error,)
+            logger.error("saliency: %s", self.error)
+            raise
         finally:
+            with self._wake:
+                self._in_flight = False
             self._close_backend()
+
+    def _process_guarded(self, frame, arrived):
+        try:
+            self._process(frame, arrived)
+        except Exception as error:
+            self._faults.report("worker:%s" % type(error).__name__, "processing a frame failed: %s", error)
 
     def _ensure_backend(self):
         if self.backend is not None:
@@ -216,10 +262,11 @@ class SaliencyPart(object):
         from .api import as_uint8_image, fit_to_model
 
         try:
-            picture_base = as_uint8_image(frame)
+            # Our own copy: the car's frame is only borrowed (run_threaded passed its reference).
+            picture_base = np.array(as_uint8_image(frame), copy=True)
             model_frame = fit_to_model(picture_base, self.graph.input_shape)
         except InputError as error:
-            self._faults.report("input:%s" % error, "bad frame: %s", error)
+            self._faults.report("input", "bad frame: %s", error)
             return
         try:
             started = time.monotonic()
@@ -227,24 +274,42 @@ class SaliencyPart(object):
             infer_ms = (time.monotonic() - started) * 1000.0
             mask = outputs[self.graph.mask_name][0]
             means = [outputs[name][0] for name in self.graph.mean_names]
-            picture = overlay(picture_base, mask, self.alpha, self.colormap)
         except Exception as error:
             self._faults.report("infer:%s" % type(error).__name__, "inference failed: %s", error)
             return
+        if not np.all(np.isfinite(mask)):
+            self._faults.report("nan", "the mask holds NaN or infinite values; frame skipped")
+            return
+        means = self._checked_means(means)
+        picture = overlay(picture_base, mask, self.alpha, self.colormap)
         done = time.monotonic()
         self._processed += 1
         result = SaliencyResult(self._processed, to_rgb(picture_base), picture, mask, means, arrived, done,
                                 (done - arrived) * 1000.0, infer_ms)
         self._timings.append((done, result.latency_ms, infer_ms))
-        self._latest = result
-        self._outputs = (picture, mask_to_uint8(mask), round(result.latency_ms, 2), 0.0)
-        self._faults.recovered()
+        self._state = (result, (picture, mask_to_uint8(mask), round(result.latency_ms, 2), 0.0))
+        good = True
         for callback in list(self._listeners):
             try:
                 callback(result)
             except Exception as error:
+                good = False
                 self._faults.report("listener:%s" % getattr(callback, "__name__", callback),
                                     "a saliency listener failed: %s", error)
+        if good:
+            self._faults.good_frame()
+
+    def _checked_means(self, means):
+        """Each layer's averaged map, or None (counted as a fault) where it is not a non-empty 2-D map."""
+        checked = []
+        for index, level_map in enumerate(means):
+            level_map = np.asarray(level_map)
+            if level_map.ndim != 2 or level_map.size == 0:
+                self._faults.report("layer:%d" % index, "layer %d's averaged map has shape %s, not (h, w)",
+                                    index, level_map.shape)
+                level_map = None
+            checked.append(level_map)
+        return checked
 
     def _close_backend(self):
         if self.backend is not None:
@@ -255,7 +320,27 @@ class SaliencyPart(object):
             self.backend = None
 
     def shutdown(self):
-        """Ends the worker (which closes the backend in its own thread: CUDA contexts are per thread)."""
+        """Ends the worker and waits (bounded) for it: the worker closes the backend in its own thread
+        (CUDA contexts are per thread). Without a worker (unthreaded use) the backend is closed here."""
         self._running = False
         with self._wake:
             self._wake.notify_all()
+        worker = self._worker
+        if worker is None:
+            self._close_backend()
+        elif worker is not threading.current_thread():
+            worker.join(self.shutdown_join_s)
+            if worker.is_alive():
+                logger.warning("saliency: the worker did not stop within %.0f s; leaving it (a daemon thread)",
+                               self.shutdown_join_s)
+
+
+def _style_or_default(alpha, colormap):
+    """A bad SALIENCY_ALPHA / SALIENCY_COLORMAP is logged and replaced by the default: never a stopped car."""
+    from .overlay import check_style
+
+    try:
+        return check_style(alpha, colormap)
+    except InputError as error:
+        logger.error("saliency: %s; using alpha 0.5 and colormap jet", error)
+        return check_style(0.5, "jet")

@@ -1,8 +1,8 @@
 """Looking back at a drive: the review video, the layer grid and the dead-filter report.
 
-- ``render``: an MP4 of camera | overlay side by side with user vs pilot steering and throttle,
-  record index and mode under them. Uses the overlay recorded in the tub, or computes it with the
-  pilot when the tub has none.
+- ``render``: a video (.webm plays in browsers, .mp4 in players) of camera | overlay side by side
+  with user vs pilot steering and throttle, record index and mode under them. Uses the overlay
+  recorded in the tub, or computes it with the pilot when the tub has none.
 - ``layer_grid``: every conv layer's feature maps for one image, labelled (layer, output size,
   filter index), with each layer's averaged map and the final mask - what ``donkey
   cnnactivations`` shows, and the VisualBackProp steps on top.
@@ -12,18 +12,26 @@
 Pictures are plain uint8 RGB arrays drawn with OpenCV; files are written to a temp name and renamed.
 """
 import collections
+import contextlib
+import logging
 import os
+import sys
 
 import numpy as np
 
 from .errors import InputError, ModelError
+from .pilots import KERAS_SUFFIXES
 from .tub import CAMERA_KEY, LAG_KEY, OVERLAY_KEY, Progress, open_tub, read_rgb, write_png
 
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 WHITE, GREY, DARK = (255, 255, 255), (150, 150, 150), (30, 30, 30)
 USER_COLOR, PILOT_COLOR = (60, 200, 60), (70, 140, 255)  # green / blue, as makemovie draws them
 RED, ORANGE, YELLOW = (255, 60, 60), (255, 165, 0), (255, 230, 120)
-KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+# Review video containers: .webm (VP8) plays in browsers; .mp4 is MPEG-4 Part 2, since OpenCV's wheels
+# carry no H.264 encoder: it plays in VLC and ffplay, not in Chromium or Firefox.
+VIDEO_CODECS = {".webm": "VP80", ".mp4": "mp4v"}
+
+logger = logging.getLogger(__name__)
 
 
 def _text(image, text, org, scale=0.45, color=WHITE, thickness=1):
@@ -62,43 +70,111 @@ def _open_saliency(model, backend, features=False):
 # --------------------------------------------------------------------------------------------
 # Pilot predictions (for the video's "pilot" bars when the tub has no pilot/angle)
 
-class PilotPredictor(object):
-    """The pilot's steering and throttle for frames, from the Keras model itself.
+def linear_unbin(arr, N=15, offset=-1, R=2.0):
+    """donkeycar's ``utils.linear_unbin``, to the letter: a one-hot (or softmax) array -> the value of
+    its largest bin. KerasCategorical decodes steering with the defaults and throttle with
+    ``N=20, offset=0, R=throttle_range`` (0.5 by default)."""
+    return float(np.argmax(arr) * (R / (N + offset)) + offset)
 
-    Linear pilots give both directly; categorical ones are decoded like donkeycar's
-    ``linear_unbin`` (15 steering bins over [-1, 1], 20 throttle bins over [0, 0.5], its default
-    throttle range). Other output layouts give no values."""
+
+CATEGORICAL_THROTTLE_RANGE = 0.5  # donkeycar's KerasCategorical default (cfg.MODEL_CATEGORICAL_MAX_THROTTLE_RANGE)
+
+
+def decode_pilot_outputs(values):
+    """A pilot's outputs for one frame -> (angle, throttle), or None for layouts we cannot read:
+    linear (two scalars, or one pair) and categorical (15 steering bins, 20 throttle bins)."""
+    flat = [np.ravel(v) for v in values]
+    if len(flat) == 1 and flat[0].size == 2:
+        return float(flat[0][0]), float(flat[0][1])
+    if len(flat) >= 2 and flat[0].size == 1 and flat[1].size == 1:
+        return float(flat[0][0]), float(flat[1][0])
+    if len(flat) >= 2 and flat[0].size == 15 and flat[1].size == 20:
+        return (linear_unbin(flat[0]),
+                linear_unbin(flat[1], N=20, offset=0.0, R=CATEGORICAL_THROTTLE_RANGE))
+    return None
+
+
+class KerasPilotPredictor(object):
+    """The pilot's steering and throttle for frames, from a Keras file (.h5 / .keras)."""
 
     def __init__(self, model_path):
         from .pilots.reference import keras_model
 
         self.model = keras_model(model_path)
-        shape = self.model.inputs[0].shape
-        self.input_hw = (int(shape[1]), int(shape[2]))
+        self.input_shape = tuple(int(d) for d in self.model.inputs[0].shape[1:])
         self.usable = len(self.model.inputs) == 1
+
+    def outputs(self, x):
+        outputs = self.model(x, training=False)
+        outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+        return [[o[i] for o in outputs] for i in range(len(x))]
+
+
+def tflite_interpreter_class():
+    """tflite_runtime's Interpreter where installed (the car), else TensorFlow's; None without either."""
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+        return tf.lite.Interpreter
+    except ImportError:
+        return None
+
+
+class TflitePilotPredictor(object):
+    """The same from a .tflite file, run the way donkeycar's ``TfLite`` interpreter runs it: the
+    ``serving_default`` signature, outputs in the signature's order."""
+
+    def __init__(self, model_path, interpreter_class):
+        self.interpreter = interpreter_class(model_path=model_path)
+        signature = self.interpreter.get_signature_list()["serving_default"]
+        self.runner = self.interpreter.get_signature_runner()
+        self.input_keys = list(signature["inputs"])
+        self.output_keys = list(signature["outputs"])
+        self.usable = len(self.input_keys) == 1
+        self.input_shape = tuple(int(d) for d in self.interpreter.get_input_details()[0]["shape"][1:])
+
+    def outputs(self, x):
+        results = []
+        for frame in x:
+            out = self.runner(**{self.input_keys[0]: frame[None].astype(np.float32)})
+            results.append([np.asarray(out[k][0]) for k in self.output_keys])
+        return results
+
+
+class PilotPredictor(object):
+    """The pilot's (angle, throttle) for frames (uint8 RGB, any size), from any pilot file whose
+    outputs the review can read: Keras (.h5/.keras) or .tflite. ``for_model`` returns None (and logs
+    one line) where it cannot run the file; the video then says "pilot n/a"."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    @classmethod
+    def for_model(cls, model_path):
+        path = str(model_path).lower().rstrip("/")
+        if path.endswith(KERAS_SUFFIXES):
+            return cls(KerasPilotPredictor(model_path))
+        if path.endswith(".tflite"):
+            interpreter_class = tflite_interpreter_class()
+            if interpreter_class is None:
+                logger.warning("pilot bars n/a: running %s needs tflite_runtime or tensorflow", model_path)
+                return None
+            return cls(TflitePilotPredictor(model_path, interpreter_class))
+        logger.warning("pilot bars n/a: the review runs Keras and .tflite pilots, not %s", model_path)
+        return None
 
     def predict(self, frames):
         """[(angle, throttle)] or [None] per frame."""
-        if not self.usable or not len(frames):
+        if not self.runner.usable or not len(frames):
             return [None] * len(frames)
         from .api import fit_to_model
 
-        shape = tuple(int(d) for d in self.model.inputs[0].shape[1:])
-        x = np.stack([fit_to_model(f, shape) for f in frames]).astype(np.float32) / 255.0
-        outputs = self.model(x, training=False)
-        outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
-        return [self._decode([o[i] for o in outputs]) for i in range(len(frames))]
-
-    @staticmethod
-    def _decode(values):
-        flat = [np.ravel(v) for v in values]
-        if len(flat) == 1 and flat[0].size == 2:
-            return float(flat[0][0]), float(flat[0][1])
-        if len(flat) >= 2 and flat[0].size == 1 and flat[1].size == 1:
-            return float(flat[0][0]), float(flat[1][0])
-        if len(flat) >= 2 and flat[0].size == 15 and flat[1].size == 20:
-            return (float(np.argmax(flat[0]) * (2.0 / 14.0) - 1.0), float(np.argmax(flat[1]) * (0.5 / 19.0)))
-        return None
+        x = np.stack([fit_to_model(f, self.runner.input_shape) for f in frames]).astype(np.float32) / 255.0
+        return [decode_pilot_outputs(values) for values in self.runner.outputs(x)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +256,10 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
 
     from .overlay import overlay
 
-    _check_output(out_path, force, (".mp4",))
+    from .overlay import check_style
+
+    _check_output(out_path, force, tuple(VIDEO_CODECS))
+    alpha, colormap = check_style(alpha, colormap)
     if fps <= 0:
         raise InputError("--fps must be positive")
     if scale < 1:
@@ -210,9 +289,10 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
     has_pilot = "pilot/angle" in types or "pilot/throttle" in types
     predictor = None
     try:
-        if model_path and not has_pilot and model_path.lower().rstrip("/").endswith(KERAS_SUFFIXES):
-            predictor = PilotPredictor(model_path)
-        tmp = _temp_beside(out_path, ".mp4")
+        if model_path and not has_pilot:
+            predictor = PilotPredictor.for_model(model_path)
+        suffix = os.path.splitext(out_path)[1].lower()
+        tmp = _temp_beside(out_path, suffix)
         writer = None
         written, size = 0, None
         bar = Progress(len(entries), "render", enabled=bool(progress),
@@ -238,9 +318,12 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                                           note="saliency (recorded)" if recorded else "saliency (computed)")
                     if writer is None:
                         size = (frame.shape[1], frame.shape[0])
-                        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
+                        with _quiet_stderr():  # FFmpeg's note that WebM has no codec tags: noise to a user
+                            writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[suffix]),
+                                                     float(fps), size)
                         if not writer.isOpened():
-                            raise InputError("OpenCV cannot write MP4 (mp4v) video here")
+                            raise InputError("OpenCV could not start writing %s (%s video): is the disk full?"
+                                             % (out_path, VIDEO_CODECS[suffix]))
                     if (frame.shape[1], frame.shape[0]) != size:
                         frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
                     writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
@@ -248,6 +331,7 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                 bar.update(len(chunk))
             writer.release()
             writer = None
+            _check_video(tmp, written, out_path)
             bar.close()
             os.replace(tmp, out_path)
         except BaseException:
@@ -260,6 +344,38 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
         if saliency is not None:
             saliency.close()
     return RenderResult(out_path, written, size, fps, not recorded)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silences what OpenCV and FFmpeg print straight to file descriptor 2 (no logging switch reaches it)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _check_video(path, frames, out_path):
+    """InputError unless the file at ``path`` decodes to ``frames`` frames: OpenCV's VideoWriter
+    reports no write errors, so a full disk would otherwise give a truncated, unplayable file."""
+    import cv2
+
+    decoded = 0
+    with _quiet_stderr():  # FFmpeg's own complaints about a broken file: our one line says it
+        capture = cv2.VideoCapture(path)
+        try:
+            while decoded < frames and capture.grab():
+                decoded += 1
+        finally:
+            capture.release()
+    if decoded != frames:
+        raise InputError("writing %s failed: %d of %d frames could be read back (is the disk full?)"
+                         % (out_path, decoded, frames))
 
 
 def _temp_beside(path, suffix):
@@ -369,7 +485,10 @@ def layer_grid(saliency, rgb, colormap="jet", width=GRID_WIDTH):
 
 
 def write_layer_grid(model_path, image_path, out_path, backend="auto", colormap="jet", force=False):
+    from .overlay import check_style
+
     _check_output(out_path, force, (".png",))
+    check_style(0.5, colormap)
     rgb = read_rgb(image_path)
     saliency = _open_saliency(model_path, backend, features=True)
     try:

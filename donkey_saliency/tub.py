@@ -193,6 +193,9 @@ def read_v2_manifest(path):
         catalogs["max_len"] = int(catalogs.get("max_len", CATALOG_MAX_LEN))
     except (ValueError, KeyError, TypeError, AttributeError):
         raise InputError("%s: manifest.json is not a donkeycar tub manifest" % path)
+    if catalogs["max_len"] < 1:
+        raise InputError("%s: manifest.json's max_len is %d; records per catalog must be at least 1"
+                         % (path, catalogs["max_len"]))
     if len(inputs) != len(types):
         raise InputError("%s: manifest.json lists %d inputs but %d types" % (path, len(inputs), len(types)))
     return inputs, types, metadata, manifest_metadata, catalogs
@@ -203,7 +206,7 @@ def v2_catalog_lines(path, catalog_paths, start=(0, 0), complete_only=False):
     catalogs, from ``start`` = (catalog number, byte offset) on. ``complete_only``: stop at a last
     line without its newline (a tub being written), so a later call from there reads it whole."""
     for number in range(start[0], len(catalog_paths)):
-        catalog = os.path.join(path, catalog_paths[number])
+        catalog = inside(path, catalog_paths[number], "catalog")
         if not os.path.isfile(catalog):
             raise InputError("%s: catalog %s listed in manifest.json is missing" % (path, catalog_paths[number]))
         with open(catalog, "rb") as handle:
@@ -228,7 +231,8 @@ def parse_v2_line(line):
 
 def v2_image_paths(path, image_keys, record):
     images_dir = os.path.join(path, "images")
-    return {k: os.path.join(images_dir, record[k]) for k in image_keys if isinstance(record.get(k), str)}
+    return {k: inside(images_dir, record[k], "record %s's %s" % (record.get("_index"), k)) for k in image_keys
+            if isinstance(record.get(k), str)}
 
 
 def read_v1_meta(path):
@@ -289,7 +293,8 @@ def read_v1_record(path, number, index, start_ms, session):
 
 
 def v1_image_paths(path, image_keys, record):
-    return {k: os.path.join(path, record[k]) for k in image_keys if isinstance(record.get(k), str)}
+    return {k: inside(path, record[k], "record %s's %s" % (record.get("_index"), k)) for k in image_keys
+            if isinstance(record.get(k), str)}
 
 
 def _read_v1(path):
@@ -309,6 +314,16 @@ def _read_v1(path):
     manifest_metadata = {"created_at": time.time(),
                          "sessions": {"all_full_ids": [session], "last_id": 0, "last_full_id": session}}
     return SourceTub(path, 1, inputs, types, metadata, manifest_metadata, CATALOG_MAX_LEN, entries)
+
+
+def inside(root, name, what):
+    """``root/name``, or InputError when ``name`` (from a tub's own files: hostile until checked)
+    leads out of ``root`` - an absolute path, ``..``, or a link pointing elsewhere."""
+    target = os.path.join(root, name)
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(target)]) != real_root:
+        raise InputError("%s: %s path %r leads outside the tub; refusing it" % (root, what, name))
+    return target
 
 
 def camera_image_paths(path, key=CAMERA_KEY):
@@ -529,7 +544,10 @@ def read_rgb(path):
 def decode_image(data, source):
     import cv2
 
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:  # cv2.imdecode raises on an empty buffer (a 0-byte file) and returns None on other junk
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if len(data) else None
+    except cv2.error:
+        image = None
     if image is None:
         raise InputError("not a readable image: %s" % source)
     if image.ndim == 3 and image.shape[2] == 4:
@@ -579,6 +597,8 @@ class TubV2Writer(object):
         self.metadata = dict(metadata or {})
         self.manifest_metadata = dict(manifest_metadata or {"created_at": time.time()})
         self.max_len = int(max_len)
+        if self.max_len < 1:
+            raise InputError("records per catalog (max_len) must be at least 1, not %d" % self.max_len)
         self.images_dir = os.path.join(path, "images")
         os.makedirs(self.images_dir, exist_ok=True)
         self.count = 0
@@ -645,8 +665,8 @@ class Progress(object):
         self.enabled = enabled
         self.done = 0
         self.started = time.monotonic()
-        self._drawn = 0.0
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._drawn = 0.0 if self._tty else self.started  # in a log, the first line after 5 s, not at once
 
     @property
     def rate(self):
@@ -687,6 +707,70 @@ def partial_path(out_path):
     """The hidden directory a backfill writes into before the final rename."""
     parent, name = os.path.split(os.path.abspath(out_path).rstrip(os.sep))
     return os.path.join(parent, ".%s.partial" % name)
+
+
+class OutputLock(object):
+    """An exclusive claim on an output path: ``.NAME.lock`` beside it, created with O_EXCL and
+    holding the owner's pid, removed on release. A lock whose process is gone is taken over."""
+
+    def __init__(self, out_path):
+        parent, name = os.path.split(os.path.abspath(out_path).rstrip(os.sep))
+        self.path = os.path.join(parent, ".%s.lock" % name)
+        self.out_path = out_path
+        self._held = False
+
+    def acquire(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None or _process_exists(holder):  # (no pid yet: it is being created)
+                    raise InputError("another run (pid %s) is writing %s; wait for it, or choose another --out "
+                                     "(its lock: %s)" % (holder or "?", self.out_path, self.path))
+                logger.info("taking over %s: its process %d is gone", self.path, holder)
+                os.unlink(self.path)
+                continue
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write("%d\n" % os.getpid())
+            except OSError:  # e.g. a full disk: no lock left behind
+                os.unlink(self.path)
+                raise
+            self._held = True
+            return self
+        raise InputError("could not lock %s (%s keeps reappearing)" % (self.out_path, self.path))
+
+    def _holder(self):
+        try:
+            with open(self.path, "r") as handle:
+                return int(handle.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self):
+        if self._held:
+            self._held = False
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_threads():
@@ -835,11 +919,17 @@ def backfill(tub_path, model_path=None, out_path=None, batch=64, backend="auto",
     if int(batch) < 1:
         raise InputError("--batch must be at least 1")
     source.check_images()
-    from .overlay import COLORMAPS
+    from .overlay import check_style
 
-    if colormap not in COLORMAPS:
-        raise InputError("unknown colormap %r (choose from: %s)" % (colormap, ", ".join(COLORMAPS)))
+    alpha, colormap = check_style(alpha, colormap)
+    # Before anything is written or removed: a second run to the same --out must not touch the first's copy.
+    with OutputLock(out_path):
+        return _backfill_locked(source, model_path, out_path, batch, backend, image_key, alpha, colormap, workers,
+                                threads, progress, saliency)
 
+
+def _backfill_locked(source, model_path, out_path, batch, backend, image_key, alpha, colormap, workers, threads,
+                     progress, saliency):
     own = saliency is None
     if own:
         from . import load

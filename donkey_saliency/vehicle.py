@@ -56,6 +56,7 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
 
         web = attach_web(web_controller, part, jpeg_quality=s["SALIENCY_JPEG_QUALITY"],
                          drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"],
+                         max_viewers=s["SALIENCY_MAX_VIEWERS"],
                          review_tub=lambda: tub_being_written(V))  # the TubWriter is added after us
         toggle = web.drive_view  # the toggle the /saliency page flips; must run after UserPilotCondition
         V.add(toggle, inputs=toggle.inputs, outputs=toggle.outputs)

@@ -11,6 +11,12 @@
     POST|PUT  /saliency/drive_view      body ``{"on": true|false}`` sets, an empty body flips the
                                         overlay in /drive's video; replies ``{"drive_view": bool}``
 
+Requests are hostile until checked. /saliency/drive_view refuses a body over ``MAX_BODY_BYTES``
+before reading it (413; it is parsed by one fixed pattern, never by a JSON parser: ``import
+donkeycar`` raises the recursion limit, and a deep body would crash the car's process) and refuses
+a foreign ``Origin``/``Referer`` (403, see ``same_origin``). The streams take at most ``max_viewers``
+clients together (503 beyond) and drop a client that has not taken a frame for ``stall_s`` seconds.
+
 Nothing from a request reaches the filesystem: the page is read from a fixed package file when
 ``attach_web`` runs, and the only request-derived value used is a layer index (digits, bounds-checked).
 
@@ -28,8 +34,11 @@ import collections
 import json
 import logging
 import os
+import re
 import threading
 import time
+
+from .config import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +46,9 @@ BOUNDARY = "saliencyframe"
 PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_static", "saliency.html")
 LAYER_DISPLAY_WIDTH = 160  # layer maps are a few cells wide: scale them up (nearest) so cells stay crisp
 WEB_BUTTONS = ("w1", "w2", "w3", "w4", "w5")
+MAX_BODY_BYTES = 1024  # /saliency/drive_view needs ~15 bytes
+DRIVE_VIEW_BODY = re.compile(br'^\s*\{\s*"on"\s*:\s*(true|false)\s*\}\s*$')
+STALL_S = 10.0  # a stream client that takes no frame for this long is dropped
 
 STATS_FIELDS = collections.OrderedDict([
     # from SaliencyPart.stats()
@@ -62,6 +74,9 @@ STATS_FIELDS = collections.OrderedDict([
     ("clients", "stream handlers running now (all streams)"),
     ("overlay_clients", "handlers running now on /saliency/video"),
     ("camera_clients", "handlers running now on /saliency/camera"),
+    ("max_viewers", "stream clients allowed at once, all streams together (more get 503)"),
+    ("refused", "stream clients refused because max_viewers were watching"),
+    ("stalled", "stream clients dropped for taking no frame within the stall time"),
     ("frames_sent", "multipart frames written to clients, all streams"),
     ("bytes_sent", "JPEG bytes written to clients, all streams"),
     ("jpeg_bytes", "size of the newest overlay JPEG; null while /saliency/video has no viewer"),
@@ -97,6 +112,8 @@ def layer_picture(level_map, colormap="inferno", width=LAYER_DISPLAY_WIDTH):
     from .overlay import colorize
 
     values = np.nan_to_num(np.asarray(level_map, dtype=np.float32))
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError("a layer map must be a non-empty (h, w) array, not shape %s" % (values.shape,))
     low, high = float(values.min()), float(values.max())
     normalised = (values - low) / (high - low) if high > low else np.zeros_like(values)
     picture = colorize(normalised, colormap)
@@ -199,10 +216,17 @@ class _Channel(object):
 class SaliencyWeb(object):
     """The web side of one ``SaliencyPart``: encodes, counts, and serves. See the module docstring."""
 
-    def __init__(self, ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5", page_file=PAGE_FILE):
+    def __init__(self, ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5", page_file=PAGE_FILE,
+                 max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S):
         quality = int(jpeg_quality)
         if not 1 <= quality <= 100:
             raise ValueError("SALIENCY_JPEG_QUALITY must be 1..100, not %r" % (jpeg_quality,))
+        if int(max_viewers) < 1:
+            raise ValueError("SALIENCY_MAX_VIEWERS must be at least 1, not %r" % (max_viewers,))
+        self.max_viewers = int(max_viewers)
+        self.stall_s = float(stall_s)
+        self.refused = 0  # IOLoop thread only, as are stalled and the counters below
+        self.stalled = 0
         self.ctr = ctr
         self.part = part
         self.jpeg_quality = quality
@@ -260,11 +284,15 @@ class SaliencyWeb(object):
     def layer_jpeg(self, index):
         """JPEG of layer ``index``'s map in the newest result; None when there is no such map yet."""
         latest = self.part.latest
-        if latest is None or not 0 <= index < len(latest.means):
-            return None
+        if latest is None or not 0 <= index < len(latest.means) or latest.means[index] is None:
+            return None  # (the part counted a malformed map as a fault and left None in its place)
         cached = self._layer_cache.get(index)
         if cached is None or cached.seq != latest.seq:
-            cached = Jpeg(latest.seq, jpeg_bytes(layer_picture(latest.means[index]), self.jpeg_quality))
+            try:
+                picture = layer_picture(latest.means[index])
+            except ValueError:
+                return None
+            cached = Jpeg(latest.seq, jpeg_bytes(picture, self.jpeg_quality))
             self._layer_cache[index] = cached
         return cached
 
@@ -279,9 +307,10 @@ class SaliencyWeb(object):
         newest = self.overlay.frame
         figures.update(
             seq=latest.seq if latest is not None else 0,
-            layer_shapes=[list(m.shape[:2]) for m in latest.means] if latest is not None else [],
-            clients=self.overlay.clients + self.camera.clients,
-            overlay_clients=self.overlay.clients, camera_clients=self.camera.clients,
+            layer_shapes=[list(m.shape[:2]) if m is not None else None for m in latest.means]
+            if latest is not None else [],
+            clients=self.clients, overlay_clients=self.overlay.clients, camera_clients=self.camera.clients,
+            max_viewers=self.max_viewers, refused=self.refused, stalled=self.stalled,
             frames_sent=self.frames_sent, bytes_sent=self.bytes_sent,
             jpeg_bytes=len(newest.data) if newest is not None else None,
             jpeg_quality=self.jpeg_quality,
@@ -289,6 +318,10 @@ class SaliencyWeb(object):
             drive_view=self.drive_view.on, toggle_button=self.drive_view.button,
         )
         return figures
+
+    @property
+    def clients(self):
+        return self.overlay.clients + self.camera.clients
 
     def routes(self):
         """(pattern, handler, kwargs) for ``Application.add_handlers``."""
@@ -309,18 +342,47 @@ class SaliencyWeb(object):
             channel.publish(None)
 
 
-def attach_web(ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5", review_tub=None):
+def attach_web(ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5",
+               max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S, review_tub=None):
     """Adds the saliency routes to a ``LocalWebController`` (call before ``V.start()``) and returns the
     ``SaliencyWeb``; add its ``drive_view`` part to the vehicle after ``UserPilotCondition``.
     ``review_tub`` (a tub path, or a callable giving the tub being written) also mounts the
     read-only review page at /saliency/review (review_web.py)."""
-    web = SaliencyWeb(ctr, part, jpeg_quality=jpeg_quality, drive_view=drive_view, toggle_button=toggle_button)
+    web = SaliencyWeb(ctr, part, jpeg_quality=jpeg_quality, drive_view=drive_view, toggle_button=toggle_button,
+                      max_viewers=max_viewers, stall_s=stall_s)
     ctr.add_handlers(r".*", web.routes())
     if review_tub is not None:
         from .review_web import mount
 
         mount(ctr, review_tub)
     return web
+
+
+def same_origin(headers, host):
+    """Whether a request may change the car's state: its ``Origin`` (or, without one, its ``Referer``)
+    names the host:port the request was sent to (``host``: its Host header). A request with neither
+    comes from a script or curl, not from another site's page (browsers send Origin with every
+    cross-site POST), so it is allowed: anyone who can reach the car can already drive it."""
+    from urllib.parse import urlsplit
+
+    claimed = headers.get("Origin") or headers.get("Referer")
+    if not claimed:
+        return True
+    try:
+        parts = urlsplit(claimed)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == (host or "").lower()
+
+
+def parse_drive_view(body):
+    """True/False from ``{"on": true|false}``, None for an empty body (flip); ValueError otherwise."""
+    if not body.strip():
+        return None
+    match = DRIVE_VIEW_BODY.match(body)
+    if match is None:
+        raise ValueError('expected {"on": true} or {"on": false}, or an empty body to flip')
+    return match.group(1) == b"true"
 
 
 def read_mjpeg_part(stream):
@@ -453,7 +515,9 @@ def _handlers():
 def _make_handlers():
     from tornado.iostream import StreamClosedError
     from tornado.locks import Event
-    from tornado.web import RequestHandler
+    from tornado.web import RequestHandler, stream_request_body
+    from tornado.gen import with_timeout
+    from tornado.util import TimeoutError as FlushTimeout
 
     class PageHandler(RequestHandler):
         def initialize(self, web):
@@ -488,25 +552,44 @@ def _make_handlers():
             self.set_header("X-Saliency-Seq", str(frame.seq))
             self.write(frame.data)
 
+    @stream_request_body
     class DriveViewHandler(RequestHandler):
+        """The body is streamed to us, so prepare() can refuse a large one before it is read."""
+
         def initialize(self, web):
             self.web = web
+            self.body = bytearray()
+
+        def prepare(self):
+            if not same_origin(self.request.headers, self.request.host):
+                self.refuse(403, "cross-origin request refused")
+                return
+            try:
+                length = int(self.request.headers.get("Content-Length", "0"))
+            except ValueError:
+                length = MAX_BODY_BYTES + 1
+            if length > MAX_BODY_BYTES:
+                self.refuse(413, "body over %d bytes" % MAX_BODY_BYTES)
+                return
+            self.request.connection.set_max_body_size(MAX_BODY_BYTES)  # chunked bodies: Tornado cuts them off
+
+        def refuse(self, status, message):
+            self.set_status(status)
+            self.set_header("Connection", "close")
+            self.finish({"error": message})
+
+        def data_received(self, chunk):
+            self.body.extend(chunk)
 
         def post(self):
             toggle = self.web.drive_view
-            body = self.request.body.strip()
-            if not body:
-                state = toggle.flip()
-            else:
-                try:
-                    wanted = json.loads(body.decode("utf-8")).get("on")
-                except (ValueError, AttributeError, UnicodeDecodeError):
-                    wanted = "bad"
-                if not isinstance(wanted, bool):
-                    self.set_status(400)
-                    self.write({"error": 'expected {"on": true} or {"on": false}, or an empty body to flip'})
-                    return
-                state = toggle.set(wanted)
+            try:
+                wanted = parse_drive_view(bytes(self.body))
+            except ValueError as error:
+                self.set_status(400)
+                self.write({"error": str(error)})
+                return
+            state = toggle.flip() if wanted is None else toggle.set(wanted)
             logger.info("saliency overlay in /drive: %s (from the web page)", "on" if state else "off")
             self.write({"drive_view": state})
 
@@ -520,6 +603,12 @@ def _make_handlers():
             self.closed = False
 
         async def get(self):
+            if self.web.clients >= self.web.max_viewers:
+                self.web.refused += 1
+                self.set_status(503)
+                self.set_header("Retry-After", "5")
+                self.write("saliency streams: %d viewers already (SALIENCY_MAX_VIEWERS)" % self.web.max_viewers)
+                return
             self.set_header("Content-Type", "multipart/x-mixed-replace; boundary=" + BOUNDARY)
             self.set_header("Cache-Control", "no-cache, no-store, must-revalidate")
             self.set_header("Pragma", "no-cache")
@@ -527,7 +616,7 @@ def _make_handlers():
             channel.wakers.add(self.waker)
             sent = None
             try:
-                await self.flush()  # headers now: the client knows the stream is there
+                await self.flush_or_drop()  # headers now: the client knows the stream is there
                 while not self.closed and not self.web.closing:
                     frame = channel.frame
                     if frame is not None and frame.seq != sent:
@@ -539,7 +628,7 @@ def _make_handlers():
                         sent = frame.seq
                         self.web.frames_sent += 1
                         self.web.bytes_sent += len(frame.data)
-                        await self.flush()  # a newer frame may arrive meanwhile: the loop checks again
+                        await self.flush_or_drop()  # a newer frame may arrive meanwhile: the loop checks again
                         continue
                     # No await between the check above and this wait: publish() runs on this same
                     # thread, so a frame cannot slip in unnoticed.
@@ -549,6 +638,19 @@ def _make_handlers():
                 pass
             finally:
                 channel.wakers.discard(self.waker)
+
+        async def flush_or_drop(self):
+            """flush(), but a client that takes nothing for stall_s is hung up on (StreamClosedError):
+            its handler would otherwise wait for it forever, holding a viewer's place."""
+            import datetime
+
+            try:
+                await with_timeout(datetime.timedelta(seconds=self.web.stall_s), self.flush(),
+                                   quiet_exceptions=(StreamClosedError,))
+            except FlushTimeout:
+                self.web.stalled += 1
+                self.request.connection.stream.close()
+                raise StreamClosedError()
 
         def on_connection_close(self):
             self.closed = True

@@ -208,7 +208,7 @@ def test_a_record_naming_a_file_outside_the_tub_gets_nothing(tmp_path):
     server = Served(path)
     try:
         status, error = server.json("/saliency/review/frame/1/camera.jpg")
-        assert status == 404 and "no cam/image_array" in error["error"]
+        assert status == 400 and "leads outside the tub" in error["error"]  # refused, never read
     finally:
         server.close()
 
@@ -453,7 +453,7 @@ def test_review_page_on_the_real_tub_with_the_real_pilot(tmp_path):
 
     server = Served(tub)
     server.review.saliency = donkey_saliency.load(pilot).__enter__()
-    server.review.compute_pilot(PilotPredictor(pilot))
+    server.review.compute_pilot(PilotPredictor.for_model(pilot))
     browser = None
     try:
         browser, page = open_page(tmp_path, server.base + "/saliency/review", 1280, 900)
