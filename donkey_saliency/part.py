@@ -238,13 +238,16 @@ class SaliencyPart(object):
         self._timings.append((done, result.latency_ms, infer_ms))
         self._latest = result
         self._outputs = (picture, mask_to_uint8(mask), round(result.latency_ms, 2), 0.0)
-        self._faults.recovered()
+        healthy = True
         for callback in list(self._listeners):
             try:
                 callback(result)
             except Exception as error:
+                healthy = False
                 self._faults.report("listener:%s" % getattr(callback, "__name__", callback),
                                     "a saliency listener failed: %s", error)
+        if healthy:  # not before the listeners: a listener failing every frame would log every frame
+            self._faults.recovered()
 
     def _close_backend(self):
         if self.backend is not None:

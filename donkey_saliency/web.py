@@ -31,6 +31,8 @@ import os
 import threading
 import time
 
+from .opencv import import_cv2
+
 logger = logging.getLogger(__name__)
 
 BOUNDARY = "saliencyframe"
@@ -73,10 +75,13 @@ STATS_FIELDS = collections.OrderedDict([
 
 Jpeg = collections.namedtuple("Jpeg", "seq data")
 
+# This thread's CPU clock: time.thread_time is Python 3.7+; JetPack 4.6's Python 3.6 has the same clock here.
+_thread_time = getattr(time, "thread_time", None) or (lambda: time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID))
+
 
 def jpeg_bytes(rgb, quality=80):
     """uint8 RGB (or grayscale) -> JPEG bytes."""
-    import cv2
+    cv2 = import_cv2()
     import numpy as np
 
     image = np.asarray(rgb)
@@ -91,7 +96,7 @@ def jpeg_bytes(rgb, quality=80):
 def layer_picture(level_map, colormap="inferno", width=LAYER_DISPLAY_WIDTH):
     """One layer's averaged map -> uint8 RGB for display: min-max normalised on its own (a constant
     map is black), coloured, scaled up by a whole factor with nearest neighbours."""
-    import cv2
+    cv2 = import_cv2()
     import numpy as np
 
     from .overlay import colorize
@@ -247,9 +252,9 @@ class SaliencyWeb(object):
                 pass
 
     def _encode(self, rgb):
-        started = time.thread_time()
+        started = _thread_time()
         data = jpeg_bytes(rgb, self.jpeg_quality)
-        self._encode_ms.append((time.thread_time() - started) * 1000.0)
+        self._encode_ms.append((_thread_time() - started) * 1000.0)
         return data
 
     # --- the IOLoop thread --------------------------------------------------------------------
@@ -409,8 +414,10 @@ class ServerThread(object):
             import asyncio
 
             self._server.stop()
-            current = asyncio.current_task()
-            tasks = [task for task in asyncio.all_tasks() if task is not current]
+            # asyncio.current_task / all_tasks are 3.7+; Python 3.6 has them on Task
+            current = (getattr(asyncio, "current_task", None) or asyncio.Task.current_task)()
+            every = getattr(asyncio, "all_tasks", None) or asyncio.Task.all_tasks
+            tasks = [task for task in every() if task is not current and not task.done()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
