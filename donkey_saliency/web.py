@@ -177,6 +177,13 @@ class DriveViewToggle(object):
             logger.warning("saliency drive view: %s", error)
         return ui_image
 
+    def show_through(self, shown_key, own_key):
+        """For a web controller that shows a key the pilot or the tub also read (donkeycar 4.4's
+        shows ``cam/image_array``): read ``shown_key``, write ``own_key``, never ``shown_key``; the
+        caller points the controller at ``own_key``."""
+        self.inputs[0] = shown_key
+        self.outputs = [own_key]
+
     def shutdown(self):
         pass
 
