@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -61,14 +62,14 @@ def install_into_car(name, tmp_path_factory, project, extra="runtime"):
 def nano(tmp_path_factory, project_copy):
     installed = install_into_car("nano", tmp_path_factory, project_copy)
     yield installed
-    shutil.rmtree(installed.venv, ignore_errors=True)
+    subprocess.run(["rm", "-rf", installed.venv])  # much faster than shutil.rmtree on ~20k files
 
 
 @pytest.fixture(scope="module")
 def pi(tmp_path_factory, project_copy):
     installed = install_into_car("pi", tmp_path_factory, project_copy)
     yield installed
-    shutil.rmtree(installed.venv, ignore_errors=True)
+    subprocess.run(["rm", "-rf", installed.venv])  # much faster than shutil.rmtree on ~20k files
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +211,84 @@ def test_pi_like_masks_on_a_tflite_pilot_without_tensorflow(pi, tflite_pilot):
     facts = run_check(pi, "masks", tflite_pilot)
     assert facts["tensorflow_importable"] is False
     assert facts["mask"]["shape"] == [120, 160] and facts["mask"]["max"] == 1.0
+
+
+# --- donkeycar 4.4: /drive shows cam/image_array ------------------------------------------------------
+def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_path):
+    """donkeycar 4.4's complete.py gives LocalWebController ``cam/image_array`` (4.5 and 5.x give it
+    ``ui/image_array``). The overlay must still reach /drive's video, and the pilot must still get the
+    camera's frame: the controller is pointed at a key of the toggle's own."""
+    import threading
+    from types import SimpleNamespace
+
+    from donkeycar.parts.web_controller.web import LocalWebController
+    from donkeycar.vehicle import Vehicle
+
+    from conftest import wait_for
+    from donkey_saliency import add_saliency
+    from donkey_saliency.vehicle import DRIVE_IMAGE_KEY
+    from donkey_saliency.web import ServerThread, read_mjpeg_part
+    from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream, request
+
+    frame = camera_frame()
+    pilot_inputs = []
+
+    class Camera(object):
+        def run(self):
+            return frame.copy()
+
+    class PilotProbe(object):
+        def run(self, image):
+            pilot_inputs.append(image)
+
+    vehicle = Vehicle()
+    vehicle.add(Camera(), outputs=["cam/image_array"])
+    ctr = LocalWebController(port=0)
+    controller_inputs = ["cam/image_array", "tub/num_records", "user/mode", "recording"]  # as 4.4 wires it
+    vehicle.add(ctr, inputs=controller_inputs, outputs=["user/angle", "user/throttle", "user/mode", "recording"])
+    cfg = SimpleNamespace(SALIENCY_BACKEND="onnxruntime", SALIENCY_DRIVE_VIEW=True, SALIENCY_RECORD=False)
+    part = add_saliency(vehicle, cfg, ctr=ctr, model_path=tiny_pilot_path)
+    vehicle.add(PilotProbe(), inputs=["cam/image_array"])
+    assert controller_inputs[0] == DRIVE_IMAGE_KEY
+    server = ServerThread(ctr).start()
+    drive = threading.Thread(target=vehicle.start, kwargs=dict(rate_hz=20, max_loop_count=20 * 120), daemon=True)
+    drive.start()
+    connection = None
+    try:
+        assert wait_for(lambda: part.latest is not None, timeout=20)
+        overlay = part.latest.overlay
+        connection, response = open_stream(server.port, "/video")
+
+        def video_shows(expected, timeout=10.0):
+            deadline = time.monotonic() + timeout
+            while True:
+                picture = decode_jpeg(read_mjpeg_part(response)[1])
+                if mean_abs_diff(picture, expected) < 15 or time.monotonic() > deadline:
+                    return picture
+
+        shown = video_shows(overlay)
+        assert mean_abs_diff(shown, overlay) < 15 and mean_abs_diff(shown, frame) > 30
+        assert json.loads(request(server.port, "/saliency/drive_view", b'{"on": false}')) == {"drive_view": False}
+        shown = video_shows(frame)
+        assert mean_abs_diff(shown, frame) < 15 and mean_abs_diff(shown, overlay) > 30
+    finally:
+        if connection is not None:
+            connection.close()
+        vehicle.on = False
+        drive.join(10)
+        server.stop()
+    assert pilot_inputs and all(np.array_equal(image, frame) for image in pilot_inputs)
+
+
+def test_missing_opencv_is_one_line_saying_how_to_get_it(onnx_pilot, tmp_path):
+    """A machine with no cv2 (``import cv2`` raises ImportError, as a bare laptop's would)."""
+    script = ("import sys; sys.modules['cv2'] = None\n"
+              "from donkey_saliency.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))")
+    image = tmp_path / "frame.png"
+    image.write_bytes(b"not read: cv2 is needed first")
+    result = subprocess.run([sys.executable, "-c", script, "mask", onnx_pilot, str(image), "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr.decode()
+    assert "OpenCV (cv2) is not importable" in lines[0] and "pip install 'donkey-saliency[opencv]'" in lines[0]
