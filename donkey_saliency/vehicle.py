@@ -25,7 +25,6 @@ def find_web_controller(V, ctr=None):
     return None
 
 
-UI_IMAGE_KEY = "ui/image_array"  # what /drive shows in donkeycar 4.5 and 5.x
 DRIVE_IMAGE_KEY = "saliency/drive_image"  # what it shows where the controller read the camera's own key
 
 
@@ -40,7 +39,7 @@ def add_drive_view(V, web_controller, toggle):
         logger.warning("saliency: the web controller is not a part of this vehicle yet (or shows no image), "
                        "so the overlay cannot appear in /drive; call add_saliency after the web controller "
                        "is added (the /saliency page works either way)")
-    elif shown != UI_IMAGE_KEY:
+    elif shown != toggle.inputs[0]:  # the toggle rewrites ui/image_array: 4.5 and 5.x show it
         toggle.show_through(shown, DRIVE_IMAGE_KEY)
         entry["inputs"][0] = DRIVE_IMAGE_KEY
         logger.info("saliency: /drive showed %s; it now shows %s (the camera's image, or the overlay "
