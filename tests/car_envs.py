@@ -32,6 +32,7 @@ PROJECT = os.path.dirname(HERE)
 VENDOR = os.path.join(PROJECT, "..", "shared", "vendor")
 DONKEYCAR_451 = os.path.join(VENDOR, "donkeycar-4.5.1.tar.gz")
 PYENV = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
+PIP_CACHE = os.environ.get("PIP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pip")
 RECIPE_VERSION = 1  # bump to rebuild every env after a change to how envs are built
 
 CarEnv = collections.namedtuple("CarEnv", "name python steps sources")
@@ -91,10 +92,12 @@ def python(venv):
     return os.path.join(venv, "bin", "python")
 
 
-def pip(venv, *args, **kwargs):
-    """``python -m pip ARGS`` in ``venv``; its output, or CalledProcessError with pip's output."""
+def pip(venv, *args):
+    """``python -m pip ARGS`` in ``venv``; its output, or CalledProcessError with pip's output.
+    pip's own cache stays the user's (the tests point XDG_CACHE_HOME at a temp dir)."""
     command = [python(venv), "-m", "pip", "--disable-pip-version-check", "--no-input"] + list(args)
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+    environment = dict(os.environ, PIP_CACHE_DIR=PIP_CACHE)
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
     if result.returncode:
         raise subprocess.CalledProcessError(result.returncode, command, output=result.stdout)
     return result.stdout.decode("utf-8", "replace")
