@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -92,10 +93,17 @@ def tflite_pilot(tiny_pilot_path, tmp_path_factory):
     return path
 
 
+def car_environment(installed):
+    """The car's process environment: a graph cache of its own, so that no graph the dev env built
+    for the same pilot file (same content hash) is found there - the car builds its own."""
+    return dict(os.environ, XDG_CACHE_HOME=tempfile.mkdtemp(prefix="car-cache-", dir=os.path.dirname(installed.venv)))
+
+
 def run_check(installed, *args, timeout=300):
     """car_checks.py in the car env: its JSON facts (the last line of its stdout)."""
     result = subprocess.run([car_envs.python(installed.venv), CHECKS] + list(args), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, timeout=timeout, cwd=os.path.dirname(installed.venv))
+                            stderr=subprocess.PIPE, timeout=timeout, cwd=os.path.dirname(installed.venv),
+                            env=car_environment(installed))
     lines = result.stdout.decode("utf-8", "replace").strip().splitlines()
     assert result.returncode == 0 and lines, result.stderr.decode("utf-8", "replace")[-3000:]
     return json.loads(lines[-1])
@@ -159,7 +167,7 @@ def test_nano_like_car_commands_run_and_laptop_tools_refuse_in_one_line(nano, on
 
     def cli(*args):
         return subprocess.run([python, "-m", "donkey_saliency.cli"] + list(args), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, cwd=str(tmp_path), timeout=300)
+                              stderr=subprocess.PIPE, cwd=str(tmp_path), timeout=300, env=car_environment(nano))
 
     masked = cli("mask", onnx_pilot, image, "--out", str(tmp_path / "out"), "--backend", "onnxruntime")
     assert masked.returncode == 0, masked.stderr.decode()
