@@ -8,6 +8,7 @@ import numpy as np
 from . import backends
 from .errors import InputError
 from .graph import graph_for
+from .opencv import import_cv2
 
 
 def as_uint8_image(frame):
@@ -37,7 +38,7 @@ def as_uint8_image(frame):
 def fit_to_model(image, input_shape):
     """A uint8 image from ``as_uint8_image`` converted to the model's channels and size
     (area interpolation, like a camera scaler)."""
-    import cv2
+    cv2 = import_cv2()
 
     height, width, channels = input_shape
     if image.ndim == 2 and channels == 3:

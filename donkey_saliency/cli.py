@@ -11,6 +11,9 @@ import sys
 from .errors import InputError, SaliencyError, first_line
 
 EXIT_BAD_INPUT = 2
+# Laptop tools that need Python 3.8+ (TensorFlow, the simulated track). A Jetson Nano's JetPack 4.6
+# has Python 3.6: every other command is for the car and runs there.
+NEEDS_PYTHON_38 = ("bench", "demo")
 
 
 def _quiet_tensorflow():
@@ -427,6 +430,10 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_tensorflow()
+    if args.command in NEEDS_PYTHON_38 and sys.version_info < (3, 8):
+        print("donkey-saliency %s: needs Python 3.8 or newer (this is %d.%d); run it on a laptop"
+              % ((args.command,) + tuple(sys.version_info[:2])), file=sys.stderr)
+        return EXIT_BAD_INPUT
     handler = getattr(sys.modules[__name__], "cmd_" + args.command.replace("-", "_"))
     try:
         return handler(args) or 0

@@ -22,3 +22,7 @@ class InputError(SaliencyError):
 
 class BackendUnavailable(SaliencyError):
     """A backend cannot run here (library missing, no device); says how to fix it."""
+
+
+class MissingLibrary(SaliencyError, ImportError):
+    """A library the car is expected to have is not importable; the message says how to get it."""

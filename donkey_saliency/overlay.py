@@ -2,6 +2,7 @@
 import numpy as np
 
 from .errors import InputError
+from .opencv import import_cv2
 
 COLORMAPS = ("jet", "inferno", "magma", "viridis", "turbo", "hot", "plasma", "gray")
 
@@ -21,7 +22,7 @@ def check_style(alpha, colormap):
 
 
 def _cv2_colormap(name):
-    import cv2
+    cv2 = import_cv2()
 
     key = "COLORMAP_" + name.upper()
     if not hasattr(cv2, key):
@@ -35,7 +36,7 @@ _LUTS = {}
 def _rgb_lut(colormap):
     """(256, 1, 3) uint8 RGB table of a colormap: cv2.LUT with it is applyColorMap, ~15x faster."""
     if colormap not in _LUTS:
-        import cv2
+        cv2 = import_cv2()
 
         bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), _cv2_colormap(colormap))
         _LUTS[colormap] = np.ascontiguousarray(bgr[..., ::-1])
@@ -44,7 +45,7 @@ def _rgb_lut(colormap):
 
 def colorize(mask, colormap="jet"):
     """float mask in [0, 1] (h, w) -> uint8 RGB (h, w, 3)."""
-    import cv2
+    cv2 = import_cv2()
 
     levels = np.clip(np.asarray(mask, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if colormap == "gray":
@@ -54,7 +55,7 @@ def colorize(mask, colormap="jet"):
 
 def resize_to(image, hw):
     """Resize an image or mask to (h, w); smooth (linear) so upscaled masks do not look blocky."""
-    import cv2
+    cv2 = import_cv2()
 
     if image.shape[:2] == tuple(hw):
         return image
@@ -63,7 +64,7 @@ def resize_to(image, hw):
 
 def blend(frame, colored, alpha=0.5):
     """alpha * colored + (1 - alpha) * frame, uint8 RGB of the frame's size."""
-    import cv2
+    cv2 = import_cv2()
 
     colored = resize_to(colored, frame.shape[:2])
     return cv2.addWeighted(colored, float(alpha), frame, 1.0 - float(alpha), 0.0)

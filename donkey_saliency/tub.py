@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from .errors import InputError
+from .opencv import import_cv2
 
 logger = logging.getLogger(__name__)
 
@@ -542,7 +543,7 @@ def read_rgb(path):
 
 
 def decode_image(data, source):
-    import cv2
+    cv2 = import_cv2()
 
     try:  # cv2.imdecode raises on an empty buffer (a 0-byte file) and returns None on other junk
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if len(data) else None
@@ -559,7 +560,7 @@ def decode_image(data, source):
 
 def encode_jpeg(image, quality=JPEG_QUALITY):
     """JPEG bytes of a uint8 RGB or grayscale image."""
-    import cv2
+    cv2 = import_cv2()
 
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
@@ -571,7 +572,7 @@ def encode_jpeg(image, quality=JPEG_QUALITY):
 
 def write_png(path, image):
     """A uint8 RGB or grayscale image as PNG: encoded in memory, then written atomically."""
-    import cv2
+    cv2 = import_cv2()
 
     from .graph import atomic_write
 

@@ -25,6 +25,28 @@ def find_web_controller(V, ctr=None):
     return None
 
 
+DRIVE_IMAGE_KEY = "saliency/drive_image"  # what it shows where the controller read the camera's own key
+
+
+def add_drive_view(V, web_controller, toggle):
+    """Adds the toggle (the one the /saliency page flips) so that it feeds whatever /drive's video
+    shows: the web controller's first input. donkeycar 4.5-5.3 show ``ui/image_array`` (written by
+    UserPilotCondition, read by nothing else): the toggle rewrites it. donkeycar 4.4 shows
+    ``cam/image_array``, which the pilot and the tub read too: the controller gets a key of its own."""
+    entry = next((e for e in V.parts if e["part"] is web_controller), None)
+    shown = entry["inputs"][0] if entry is not None and entry["inputs"] else None
+    if shown is None:
+        logger.warning("saliency: the web controller is not a part of this vehicle yet (or shows no image), "
+                       "so the overlay cannot appear in /drive; call add_saliency after the web controller "
+                       "is added (the /saliency page works either way)")
+    elif shown != toggle.inputs[0]:  # the toggle rewrites ui/image_array: 4.5 and 5.x show it
+        toggle.show_through(shown, DRIVE_IMAGE_KEY)
+        entry["inputs"][0] = DRIVE_IMAGE_KEY
+        logger.info("saliency: /drive showed %s; it now shows %s (the camera's image, or the overlay "
+                    "while the toggle is on)", shown, DRIVE_IMAGE_KEY)
+    V.add(toggle, inputs=toggle.inputs, outputs=toggle.outputs)  # runs after UserPilotCondition
+
+
 def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     """Add live saliency to vehicle ``V``. ``inputs``/``types`` are the TubWriter's lists, extended
     in place when SALIENCY_RECORD is on. Returns the part, or None when saliency is off.
@@ -58,8 +80,7 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
                          drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"],
                          max_viewers=s["SALIENCY_MAX_VIEWERS"],
                          review_tub=lambda: tub_being_written(V))  # the TubWriter is added after us
-        toggle = web.drive_view  # the toggle the /saliency page flips; must run after UserPilotCondition
-        V.add(toggle, inputs=toggle.inputs, outputs=toggle.outputs)
+        add_drive_view(V, web_controller, web.drive_view)
 
     if s["SALIENCY_RECORD"] and inputs is not None and types is not None:
         from .tub import recording_inputs

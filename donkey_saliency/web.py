@@ -39,6 +39,7 @@ import threading
 import time
 
 from .config import DEFAULTS
+from .opencv import import_cv2
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,13 @@ STATS_FIELDS = collections.OrderedDict([
 
 Jpeg = collections.namedtuple("Jpeg", "seq data")
 
+# This thread's CPU clock: time.thread_time is Python 3.7+; JetPack 4.6's Python 3.6 has the same clock here.
+_thread_time = getattr(time, "thread_time", None) or (lambda: time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID))
+
 
 def jpeg_bytes(rgb, quality=80):
     """uint8 RGB (or grayscale) -> JPEG bytes."""
-    import cv2
+    cv2 = import_cv2()
     import numpy as np
 
     image = np.asarray(rgb)
@@ -106,7 +110,7 @@ def jpeg_bytes(rgb, quality=80):
 def layer_picture(level_map, colormap="inferno", width=LAYER_DISPLAY_WIDTH):
     """One layer's averaged map -> uint8 RGB for display: min-max normalised on its own (a constant
     map is black), coloured, scaled up by a whole factor with nearest neighbours."""
-    import cv2
+    cv2 = import_cv2()
     import numpy as np
 
     from .overlay import colorize
@@ -188,6 +192,13 @@ class DriveViewToggle(object):
         except Exception as error:  # pragma: no cover - never stop the car over a picture
             logger.warning("saliency drive view: %s", error)
         return ui_image
+
+    def show_through(self, shown_key, own_key):
+        """For a web controller that shows a key the pilot or the tub also read (donkeycar 4.4's
+        shows ``cam/image_array``): read ``shown_key``, write ``own_key``, never ``shown_key``; the
+        caller points the controller at ``own_key``."""
+        self.inputs[0] = shown_key
+        self.outputs = [own_key]
 
     def shutdown(self):
         pass
@@ -271,9 +282,9 @@ class SaliencyWeb(object):
                 pass
 
     def _encode(self, rgb):
-        started = time.thread_time()
+        started = _thread_time()
         data = jpeg_bytes(rgb, self.jpeg_quality)
-        self._encode_ms.append((time.thread_time() - started) * 1000.0)
+        self._encode_ms.append((_thread_time() - started) * 1000.0)
         return data
 
     # --- the IOLoop thread --------------------------------------------------------------------
@@ -477,8 +488,10 @@ class ServerThread(object):
             import asyncio
 
             self._server.stop()
-            current = asyncio.current_task()
-            tasks = [task for task in asyncio.all_tasks() if task is not current]
+            # asyncio.current_task / all_tasks are 3.7+; Python 3.6 has them on Task
+            current = (getattr(asyncio, "current_task", None) or asyncio.Task.current_task)()
+            every = getattr(asyncio, "all_tasks", None) or asyncio.Task.all_tasks
+            tasks = [task for task in every() if task is not current and not task.done()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

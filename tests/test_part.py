@@ -209,3 +209,22 @@ def lambda_part(function):
             return function()
 
     return _Part()
+
+
+def test_a_listener_failing_every_frame_is_logged_once(tiny_pilot_path, caplog):
+    """What the web stream's encoder did on Python 3.6 (time.thread_time is 3.7+): the warning must
+    not repeat every frame, nor alternate with 'recovered'."""
+    part = SaliencyPart(tiny_pilot_path, backend="onnxruntime")
+
+    def broken(result):
+        raise AttributeError("module 'time' has no attribute 'thread_time'")
+
+    part.add_listener(broken)
+    with caplog.at_level(logging.INFO, logger="donkey_saliency.part"):
+        for frame in random_frames(5):
+            part.run(frame)
+    messages = [r.getMessage() for r in caplog.records if r.name == "donkey_saliency.part"]
+    assert sum("listener failed" in m for m in messages) == 1, messages
+    assert not any("recovered" in m for m in messages), messages
+    assert part.stats()["processed"] == 5
+    part.shutdown()
