@@ -40,7 +40,6 @@ EXAMPLE_SHIFT = 9
 EXAMPLES = 3
 RANDOM_METHOD = "random-smooth"
 MEAN_METHOD = "tub-mean"
-INPUT_GRADIENT = "input-gradient"
 METRICS = ("salient_over_whole", "background_over_whole", "deletion_auc", "insertion_auc")
 HIGHER_IS_BETTER = dict(salient_over_whole=True, background_over_whole=False, deletion_auc=True,
                         insertion_auc=False)
@@ -159,190 +158,44 @@ def paired_intervals(per_frame, reference, draws=BOOTSTRAP_DRAWS, level=INTERVAL
             for name, v in diffs.items()}
 
 
-# --- the pilot's own steering -----------------------------------------------------------------------
-def _decoders(angle_size, categorical):
-    """{name: function (N, k) angle output -> (N,) steering}, the primary one first."""
-    if not categorical:
-        return [("steering", lambda out: out[:, 0])]
-    from donkeycar.utils import linear_unbin
-
-    bins = np.linspace(-1.0, 1.0, angle_size)
-    return [("expected", lambda out: out @ bins),
-            ("linear_unbin", lambda out: np.array([linear_unbin(row, N=angle_size) for row in out]))]
-
-
-class PilotSteering(object):
-    """The pilot's steering for uint8 frames (N, H, W, C), batched, from the pilot's own framework:
-    Keras (``tf.keras.models.load_model``) for .h5/.keras, ``tf.lite.Interpreter`` for .tflite.
-    Inputs other than the image (a memory pilot's ``mem_in``) get zeros: donkeycar's start memory
-    with ``mem_start_speed`` 0. A categorical pilot is decoded two ways: the expected value over
-    the 15 bins (smooth; the primary figure) and donkeycar's ``linear_unbin`` (the argmax it drives by)."""
-
-    def __init__(self, path, batch=256):
-        import tensorflow as tf
-
-        self.path = path
-        self.batch = batch
-        self.tflite = path.lower().endswith(".tflite")
-        if self.tflite:
-            self.interpreter = tf.lite.Interpreter(model_path=path, num_threads=2)
-            inputs = self.interpreter.get_input_details()
-            outputs = self.interpreter.get_output_details()
-            input_shapes = [tuple(d["shape"][1:]) for d in inputs]
-            output_sizes = [int(np.prod(d["shape"][1:])) for d in outputs]
-            self._inputs = inputs
-            self._outputs = outputs
-        else:
-            self.model = tf.keras.models.load_model(path, compile=False)
-            input_shapes = [tuple(t.shape[1:]) for t in self.model.inputs]
-            output_sizes = [int(np.prod(t.shape[1:])) for t in self.model.outputs]
-        images = [i for i, s in enumerate(input_shapes) if len(s) == 3]
-        if not images:
-            raise ModelError("%s has no image input" % path)
-        self.image_input = images[0]
-        self.input_shapes = input_shapes
-        self.input_shape = tuple(int(v) for v in input_shapes[self.image_input])
-        categorical = [i for i, size in enumerate(output_sizes) if size == 15]
-        self.angle_output = categorical[0] if categorical else 0
-        self.categorical = bool(categorical)
-        self.decoders = _decoders(output_sizes[self.angle_output], self.categorical)
-        extra = len(input_shapes) > 1
-        self.kind = ("categorical" if self.categorical else "memory" if extra
-                     else "inferred" if len(output_sizes) == 1 and output_sizes[0] == 1 else "linear")
-        self.note = {
-            "categorical": "angle from the 15-bin softmax: expected value over bins (primary) and "
-                           "donkeycar.utils.linear_unbin (argmax)",
-            "memory": "memory input (previous angle/throttle) all zeros, donkeycar's start memory",
-        }.get(self.kind, "angle output as is")
-
-    @property
-    def decoding_names(self):
-        return [name for name, _ in self.decoders]
-
-    def _extra_inputs(self, count):
-        return [np.zeros((count,) + tuple(int(v) for v in s), np.float32) for s in self.input_shapes]
-
-    def _raw(self, x):
-        """The angle output for float frames in [0, 1]."""
-        if not self.tflite:
-            feeds = self._extra_inputs(len(x))
-            feeds[self.image_input] = x
-            out = self.model(feeds if len(feeds) > 1 else x, training=False)
-            out = out if isinstance(out, (list, tuple)) else [out]
-            return np.asarray(out[self.angle_output]).reshape(len(x), -1)
-        interp = self.interpreter
-        for detail, shape in zip(self._inputs, self.input_shapes):
-            interp.resize_tensor_input(detail["index"], [len(x)] + [int(v) for v in shape])
-        interp.allocate_tensors()
-        for i, (detail, feed) in enumerate(zip(self._inputs, self._extra_inputs(len(x)))):
-            interp.set_tensor(detail["index"], x if i == self.image_input else feed)
-        interp.invoke()
-        return interp.get_tensor(self._outputs[self.angle_output]["index"]).reshape(len(x), -1)
-
-    def __call__(self, frames):
-        """{decoding: (N,) steering} for uint8 frames (N, H, W, C)."""
-        frames = np.asarray(frames)
-        raw = np.concatenate([self._raw(frames[i:i + self.batch].astype(np.float32) / 255.0)
-                              for i in range(0, len(frames), self.batch)])
-        return {name: np.asarray(decode(raw), np.float64) for name, decode in self.decoders}
-
-
-class GradientModel(object):
-    """Gradients of the primary steering (expected value for a categorical pilot) by TensorFlow,
-    for the gradient methods: w.r.t. the input, and w.r.t. one conv level's activations.
-    Keras pilots only (the TFLite interpreter gives no gradients)."""
-
-    def __init__(self, steering, pilot, batch=32):
-        import tensorflow as tf
-
-        from .model import _image_input
-
-        model = pilot.keras_model
-        self.steering = steering
-        self.batch = batch
-        self.image = _image_input(model)
-        self.model = tf.keras.Model(model.inputs, list(pilot.trunk.map_handles) + list(model.outputs))
-        self.levels = len(pilot.trunk.map_handles)
-        self.bins = tf.constant(np.linspace(-1, 1, 15), tf.float32)
-
-    def _steer(self, outputs):
-        import tensorflow as tf
-
-        angle = outputs[self.levels + self.steering.angle_output]
-        if self.steering.categorical:
-            return tf.reduce_sum(angle * self.bins, axis=-1)
-        return angle[:, 0]
-
-    def _one_batch(self, x, level):
-        import tensorflow as tf
-
-        feeds = [tf.constant(f) for f in self.steering._extra_inputs(len(x))]
-        feeds[self.steering.image_input] = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(feeds[self.steering.image_input])
-            outputs = self.model(feeds if len(feeds) > 1 else feeds[0], training=False)
-            total = tf.reduce_sum(self._steer(outputs))
-        if level is None:
-            grad = tape.gradient(total, feeds[self.steering.image_input])
-            return np.abs(np.asarray(grad)).sum(axis=-1)
-        grad = tape.gradient(total, outputs[level])
-        from .methods import gradient_relevance
-
-        return gradient_relevance(np.asarray(outputs[level]), np.asarray(grad))
-
-    def maps(self, frames, level=None):
-        """(N, h, w): the input gradient's |d steering / d pixel| summed over colours (level None),
-        or ``methods.gradient_relevance`` at conv level ``level``."""
-        frames = np.asarray(frames)
-        return np.concatenate([self._one_batch(frames[i:i + self.batch].astype(np.float32) / 255.0, level)
-                               for i in range(0, len(frames), self.batch)])
-
-
 # --- the runner -----------------------------------------------------------------------------------
 def _frames(tub, count, input_shape):
     from .api import fit_to_model
     from .trt_tools import tub_frames
 
-    if count < 1:
-        raise InputError("--frames must be at least 1")
     return np.stack([fit_to_model(f, input_shape) for f in tub_frames(tub, count)])
 
 
-def method_masks(model_path, frames, steering, backend="auto", gradients=True, progress=None):
-    """{method: (N, H, W) masks} for every method evaluate compares, and {method: why skipped}."""
+def method_masks(model_path, frames, steering, backend="auto", gradients=True, default_method="vbp"):
+    """{method: (N, H, W) masks} for every method evaluate compares (all of ``methods.METHODS``
+    plus the random and tub-mean baselines), and {method: why skipped}."""
     from . import load, methods
-    from .methods import GRADIENT_METHODS, gradient_level, gradient_variant
 
     with load(model_path, backend=backend) as saliency:
-        names = [saliency.graph.mask_name] + saliency.graph.mean_names
+        graph = saliency.graph
+        names = [graph.mask_name] + graph.mean_names
         outputs = {name: [] for name in names}
         for i in range(0, len(frames), 64):
             result = saliency.infer(frames[i:i + 64])
             for name in names:
                 outputs[name].append(result[name])
         outputs = {name: np.concatenate(v) for name, v in outputs.items()}
-        means = [outputs[name] for name in saliency.graph.mean_names]
-    masks = {methods.VBP: outputs[saliency.graph.mask_name]}
-    skipped = {}
+    masks, skipped = {methods.VBP: outputs[graph.mask_name]}, {}
+    others = [m for m in methods.METHODS if m != methods.VBP]
     if gradients and not steering.tflite:
         from .model import load_pilot
+        from .steering import GradientModel
 
         pilot = load_pilot(model_path)
-        grads = GradientModel(steering, pilot)
-        masks[INPUT_GRADIENT] = methods.min_max(grads.maps(frames))
-        steps = pilot.trunk.steps
-        relevance = {}
-        for method in GRADIENT_METHODS:
-            level = gradient_level(method, len(means))
-            if level not in relevance:
-                relevance[level] = grads.maps(frames, level)
-            masks[method] = gradient_variant(method, steps, means, relevance[level])
+        source = GradientModel(steering, pilot)
+        for method in others:
+            masks[method] = methods.compute(method, frames, outputs, graph.mask_name, graph.mean_names,
+                                            pilot.trunk.steps, source)
     else:
-        reason = ("the TFLite interpreter gives no gradients" if steering.tflite else "not asked for")
-        for method in (INPUT_GRADIENT,) + tuple(GRADIENT_METHODS):
-            skipped[method] = reason
+        reason = "the TFLite interpreter gives no gradients" if steering.tflite else "gradients not asked for"
+        skipped.update((method, reason) for method in others)
     masks[RANDOM_METHOD] = methods.smooth_random_masks(len(frames), frames.shape[1:3])
-    masks[MEAN_METHOD] = methods.mean_masks(masks[methods.VBP])
+    masks[MEAN_METHOD] = methods.mean_masks(masks.get(default_method, masks[methods.VBP]))
     return masks, skipped
 
 
@@ -411,18 +264,23 @@ def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_
                  method=None, gradients=True, draws=BOOTSTRAP_DRAWS, progress=True):
     """Evaluate every method on ``frames`` frames of ``tub``; write DIR/evaluate.json and PNGs when
     ``out_dir`` is given. Returns the report (the JSON's content)."""
-    from . import methods as methods_module
+    from .methods import DEFAULT_METHOD, check_method
+    from .steering import PilotSteering
     from .tub import Progress, open_tub
 
+    # Everything a user can get wrong is checked before TensorFlow loads.
     if not 0.0 < area <= 0.5:
         raise InputError("--area must be in (0, 0.5]")
-    if not os.path.exists(model_path):
+    if frames < 1:
+        raise InputError("--frames must be at least 1")
+    if not os.path.isfile(model_path):
         raise ModelError("model file not found: %s" % model_path)
-    default_method = method or methods_module.DEFAULT_METHOD
-    open_tub(tub)  # InputError for a path that is not a tub, before TensorFlow loads
+    default_method = check_method(method or DEFAULT_METHOD)
+    open_tub(tub)
     steering = PilotSteering(model_path)
     images = _frames(tub, frames, steering.input_shape)
-    masks, skipped = method_masks(model_path, images, steering, backend=backend, gradients=gradients)
+    masks, skipped = method_masks(model_path, images, steering, backend=backend, gradients=gradients,
+                                  default_method=default_method)
     if default_method not in masks:
         raise InputError("method %s is not available for this pilot (%s)" % (
             default_method, skipped.get(default_method, "unknown method")))

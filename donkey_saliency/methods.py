@@ -3,7 +3,7 @@
 ``vbp`` is VisualBackProp as published: the graph's ``mask`` output, untouched. The variants here
 are built from what the graph already outputs (the per-layer channel means ``mean_i``) and, for the
 gradient variants, one extra map per frame at a single conv level (see ``gradient_relevance``),
-which today comes from TensorFlow in ``donkey-saliency evaluate`` (``evaluate.GradientModel``) and
+which today comes from TensorFlow in ``donkey-saliency evaluate`` (``steering.GradientModel``) and
 would come from a backward pass inside the ONNX head once ported. The baselines (smooth random,
 tub-mean) exist to be beaten: a per-frame mask that does no better than a fixed map adds nothing.
 
@@ -12,6 +12,7 @@ On-car module: Python 3.6, NumPy only.
 """
 import numpy as np
 
+from .errors import InputError
 from .vbp import min_max, scale_to_max, to_step_input
 
 VBP = "vbp"
@@ -26,8 +27,47 @@ METHODS = {
     "gxa-mid": "|sum_c activation x d steering/d activation| at the middle conv level, back-projected "
                "through the shallower levels like VisualBackProp (deeper levels dropped)",
     "vbp-gxa-deep": "as vbp-gxa-mid, at the level below the deepest (a shorter backward pass)",
+    "vbp-x-input-gradient": "VisualBackProp x box-blurred |input gradient| (the known strong but costly "
+                            "combination: a backward pass through the whole trunk)",
 }
 GRADIENT_METHODS = ("vbp-gxa-mid", "gxa-mid", "vbp-gxa-deep")
+INPUT_GRADIENT = "input-gradient"
+VBP_X_INPUT_GRADIENT = "vbp-x-input-gradient"
+METHODS[INPUT_GRADIENT] = ("|d steering / d pixel| summed over colours (makemovie's input gradient, steering "
+                           "output only)")
+
+
+def check_method(name):
+    """``name`` if it is a method, else InputError listing them."""
+    if name not in METHODS:
+        raise InputError("unknown saliency method %r; choose one of: %s" % (name, ", ".join(sorted(METHODS))))
+    return name
+
+
+def needs_gradients(method):
+    return check_method(method) != VBP
+
+
+def compute(method, frames, outputs, mask_name, mean_names, steps=None, gradients=None):
+    """(N, H, W) masks of ``method`` for uint8 ``frames`` (N, H, W, C) from the fused graph's
+    ``outputs`` (``mask`` and ``mean_i``, as ``api.Saliency.infer`` returns them).
+
+    ``vbp`` is the graph's mask. The others also need the trunk's ``steps`` (for back-projection)
+    and ``gradients``, an object with ``maps(frames, level=None)`` (``steering.GradientModel``:
+    TensorFlow, off the car) until the ONNX head computes the backward pass itself."""
+    if check_method(method) == VBP:
+        return outputs[mask_name]
+    if gradients is None:
+        raise InputError("method %s needs the pilot's gradients: a Keras pilot (.h5/.keras) and TensorFlow"
+                         % method)
+    if method in (INPUT_GRADIENT, VBP_X_INPUT_GRADIENT):
+        input_gradient = gradients.maps(frames)
+        if method == INPUT_GRADIENT:
+            return min_max(input_gradient).astype(np.float32)
+        return vbp_times_input_gradient(outputs[mask_name], input_gradient)
+    means = [outputs[name] for name in mean_names]
+    relevance = gradients.maps(frames, gradient_level(method, len(means)))
+    return gradient_variant(method, steps, means, relevance)
 
 
 def conv_step_indexes(steps):
@@ -99,6 +139,51 @@ def gradient_variant(method, steps, means, relevance):
     if method.startswith("vbp-"):
         return vbp_gradient_weighted(steps, means, level, relevance)
     return gradient_back_projected(steps, means, level, relevance)
+
+
+def box_blur(maps, radius):
+    """Mean over a (2 radius + 1)^2 window, edges replicated: (N, H, W) -> (N, H, W)."""
+    maps = np.asarray(maps, np.float32)
+    if radius <= 0:
+        return maps
+    size = 2 * radius + 1
+    padded = np.pad(maps, ((0, 0), (radius, radius), (radius, radius)), mode="edge")
+    sums = np.cumsum(np.cumsum(np.pad(padded, ((0, 0), (1, 0), (1, 0))), axis=1), axis=2)
+    window = sums[:, size:, size:] - sums[:, :-size, size:] - sums[:, size:, :-size] + sums[:, :-size, :-size]
+    return window / float(size * size)
+
+
+INPUT_GRADIENT_BLUR = 4  # px radius: the gradient's pixel noise spread to the scale of VBP's blobs
+
+
+def vbp_times_input_gradient(vbp_masks, input_gradient):
+    """min-max(VisualBackProp mask x box-blurred |input gradient|), both (N, H, W)."""
+    return min_max(np.asarray(vbp_masks, np.float32) * box_blur(input_gradient, INPUT_GRADIENT_BLUR))
+
+
+class MethodMasks(object):
+    """Masks of one method from the fused graph's outputs, for ``api.Saliency`` and the part.
+
+    ``vbp`` passes the graph's mask through. Another method opens the pilot's gradients
+    (``steering.GradientModel``: TensorFlow and a Keras pilot file) on first use."""
+
+    def __init__(self, method=DEFAULT_METHOD, model_path=None):
+        self.method = check_method(method)
+        self.model_path = model_path
+        self._gradients = None  # (GradientModel, trunk steps)
+
+    def __call__(self, frames, outputs, mask_name, mean_names):
+        """(N, H, W) masks for uint8 ``frames`` (N, H, W, C) and the graph's ``outputs`` for them."""
+        if self.method == VBP:
+            return outputs[mask_name]
+        if self._gradients is None:
+            if not self.model_path or str(self.model_path).lower().endswith(".onnx"):
+                raise InputError("method %s needs the pilot file (.h5/.keras), not an exported graph" % self.method)
+            from .steering import GradientModel
+
+            self._gradients = GradientModel.open(self.model_path)
+        gradients, steps = self._gradients
+        return compute(self.method, frames, outputs, mask_name, mean_names, steps, gradients)
 
 
 # --- baselines -------------------------------------------------------------------------------------
