@@ -7,7 +7,10 @@ procedural track, for `donkey-saliency evaluate`'s mask study (issue 12).
 Same data as ``train_demo_pilot.py`` (displaced and turned car, corrective steering labels),
 fewer frames and epochs: these pilots only need to steer from the road, not to drive well.
 Writes categorical.h5, inferred.h5, memory.h5 and a .tflite of the categorical one.
-The memory pilot is trained with its memory input set to the current label plus noise on half the
+The conv trunk starts from the demo pilot's weights (donkey's five convs have the same kernel
+shapes in every model type; categorical's conv4 has stride 2, so its maps differ) and its first
+three convs stay frozen: on two shared CPU cores, a pilot trained from scratch in minutes does not
+learn to steer. conv4, conv5 and the dense head are trained per pilot. The memory pilot is trained with its memory input set to the current label plus noise on half the
 frames and zeros on the other half, so it must still read the image when memory says nothing.
 """
 import argparse
@@ -24,6 +27,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 from train_demo_pilot import VALIDATION_START, make_set  # noqa: E402
 
 
+FROZEN = ("conv2d_1", "conv2d_2", "conv2d_3")  # with --init: only conv4, conv5 and the head train
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory for the pilots")
@@ -31,6 +37,9 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--types", default="categorical,inferred,memory")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--init", default=os.path.join(os.path.dirname(HERE), "donkey_saliency", "data",
+                                                       "demo_pilot.h5"),
+                        help="pilot whose conv weights start the trunk ('' for random)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,6 +56,10 @@ def main(argv=None):
     vx, vy = make_set(300, 0, VALIDATION_START, noise_seed=2000)
     x, vx = x.astype(np.float32) / 255.0, vx.astype(np.float32) / 255.0  # KerasPilot feeds img / 255
     rng = np.random.RandomState(0)
+    init_weights = {}
+    if args.init:
+        source = tf.keras.models.load_model(args.init, compile=False)
+        init_weights = {layer.name: layer.get_weights() for layer in source.layers if layer.name.startswith("conv2d_")}
 
     for kind in args.types.split(","):
         tic = time.time()
@@ -67,6 +80,15 @@ def main(argv=None):
         else:
             raise SystemExit("unknown type %s" % kind)
         model = pilot.interpreter.model
+        if args.init:
+            copied = [layer.name for layer in model.layers
+                      if layer.name.startswith("conv2d_") and layer.name in init_weights
+                      and not layer.set_weights(init_weights[layer.name])]
+            for layer in model.layers:
+                if layer.name in FROZEN:
+                    layer.trainable = False
+            print("%s: conv weights from %s: %s; %s frozen" % (kind, args.init, ", ".join(copied), ", ".join(FROZEN)),
+                  flush=True)
         model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=loss)
         model.fit(inputs, targets, batch_size=64, epochs=args.epochs, verbose=2, shuffle=True)
         path = os.path.join(args.out, kind + ".h5")
