@@ -16,7 +16,7 @@ Three measures, on the same frames for every method, with the pilot's own steeri
   image and puts the original pixels back in the same order; insertion_auc is the mean |steering -
   the original steering| (low is good).
 - **Paired bootstrap**: frames resampled with replacement, the same draws for every method;
-  the 90 % interval of (method - default method) for each figure.
+  the 90 % interval of (method - default method) for each figure, and of (method - tub-mean).
 
 Pure functions first (they take arrays and return arrays), then the pilot's steering (Keras or the
 TFLite interpreter; TensorFlow is a development dependency, never needed on the car), then the runner.
@@ -255,6 +255,8 @@ def summarize(per_frame_results, methods_order, default_method, draws=BOOTSTRAP_
             figures["insertion_curve"] = [round(float(v), 5) for v in stacked[method]["insertion_curve"]]
             if method != default_method:
                 figures["minus_default_90"] = paired_intervals(stacked[method], stacked[default_method], draws)
+            if method != MEAN_METHOD and MEAN_METHOD in stacked:  # does the per-frame mask add anything?
+                figures["minus_tub_mean_90"] = paired_intervals(stacked[method], stacked[MEAN_METHOD], draws)
             table[method] = figures
         out[decoding] = table
     return out
