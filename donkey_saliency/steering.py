@@ -13,7 +13,10 @@ def _decoders(angle_size, categorical):
     """{name: function (N, k) angle output -> (N,) steering}, the primary one first."""
     if not categorical:
         return [("steering", lambda out: out[:, 0])]
-    from donkeycar.utils import linear_unbin
+    from .bench import _quiet_stdout
+
+    with _quiet_stdout():  # donkeycar prints its banner on import; stdout is for the table
+        from donkeycar.utils import linear_unbin
 
     bins = np.linspace(-1.0, 1.0, angle_size)
     return [("expected", lambda out: out @ bins),

@@ -196,6 +196,7 @@ def test_evaluate_a_categorical_tflite_pilot_reports_both_decodings(categorical_
     out = str(tmp_path / "eval")
     assert main(["evaluate", track_tub, "--model", categorical_tflite, "--frames", "3", "--out", out]) == 0
     printed = capsys.readouterr().out
+    assert printed.startswith("3 frames, categorical pilot")  # nothing else on stdout (donkeycar's banner)
     assert "steering: expected" in printed and "steering: linear_unbin" in printed
     with open(os.path.join(out, "evaluate.json")) as handle:
         report = json.load(handle)
