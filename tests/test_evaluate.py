@@ -242,3 +242,34 @@ def test_unknown_method_is_refused(tiny_pilot_path):
 
     with pytest.raises(InputError, match="unknown saliency method"):
         load(tiny_pilot_path, method="nonsense")
+
+
+def test_part_computes_the_configured_method(tiny_pilot_path):
+    from donkey_saliency import load
+    from donkey_saliency.part import SaliencyPart
+
+    frame = textured_image(3, (120, 160))
+    part = SaliencyPart(tiny_pilot_path, backend="onnxruntime", method="vbp-gxa-mid")
+    _, mask, _, _ = part.run(frame)  # unthreaded: processes now
+    part.shutdown()
+    with load(tiny_pilot_path, backend="onnxruntime", method="vbp-gxa-mid") as saliency:
+        expected = saliency.mask(frame)
+    assert np.abs(mask.astype(int) - np.round(expected * 255)).max() <= 1  # the part records uint8
+
+
+def test_part_falls_back_to_vbp_where_a_method_cannot_run(tiny_pilot_path, tmp_path, caplog):
+    """An exported .onnx graph has no gradients: the part logs why and shows VisualBackProp."""
+    from donkey_saliency import load
+    from donkey_saliency.cli import main
+    from donkey_saliency.part import SaliencyPart
+
+    exported = str(tmp_path / "pilot.onnx")
+    assert main(["export", tiny_pilot_path, "--out", exported]) == 0
+    frame = textured_image(4, (120, 160))
+    part = SaliencyPart(exported, backend="onnxruntime", method="input-gradient")
+    _, mask, _, _ = part.run(frame)
+    part.shutdown()
+    assert "input-gradient failed" in caplog.text and "using vbp" in caplog.text
+    with load(exported, backend="onnxruntime") as saliency:
+        expected = saliency.mask(frame)
+    assert np.abs(mask.astype(int) - np.round(expected * 255)).max() <= 1
