@@ -29,12 +29,11 @@ METHODS = {
     "vbp-gxa-deep": "as vbp-gxa-mid, at the level below the deepest (a shorter backward pass)",
     "vbp-x-input-gradient": "VisualBackProp x box-blurred |input gradient| (the known strong but costly "
                             "combination: a backward pass through the whole trunk)",
+    "input-gradient": "|d steering / d pixel| summed over colours (makemovie's input gradient, steering "
+                      "output only)",
 }
-GRADIENT_METHODS = ("vbp-gxa-mid", "gxa-mid", "vbp-gxa-deep")
 INPUT_GRADIENT = "input-gradient"
 VBP_X_INPUT_GRADIENT = "vbp-x-input-gradient"
-METHODS[INPUT_GRADIENT] = ("|d steering / d pixel| summed over colours (makemovie's input gradient, steering "
-                           "output only)")
 
 
 def check_method(name):
@@ -42,10 +41,6 @@ def check_method(name):
     if name not in METHODS:
         raise InputError("unknown saliency method %r; choose one of: %s" % (name, ", ".join(sorted(METHODS))))
     return name
-
-
-def needs_gradients(method):
-    return check_method(method) != VBP
 
 
 def compute(method, frames, outputs, mask_name, mean_names, steps=None, gradients=None):
@@ -150,7 +145,7 @@ def gradient_back_projected(steps, means, level, relevance):
 
 
 def gradient_variant(method, steps, means, relevance):
-    """One of GRADIENT_METHODS from the graph's means and the relevance map at its level."""
+    """One of the '-gxa-' methods from the graph's means and the relevance map at its level."""
     level = gradient_level(method, len(means))
     if method.startswith("vbp-"):
         return vbp_gradient_weighted(steps, means, level, relevance)
