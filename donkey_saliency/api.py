@@ -8,6 +8,7 @@ import numpy as np
 from . import backends
 from .errors import InputError
 from .graph import graph_for
+from .methods import DEFAULT_METHOD, MethodMasks
 from .opencv import import_cv2
 
 
@@ -64,16 +65,27 @@ def prepare_batch(frames, input_shape):
 
 
 class Saliency(object):
-    """A pilot's saliency graph running on one backend."""
+    """A pilot's saliency graph running on one backend.
 
-    def __init__(self, graph, backend):
+    ``method`` (``methods.METHODS``): ``vbp`` is the graph's own mask. Another method is computed
+    after inference from the graph's outputs and the pilot's gradients (TensorFlow, a Keras pilot:
+    ``steering.GradientModel``), until the graph computes it itself."""
+
+    def __init__(self, graph, backend, method=DEFAULT_METHOD, model_path=None):
         self.graph = graph
         self.backend = backend
+        self.method_masks = MethodMasks(method, model_path)
+
+    @property
+    def method(self):
+        return self.method_masks.method
 
     @classmethod
-    def open(cls, model_path, backend="auto", cache_dir=None, features=False, **backend_options):
+    def open(cls, model_path, backend="auto", cache_dir=None, features=False, method=DEFAULT_METHOD,
+             **backend_options):
+        MethodMasks(method, model_path)  # an unknown method fails before the graph is built
         graph = graph_for(model_path, cache_dir=cache_dir, features=features)
-        return cls(graph, backends.create(graph, backend, **backend_options))
+        return cls(graph, backends.create(graph, backend, **backend_options), method, model_path)
 
     @property
     def input_shape(self):
@@ -88,10 +100,14 @@ class Saliency(object):
         return self.backend.infer(prepare_batch(frames, self.graph.input_shape))
 
     def masks(self, frames):
-        return self.infer(frames)[self.graph.mask_name]
+        """float32 (N, H, W) masks of ``self.method``."""
+        x = prepare_batch(frames, self.graph.input_shape)
+        return self.method_masks(x, self.backend.infer(x), self.graph.mask_name, self.graph.mean_names)
 
     def mask(self, rgb):
         """float32 (H, W) in [0, 1] at the model's input size, for one frame."""
+        if self.method != DEFAULT_METHOD:
+            return self.masks(prepare_frame(rgb, self.graph.input_shape)[None])[0]
         return self.backend.infer(prepare_frame(rgb, self.graph.input_shape)[None])[self.graph.mask_name][0]
 
     def close(self):

@@ -16,6 +16,14 @@ EXIT_BAD_INPUT = 2
 NEEDS_PYTHON_38 = ("bench", "demo")
 
 
+def _add_method(p):
+    from .methods import DEFAULT_METHOD, METHODS
+
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS),
+                   help="saliency method (default %s: VisualBackProp as published; the others need "
+                        "TensorFlow and a Keras pilot, see README 'Saliency methods')" % DEFAULT_METHOD)
+
+
 def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for name in ("tensorflow", "absl", "h5py"):
@@ -61,6 +69,7 @@ def _add_mask(sub):
     p.add_argument("--backend", default="auto")
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--colormap", default="jet")
+    _add_method(p)
 
 
 def cmd_mask(args):
@@ -74,7 +83,7 @@ def cmd_mask(args):
         raise ModelError("model file not found: %s" % args.model)
     # Read every image first: a bad one fails before anything is written.
     images = [(path, read_image(path)) for path in args.images]
-    with load(args.model, backend=args.backend) as saliency:
+    with load(args.model, backend=args.backend, method=args.method) as saliency:
         results = [(path, image, saliency.mask(image)) for path, image in images]
     for path, image, mask in results:
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -267,6 +276,7 @@ def _add_backfill(sub):
     p.add_argument("--colormap", default="jet")
     p.add_argument("--workers", type=int, default=2, help="threads decoding and encoding JPEGs (default 2)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default 0: all cores but one)")
+    _add_method(p)
 
 
 def cmd_backfill(args):
@@ -274,7 +284,7 @@ def cmd_backfill(args):
 
     result = backfill(args.tub, args.model, out_path=args.out, batch=args.batch, backend=args.backend,
                       image_key=args.image_key, alpha=args.alpha, colormap=args.colormap, workers=args.workers,
-                      threads=args.threads)
+                      threads=args.threads, method=args.method)
     print("%s: %d records (%d deleted, copied still marked deleted), %d masks, %.1f s (%.0f frames/s), "
           "from a v%d tub" % (result.path, result.records, result.deleted, result.masks, result.seconds,
                               result.records / max(result.seconds, 1e-9), result.source_version))
@@ -298,6 +308,7 @@ def _add_render(sub):
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--colormap", default="jet")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    _add_method(p)
 
 
 def cmd_render(args):
@@ -305,7 +316,7 @@ def cmd_render(args):
 
     result = render(args.tub, args.out, model_path=args.model, start=args.start, end=args.end, fps=args.fps,
                     scale=args.scale, backend=args.backend, alpha=args.alpha, colormap=args.colormap,
-                    image_key=args.image_key, recompute=args.recompute, force=args.force)
+                    image_key=args.image_key, recompute=args.recompute, force=args.force, method=args.method)
     print("%s: %d frames, %dx%d, %g fps, saliency %s" % (result.path, result.frames, result.size[0], result.size[1],
                                                         result.fps, "computed" if result.computed else "recorded"))
     return 0
@@ -408,8 +419,39 @@ def cmd_review(args):
     return 0
 
 
+# --- evaluate (evaluate.py) -------------------------------------------------------------------------
+def _add_evaluate(sub):
+    from .evaluate import DEFAULT_AREA, DEFAULT_FRAMES
+
+    p = sub.add_parser("evaluate", help="how much of the pilot's steering the mask explains: shift test, "
+                                        "deletion/insertion, against baselines, with paired bootstrap intervals")
+    p.add_argument("tub", help="tub directory (v2, or a donkeycar 3 v1 tub)")
+    p.add_argument("--model", required=True, help="pilot file (.h5 .keras .tflite)")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
+                   help="frames spread evenly over the tub (default %d)" % DEFAULT_FRAMES)
+    p.add_argument("--area", type=float, default=DEFAULT_AREA,
+                   help="salient region: this top fraction of the mask (default %g)" % DEFAULT_AREA)
+    p.add_argument("--out", help="directory for evaluate.json, curves.png and example_*.png")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--no-gradients", action="store_true",
+                   help="skip the methods that need TensorFlow gradients (faster)")
+    _add_method(p)
+
+
+def cmd_evaluate(args):
+    from .evaluate import format_table, run_evaluate
+
+    report = run_evaluate(args.tub, args.model, frames=args.frames, area=args.area, out_dir=args.out,
+                          backend=args.backend, method=args.method, gradients=not args.no_gradients)
+    print(format_table(report))
+    if args.out:
+        print(os.path.join(args.out, "evaluate.json"))
+    return 0
+
+
 # Sub-commands in the order `--help` lists them. New commands add an _add_/cmd_ pair above and a name here.
-COMMANDS = ["mask", "summary", "export", "bench", "build-engine", "selftest", "demo", "backfill", "render", "layers", "filters", "review"]
+COMMANDS = ["mask", "summary", "export", "bench", "build-engine", "selftest", "demo", "backfill", "render", "layers",
+            "filters", "review", "evaluate"]
 
 
 def build_parser():

@@ -6,6 +6,7 @@ DEFAULTS = dict(
     SALIENCY_ENABLED=True,
     SALIENCY_MODEL_PATH=None,        # None: the pilot given to `manage.py drive --model`
     SALIENCY_BACKEND="auto",         # auto | tensorrt | onnxruntime
+    SALIENCY_METHOD="vbp",           # methods.METHODS; vbp: VisualBackProp as published (in the graph)
     SALIENCY_ORT_PROVIDERS=None,     # e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]
     SALIENCY_THREADS=1,              # ONNX Runtime intra-op threads: keep cores for the car
     SALIENCY_TRT_PRECISION="fp16",   # fp16 | fp32

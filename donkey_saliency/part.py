@@ -83,12 +83,13 @@ class _Faults(object):
 
 class SaliencyPart(object):
     """Threaded part. Inputs: the pilot's image (and optionally a fallback image key).
-    Outputs: see ``OUTPUTS``. Options: alpha, colormap, max_fps, cache_dir, backend_options."""
+    Outputs: see ``OUTPUTS``. Options: alpha, colormap, max_fps, cache_dir, backend_options, method
+    (``methods.METHODS``; not ``vbp``: needs TensorFlow, falls back to ``vbp`` with a logged error)."""
 
     shutdown_join_s = 5.0  # how long shutdown() waits for the worker to finish its frame and close the backend
 
     def __init__(self, model_path, backend="auto", alpha=0.5, colormap="jet", max_fps=0, cache_dir=None,
-                 backend_options=None):
+                 backend_options=None, method="vbp"):
         self.model_path = model_path
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})
@@ -112,7 +113,11 @@ class SaliencyPart(object):
         self._processed = 0
         self._received = 0
         self._timings = collections.deque(maxlen=100)  # (done_time, latency_ms, infer_ms)
+        self.method_masks = None
         try:
+            from .methods import MethodMasks
+
+            self.method_masks = MethodMasks(method, model_path)
             from .graph import graph_for
 
             self.graph = graph_for(model_path, cache_dir=cache_dir)
@@ -256,6 +261,17 @@ class SaliencyPart(object):
             time.sleep(0.5)  # do not spin on a backend that cannot start
             return False
 
+    def _mask(self, model_frame, outputs):
+        """The configured method's mask; on a method that cannot run here, VisualBackProp, logged once."""
+        from .methods import MethodMasks
+
+        try:
+            return self.method_masks(model_frame[None], outputs, self.graph.mask_name, self.graph.mean_names)[0]
+        except Exception as error:
+            logger.error("saliency method %s failed (%s); using vbp", self.method_masks.method, error)
+            self.method_masks = MethodMasks()
+            return outputs[self.graph.mask_name][0]
+
     def _process(self, frame, arrived):
         if not self._ensure_backend():
             return
@@ -272,7 +288,7 @@ class SaliencyPart(object):
             started = time.monotonic()
             outputs = self.backend.infer(model_frame[None])
             infer_ms = (time.monotonic() - started) * 1000.0
-            mask = outputs[self.graph.mask_name][0]
+            mask = self._mask(model_frame, outputs)
             means = [outputs[name][0] for name in self.graph.mean_names]
         except Exception as error:
             self._faults.report("infer:%s" % type(error).__name__, "inference failed: %s", error)

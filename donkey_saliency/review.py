@@ -59,10 +59,10 @@ def _check_output(path, force, suffixes):
         raise InputError("output directory %s does not exist" % parent)
 
 
-def _open_saliency(model, backend, features=False):
+def _open_saliency(model, backend, features=False, method="vbp"):
     from . import load
 
-    saliency = load(model, backend=backend, features=features)
+    saliency = load(model, backend=backend, features=features, method=method)
     saliency.__enter__()
     return saliency
 
@@ -250,8 +250,9 @@ RenderResult = collections.namedtuple("RenderResult", "path frames size fps comp
 
 def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, scale=3, backend="auto",
            batch=32, alpha=0.5, colormap="jet", image_key=CAMERA_KEY, recompute=False, force=False,
-           progress=True):
-    """Write the review video of records ``start <= index < end`` (live records only)."""
+           progress=True, method="vbp"):
+    """Write the review video of records ``start <= index < end`` (live records only); computed
+    saliency uses ``method`` (``methods.METHODS``)."""
     import cv2
 
     from .overlay import overlay
@@ -285,7 +286,7 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
             raise InputError("%s: record %d has no %s; pass --model --recompute to compute it"
                              % (source.path, entry.index, OVERLAY_KEY))
 
-    saliency = _open_saliency(model_path, backend) if not recorded else None
+    saliency = _open_saliency(model_path, backend, method=method) if not recorded else None
     has_pilot = "pilot/angle" in types or "pilot/throttle" in types
     predictor = None
     try:

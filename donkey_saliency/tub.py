@@ -897,8 +897,9 @@ class _Backfill(object):
 
 
 def backfill(tub_path, model_path=None, out_path=None, batch=64, backend="auto", image_key=CAMERA_KEY,
-             alpha=0.5, colormap="jet", workers=2, threads=0, progress=True, saliency=None):
+             alpha=0.5, colormap="jet", workers=2, threads=0, progress=True, saliency=None, method="vbp"):
     """Write a copy of the tub at ``tub_path`` with saliency added; return a BackfillResult.
+    ``method``: the saliency method (``methods.METHODS``).
 
     ``threads``: ONNX Runtime intra-op threads, 0 for ``default_threads()``; ``workers``: threads
     decoding, encoding and writing JPEGs. ``saliency``: an open ``api.Saliency`` to use instead of
@@ -935,7 +936,7 @@ def _backfill_locked(source, model_path, out_path, batch, backend, image_key, al
     if own:
         from . import load
 
-        saliency = load(model_path, backend=backend, threads=threads or default_threads())
+        saliency = load(model_path, backend=backend, threads=threads or default_threads(), method=method)
     started = time.monotonic()
     work = partial_path(out_path)
     writer = None

@@ -64,7 +64,8 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
         backend_options["providers"] = list(s["SALIENCY_ORT_PROVIDERS"])
     part = SaliencyPart(model, backend=s["SALIENCY_BACKEND"], alpha=s["SALIENCY_ALPHA"],
                         colormap=s["SALIENCY_COLORMAP"], max_fps=s["SALIENCY_MAX_FPS"],
-                        cache_dir=s["SALIENCY_CACHE_DIR"], backend_options=backend_options)
+                        cache_dir=s["SALIENCY_CACHE_DIR"], backend_options=backend_options,
+                        method=s["SALIENCY_METHOD"])
     image_key = config.image_key(cfg)
     # The transformed image exists only when the pilot runs; fall back to the camera's.
     part_inputs = [image_key] if image_key == "cam/image_array" else [image_key, "cam/image_array"]

@@ -99,9 +99,9 @@ def makemovie_saliency(model_path):
     """(name, function frame -> mask) computing makemovie's salient mask."""
     import tensorflow as tf
 
-    from donkey_saliency.model import load_keras
+    from donkey_saliency.pilots.reference import keras_model
 
-    model = load_keras(model_path)
+    model = keras_model(model_path)
     try:
         from donkeycar.management.makemovie import MakeMovie
 

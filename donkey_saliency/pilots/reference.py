@@ -23,11 +23,15 @@ def keras_model(path):
         raise ModelError("cannot read %s as a Keras pilot: %s" % (path, first_line(error)))
 
 
+def map_tensors(model, trunk):
+    """The Keras tensors of each conv step's post-activation map (N, h, w, C), shallow to deep."""
+    return [model.get_layer(name).output for name in trunk.map_sources]
+
+
 def keras_submodel(model, trunk):
-    """A Keras model from the image input to each conv step's post-activation map (N, h, w, C)."""
+    """A Keras model from the image input to each conv step's post-activation map."""
     tf = _tensorflow()
-    image = model.get_layer(trunk.input_source).output
-    return tf.keras.Model(image, [model.get_layer(name).output for name in trunk.map_sources])
+    return tf.keras.Model(model.get_layer(trunk.input_source).output, map_tensors(model, trunk))
 
 
 def tflite_interpreter(path):
