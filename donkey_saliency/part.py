@@ -58,13 +58,15 @@ class SaliencyPart(object):
     Outputs: see ``OUTPUTS``. Options: alpha, colormap, max_fps, cache_dir, backend_options."""
 
     def __init__(self, model_path, backend="auto", alpha=0.5, colormap="jet", max_fps=0, cache_dir=None,
-                 backend_options=None):
+                 backend_options=None, sync_ms=0):
         self.model_path = model_path
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})
         self.alpha = float(alpha)
         self.colormap = colormap
         self.min_period = 1.0 / max_fps if max_fps else 0.0
+        # How long run_threaded may wait for the current frame's mask (then recorded with lag 0); 0: never.
+        self.sync_s = max(float(sync_ms or 0), 0.0) / 1000.0
         self.graph = None
         self.backend = None
         self.backend_description = backend  # what stats() shows; the running backend once active
@@ -73,6 +75,8 @@ class SaliencyPart(object):
         self._faults = _Faults()
         self._wake = threading.Condition()
         self._pending = None  # (frame, arrival time) not yet taken by the worker
+        self._shared = None  # a mask from outside (accept_mask) not yet taken by the worker
+        self._shared_this_loop = None  # the one accepted since the last run_threaded
         self._in_flight = False  # the worker is processing a frame it took
         self._latest = None  # SaliencyResult
         self._outputs = (None, None, 0.0, NO_MASK_LAG_MS)
@@ -99,7 +103,7 @@ class SaliencyPart(object):
     def busy(self):
         """Whether a frame is waiting for the worker or being processed by it."""
         with self._wake:
-            return self._pending is not None or self._in_flight
+            return self._pending is not None or self._shared is not None or self._in_flight
 
     @property
     def latest(self):
@@ -127,12 +131,32 @@ class SaliencyPart(object):
         )
 
     # --- the drive loop's side ----------------------------------------------------------------
+    def accept_mask(self, frame, mask, means=(), infer_ms=0.0):
+        """A mask computed outside the part for ``frame`` (the pilot's own forward pass, see
+        interpreter.py; ``frame`` uint8, or the pilot's float image in [0, 1]). The worker draws, streams
+        and records it like its own, and the next ``run_threaded`` takes it for its frame (lag 0)
+        instead of queueing a pass of its own. Called in the drive loop: never blocks, never raises."""
+        try:
+            item = (frame, np.asarray(mask, dtype=np.float32), list(means), float(infer_ms), time.monotonic())
+            with self._wake:
+                if self._shared is not None:
+                    self._dropped += 1
+                self._shared = self._shared_this_loop = item
+                self._received += 1
+                self._wake.notify()
+        except Exception as error:  # pragma: no cover - the car must keep going whatever happens
+            self._faults.report("accept_mask", "accept_mask failed: %s", error)
+
     def run_threaded(self, image=None, fallback=None):
-        """Never blocks, never raises. ``fallback`` is used when ``image`` is None (e.g. the
-        transformed image does not exist in user mode)."""
+        """Never raises, and waits at most ``sync_ms`` (never, by default). ``fallback`` is used when
+        ``image`` is None (e.g. the transformed image does not exist in user mode)."""
         try:
             frame = image if image is not None else fallback
             now = time.monotonic()
+            with self._wake:
+                shared, self._shared_this_loop = self._shared_this_loop, None
+            if shared is not None:
+                return self._shared_outputs(shared)
             if frame is not None and self.graph is not None:
                 with self._wake:
                     if self._pending is not None:
@@ -140,6 +164,8 @@ class SaliencyPart(object):
                     self._pending = (np.array(frame, copy=True), now)
                     self._received += 1
                     self._wake.notify()
+                if self.sync_s:
+                    self._wait_for_result(now, self.sync_s)
             elif frame is None:
                 self._faults.report("none", "no image from the camera (None)")
             return self._outputs_for(frame, now)
@@ -154,6 +180,27 @@ class SaliencyPart(object):
         overlay_image, mask_u8, latency_ms, _ = self._outputs
         lag_ms = round((now - latest.frame_time) * 1000.0, 2)
         return overlay_image, mask_u8, latency_ms, lag_ms
+
+    def _wait_for_result(self, frame_time, timeout):
+        """Wait (bounded) until the worker's newest result is the one for the frame of ``frame_time``."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            while self._latest is None or self._latest.frame_time < frame_time:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(left)
+        return True
+
+    def _shared_outputs(self, shared):
+        """Outputs for this loop's frame from an accepted mask: the worker's, when it has drawn it within
+        ``sync_ms``; else drawn here, so the record always holds the mask of its own frame (lag 0)."""
+        frame, mask, _, _, arrived = shared
+        if self._wait_for_result(arrived, self.sync_s):
+            overlay_image, mask_u8, latency_ms, _ = self._outputs
+            return overlay_image, mask_u8, latency_ms, 0.0
+        picture = overlay(_frame_uint8(frame), mask, self.alpha, self.colormap)
+        return picture, mask_to_uint8(mask), round((time.monotonic() - arrived) * 1000.0, 2), 0.0
 
     def _placeholder(self, frame):
         """Before the first mask (or with no model): the picture itself and an empty mask, so every
@@ -182,15 +229,20 @@ class SaliencyPart(object):
             while self._running:
                 with self._wake:
                     self._in_flight = False
-                    while self._running and self._pending is None:
+                    while self._running and self._pending is None and self._shared is None:
                         self._wake.wait(0.5)
                     if not self._running:
                         break
-                    frame, arrived = self._pending
-                    self._pending = None
+                    shared, self._shared = self._shared, None
+                    if shared is None:
+                        frame, arrived = self._pending
+                        self._pending = None
                     self._in_flight = True
                 started = time.monotonic()
-                self._process(frame, arrived)
+                if shared is not None:
+                    self._publish_shared(shared)
+                else:
+                    self._process(frame, arrived)
                 if self.min_period:
                     time.sleep(max(0.0, self.min_period - (time.monotonic() - started)))
         finally:
@@ -227,17 +279,36 @@ class SaliencyPart(object):
             infer_ms = (time.monotonic() - started) * 1000.0
             mask = outputs[self.graph.mask_name][0]
             means = [outputs[name][0] for name in self.graph.mean_names]
-            picture = overlay(picture_base, mask, self.alpha, self.colormap)
         except Exception as error:
             self._faults.report("infer:%s" % type(error).__name__, "inference failed: %s", error)
+            return
+        self._publish(picture_base, mask, means, arrived, infer_ms)
+
+    def _publish_shared(self, shared):
+        frame, mask, means, infer_ms, arrived = shared
+        try:
+            picture_base = _frame_uint8(frame)
+        except InputError as error:
+            self._faults.report("input:%s" % error, "bad frame: %s", error)
+            return
+        self._publish(picture_base, mask, means, arrived, infer_ms)
+
+    def _publish(self, picture_base, mask, means, arrived, infer_ms):
+        """Overlay, newest result and outputs, then the listeners (the stream)."""
+        try:
+            picture = overlay(picture_base, mask, self.alpha, self.colormap)
+        except Exception as error:
+            self._faults.report("overlay:%s" % type(error).__name__, "drawing the overlay failed: %s", error)
             return
         done = time.monotonic()
         self._processed += 1
         result = SaliencyResult(self._processed, to_rgb(picture_base), picture, mask, means, arrived, done,
                                 (done - arrived) * 1000.0, infer_ms)
         self._timings.append((done, result.latency_ms, infer_ms))
-        self._latest = result
-        self._outputs = (picture, mask_to_uint8(mask), round(result.latency_ms, 2), 0.0)
+        with self._wake:
+            self._latest = result
+            self._outputs = (picture, mask_to_uint8(mask), round(result.latency_ms, 2), 0.0)
+            self._wake.notify_all()  # a run_threaded waiting for this frame (sync_ms)
         self._faults.recovered()
         for callback in list(self._listeners):
             try:
@@ -259,3 +330,13 @@ class SaliencyPart(object):
         self._running = False
         with self._wake:
             self._wake.notify_all()
+
+
+def _frame_uint8(frame):
+    """uint8 picture of a frame that is uint8 already or the pilot's normalized float image (x / 255)."""
+    from .api import as_uint8_image
+
+    array = np.asarray(frame)
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+    return as_uint8_image(array)
