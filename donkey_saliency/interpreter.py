@@ -1,7 +1,8 @@
 """``SaliencyInterpreter``: a donkeycar ``Interpreter`` that runs the whole pilot as one graph.
 
 donkeycar's ``KerasPilot`` runs its network through an interpreter (``donkeycar/parts/interpreter.py``,
-donkeycar 4.4-5.3) and decodes the outputs itself (categorical unbinning, memory, ...). This one runs
+donkeycar 4.4-5.3; both its interfaces: 4.x ``predict``/``get_input_shapes``, 5.x ``predict_from_dict``/
+``get_input_shape``) and decodes the outputs itself (categorical unbinning, memory, ...). This one runs
 the project's whole-pilot graph (``graph.build(network=...)``, float input: KerasPilot normalizes the
 frame itself) on the project's backend, returns the pilot's outputs exactly as KerasInterpreter /
 TfLite do, and keeps the mask of the same pass: ``latest_mask`` (float32 H x W), and listeners that get
@@ -81,6 +82,15 @@ class _SharedPass(object):
         if input_name not in self.shapes[0]:
             raise RuntimeError("%s is not an input of %s" % (input_name, self.model_path))
         return self.shapes[0][input_name]
+
+    def get_input_shapes(self):
+        """donkeycar 4.4/4.5's name for it: every input's shape, in the model's input order."""
+        return [self.get_input_shape(name) for name in self.input_keys]
+
+    def predict(self, img_arr, *other_arr):
+        """donkeycar 4.4/4.5 call ``predict(img, other_or_None)``; 5.x ``predict(img, *others)``."""
+        others = tuple(a for a in other_arr if a is not None)
+        return self.predict_from_dict(dict(zip(self.input_keys, (img_arr,) + others)))
 
     def predict_from_dict(self, input_dict):
         """The pilot's outputs for one sample (the batch axis removed; a list when there are several),

@@ -229,3 +229,51 @@ def test_a_pilot_file_the_interpreter_cannot_read_leaves_the_stock_interpreter(t
     assert share_pilot_pass(V, part, str(broken), "onnxruntime", {}) is None
     assert type(pilot.interpreter).__name__ == "KerasInterpreter"
     assert any("keeps its own interpreter" in r.getMessage() for r in caplog.records)
+
+
+VENDORED_DONKEYCAR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vendor",
+                                  "donkeycar-4.5.1.tar.gz")
+
+
+def test_donkeycar_4_5_interface_gives_the_same_outputs(pilot_files, tmp_path):
+    """donkeycar 4.5.1 (Jetson Nano cars) calls ``predict(img, other)`` and ``get_input_shapes()``: its own
+    KerasLinear / KerasMemory / KerasCategorical run the same on the SaliencyInterpreter as on its
+    KerasInterpreter. The release's source is run from the vendored tarball."""
+    import subprocess
+    import tarfile
+
+    if not os.path.exists(VENDORED_DONKEYCAR):
+        pytest.skip("../shared/vendor/donkeycar-4.5.1.tar.gz is absent")
+    with tarfile.open(VENDORED_DONKEYCAR) as archive:
+        archive.extractall(str(tmp_path))
+    source = [os.path.join(str(tmp_path), n) for n in os.listdir(str(tmp_path)) if n.startswith("donkeycar")][0]
+    # donkeycar 4.5.1's __init__ reads its version through setuptools' pkg_resources, which newer
+    # setuptools dropped; a two-line stand-in gives it a version string (nothing else uses it).
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "pkg_resources.py").write_text(
+        "class _D(object):\n    version = '4.5.1'\n\ndef get_distribution(name):\n    return _D()\n")
+    script = """
+import sys
+sys.path[:0] = [%r, %r, %r]
+import numpy as np
+import donkeycar
+assert donkeycar.__file__.startswith(%r), donkeycar.__file__
+from donkeycar.parts.interpreter import KerasInterpreter
+from donkeycar.parts.keras import KerasCategorical, KerasLinear, KerasMemory
+from donkey_saliency.interpreter import SaliencyInterpreter
+frames = np.load(%r)
+for cls, path in ((KerasLinear, %r), (KerasMemory, %r), (KerasCategorical, %r)):
+    stock, shared = cls(interpreter=KerasInterpreter()), cls(interpreter=SaliencyInterpreter(backend="onnxruntime"))
+    stock.load(path)
+    shared.load(path)
+    for frame in frames:
+        a, b = stock.run(frame), shared.run(frame)
+        assert np.allclose(np.array(a, float), np.array(b, float), atol=1e-5, rtol=0), (cls, a, b)
+print("same")
+""" % (str(shim), source, os.path.join(os.path.dirname(__file__), ".."), source, str(tmp_path / "frames.npy"),
+       pilot_files["linear"][".h5"], pilot_files["memory"][".h5"], pilot_files["categorical"][".h5"])
+    np.save(str(tmp_path / "frames.npy"), real_frames(4))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0 and result.stdout.strip().endswith("same"), result.stderr[-3000:]
