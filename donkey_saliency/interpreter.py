@@ -55,8 +55,14 @@ class _SharedPass(object):
         from .graph import graph_for
 
         self.model_path = str(model_path)
-        self.graph = graph_for(self.model_path, cache_dir=self.cache_dir, whole=True, float_input=True)
-        pilot = self.graph.pilot
+        graph = graph_for(self.model_path, cache_dir=self.cache_dir, whole=True, float_input=True)
+        if not graph.float_input:  # an exported .onnx: the part's graph, without the pilot's outputs
+            from .errors import ModelError
+
+            raise ModelError("%s is a saliency graph without the pilot's outputs; give the pilot file (.h5, "
+                             ".keras or .tflite)" % self.model_path)
+        self.graph = graph
+        pilot = graph.pilot
         self._tflite = self.model_path.lower().endswith(".tflite")
         self.input_keys = list(pilot["input_order"])
         self.output_keys = list(pilot["outputs"])

@@ -277,3 +277,59 @@ print("same")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0 and result.stdout.strip().endswith("same"), result.stderr[-3000:]
+
+
+def custom_pilot():
+    """Past its last map the image path still has a BatchNormalization and a pooling; a second input
+    goes through its own Dense; outputs: a softmax and a sigmoid."""
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    img = layers.Input((60, 80, 3), name="img_in")
+    extra = layers.Input((4,), name="mem_in")
+    x = layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="c1")(img)
+    x = layers.Conv2D(8, 3, strides=2, activation="relu", name="c2")(x)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.MaxPooling2D(2, name="pool")(x)
+    x = layers.Flatten(name="flat")(x)
+    y = layers.Dense(5, activation="tanh", name="extra_dense")(extra)
+    z = layers.Concatenate(name="join")([x, y])
+    z = layers.Dense(16, activation="elu", name="d1")(z)
+    z = layers.Dropout(0.1)(z)
+    outputs = [layers.Dense(7, activation="softmax", name="angle_out")(z),
+               layers.Dense(1, activation="sigmoid", name="throttle_out")(z)]
+    model = tf.keras.Model([img, extra], outputs, name="custom")
+    # BatchNormalization with statistics that are not the identity.
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(3)
+    bn.set_weights([rng.uniform(0.5, 2, 8), rng.normal(0, 0.3, 8), rng.normal(0, 0.2, 8), rng.uniform(0.5, 2, 8)])
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".tflite"])
+def test_layers_after_the_last_map_run_in_the_whole_pilot_graph(tmp_path, suffix):
+    """uint8 whole-pilot graph against the pilot's own framework (Keras, or the TFLite interpreter)."""
+    import tensorflow as tf
+
+    from donkey_saliency import backends
+    from donkey_saliency.graph import graph_for
+
+    tf.keras.utils.set_random_seed(3)
+    model = custom_pilot()
+    path = str(tmp_path / ("custom" + suffix))
+    if suffix == ".h5":
+        model.save(path)
+    else:
+        from donkeycar.parts.interpreter import keras_to_tflite
+
+        keras_to_tflite(model, path)
+    graph = graph_for(path, cache_dir=False, whole=True)
+    assert graph.pilot["outputs"] == ["angle_out", "throttle_out"] and not graph.float_input
+    frames = np.stack([f[::2, ::2] for f in real_frames(3)])
+    memory = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    expected = model([frames.astype(np.float32) / 255.0, memory], training=False)
+    backend = backends.create(graph, "onnxruntime")
+    for i in range(len(frames)):  # batch 1, as the car runs it
+        got = backend.infer(frames[i:i + 1], {"mem_in": memory[i:i + 1]})
+        for name, want in zip(graph.pilot["outputs"], expected):
+            np.testing.assert_allclose(got[name][0], np.asarray(want)[i], atol=1e-5, rtol=0)
