@@ -333,3 +333,23 @@ def test_layers_after_the_last_map_run_in_the_whole_pilot_graph(tmp_path, suffix
         got = backend.infer(frames[i:i + 1], {"mem_in": memory[i:i + 1]})
         for name, want in zip(graph.pilot["outputs"], expected):
             np.testing.assert_allclose(got[name][0], np.asarray(want)[i], atol=1e-5, rtol=0)
+
+
+def test_bench_script_times_today_against_the_shared_pass(pilot_files, capsys):
+    """scripts/bench_shared.py runs end to end on real frames and reports every figure (no timing is
+    asserted: speed targets live in the bench, not in tests)."""
+    _, tub = real_data_or_skip()
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    try:
+        import bench_shared
+    finally:
+        sys.path.pop(0)
+    rows = bench_shared.main(["--model", pilot_files["linear"][".h5"], "--model", pilot_files["linear"][".tflite"],
+                              "--tub", tub, "--frames", "12"])
+    assert [row["interpreter"] for row in rows] == ["KerasInterpreter", "TfLite"]
+    for row in rows:
+        for key in ("pilot_stock_ms", "mask_separate_ms", "a_today_ms", "b_shared_ms", "graph_whole_ms",
+                    "graph_pilot_only_ms"):
+            assert row[key] > 0, key
+        assert row["ratio_a_over_b"] == row["a_today_ms"] / row["b_shared_ms"]
+    assert "saliency's added cost" in capsys.readouterr().out
