@@ -379,7 +379,7 @@ def _concat_axis(layer):
 
 def keras_network(keras_file, trunk):
     """The layers past the trunk, as a :class:`~.network.Network` (Dense, Flatten, Concatenate, ...)."""
-    from .network import Input, Layer, Network, TRUNK_END, dense, refuse
+    from .network import Input, Layer, Network, TRUNK_END, append, dense, refuse
 
     by_name = {l.name: l for l in keras_file.layers}
     image = by_name[trunk.chain_sources[0]]
@@ -423,11 +423,7 @@ def keras_network(keras_file, trunk):
             if not weights:
                 raise ModelError("layer %s has no weights in the file" % layer.name)
             bias = weights[1] if layer.config.get("use_bias", True) and len(weights) > 1 else None
-            layers.append(dense(layer.name, sources, weights[0], bias))
-            applied = _softmax_or_activation(layer)
-            if applied is not None:
-                layers[-1] = layers[-1]._replace(name=layer.name + "/linear")
-                layers.append(Layer("activation", layer.name, [layer.name + "/linear"], applied))
+            append(layers, dense(layer.name, sources, weights[0], bias), _softmax_or_activation(layer))
         elif kind in ("ReLU", "LeakyReLU", "ELU", "Activation", "Softmax"):
             applied = _softmax_or_activation(layer)
             if applied is None:

@@ -68,6 +68,17 @@ def dense(name, inputs, weight, bias):
     return Layer("dense", name, list(inputs), (weight, bias))
 
 
+def append(layers, layer, applied=None):
+    """Append ``layer`` and, when it applies one, its activation as a layer of its own that takes the
+    layer's name (what later layers read)."""
+    if applied is None:
+        layers.append(layer)
+        return
+    linear = layer.name + "/linear"
+    layers.append(layer._replace(name=linear))
+    layers.append(Layer("activation", layer.name, [linear], applied))
+
+
 def refuse(layer, kind):
     """The one line for a layer outside what donkey pilots use."""
     raise ModelError("layer %s is a %s, which saliency's whole-pilot graph does not support (it reads Flatten, "

@@ -426,7 +426,7 @@ def tflite_trunk(path):
 def tflite_network(path, trunk):
     """The ops past the trunk, as a :class:`~.network.Network`, with the inputs and outputs in the order
     donkeycar's TfLite interpreter gives them (its signature's, which TFLite keeps sorted by name)."""
-    from .network import Input, Layer, Network, TRUNK_END, dense, refuse
+    from .network import Input, Layer, Network, TRUNK_END, append, dense, refuse
 
     graph = read_graph(path)
     names, indices = graph.signature_names, graph.signature_tensors
@@ -478,8 +478,7 @@ def tflite_network(path, trunk):
             if weight is None or weight.ndim != 2 or any(s not in flat for s in sources[:1]) or len(sources) != 1:
                 refuse(label, "FULLY_CONNECTED with a non-constant weight or on an unflattened tensor")
             bias = graph.constant(op.inputs[2]) if len(op.inputs) > 2 else None
-            layers.append(dense(name, sources, weight.T, bias))
-            name = _with_fused(layers, op, name, label, "FULLY_CONNECTED")
+            append(layers, dense(name, sources, weight.T, bias), _fused_activation(op, label))
         elif op.kind == "SOFTMAX":
             beta = op.options.scalar(0, "<f", 1.0) if op.options is not None else 1.0
             if beta != 1.0 or len(graph.tensors[out].shape) != 2:
@@ -489,8 +488,7 @@ def tflite_network(path, trunk):
             axis = op.options.scalar(0, "<i") if op.options is not None else 0
             if axis not in (1, -1) or any(s not in flat for s in sources):
                 refuse(label, "CONCATENATION along axis %d" % axis)
-            layers.append(Layer("concat", name, sources, None))
-            name = _with_fused(layers, op, name, label, "CONCATENATION")
+            append(layers, Layer("concat", name, sources, None), _fused_activation(op, label))
         elif op.kind in _ACTIVATION_OPS:
             alpha = op.options.scalar(0, "<f", 0.2) if op.kind == "LEAKY_RELU" and op.options is not None else None
             layers.append(Layer("activation", name, sources, activation(_ACTIVATION_OPS[op.kind], label, alpha)))
@@ -501,14 +499,3 @@ def tflite_network(path, trunk):
     return Network([Input(n, tuple(graph.tensors[i].shape[1:])) for n, i in inputs], image_name[0], layers,
                    [(n, alias.get(i, "t%d" % i)) for n, i in outputs])
 
-
-def _with_fused(layers, op, name, label, kind):
-    """Append the op's fused activation as its own layer; the name the op's output now has."""
-    from .network import Layer
-
-    fused = _fused_activation(op, label)
-    if fused is None:
-        return name
-    layers[-1] = layers[-1]._replace(name=name + "/linear")
-    layers.append(Layer("activation", name, [name + "/linear"], fused))
-    return name
