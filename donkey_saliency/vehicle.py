@@ -45,7 +45,7 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
                         cache_dir=s["SALIENCY_CACHE_DIR"], backend_options=backend_options,
                         sync_ms=s["SALIENCY_SYNC_MS"])
     if s["SALIENCY_SHARE_PILOT"]:
-        share_pilot_pass(V, part, model_path or model, s["SALIENCY_BACKEND"], backend_options)
+        share_pilot_pass(V, part, model_path, s["SALIENCY_BACKEND"], backend_options)
     image_key = config.image_key(cfg)
     # The transformed image exists only when the pilot runs; fall back to the camera's.
     part_inputs = [image_key] if image_key == "cam/image_array" else [image_key, "cam/image_array"]
@@ -85,14 +85,14 @@ def share_pilot_pass(V, part, model_path, backend, backend_options):
     """SALIENCY_SHARE_PILOT: put a SaliencyInterpreter into the car's pilot, so its forward pass also gives
     the mask, handed to ``part``. Returns the interpreter, or None (logged) when the pilot keeps its own."""
     pilot = find_pilot(V)
-    if pilot is None:
-        logger.info("saliency: SALIENCY_SHARE_PILOT is on but the car has no pilot part (user mode only?)")
+    if pilot is None or not model_path:
+        logger.info("saliency: SALIENCY_SHARE_PILOT is on but the car has no pilot part with a --model file")
         return None
-    from .interpreter import SaliencyInterpreter
-
-    interpreter = SaliencyInterpreter(backend=backend, cache_dir=backend_options.get("cache_dir"),
-                                      backend_options=backend_options)
     try:
+        from .interpreter import SaliencyInterpreter
+
+        interpreter = SaliencyInterpreter(backend=backend, cache_dir=backend_options.get("cache_dir"),
+                                          backend_options=backend_options)
         interpreter.load(model_path)
     except Exception as error:  # the car drives on with donkeycar's own interpreter
         logger.warning("saliency: the pilot keeps its own interpreter (%s)", error)
