@@ -26,4 +26,13 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     return _add(V, cfg, ctr=ctr, inputs=inputs, types=types, model_path=model_path)
 
 
-__all__ = ["load", "SaliencyPart", "add_saliency", "__version__"]
+def shared_pilot(model_path, model_type=None, cfg=None, backend="auto", **options):
+    """donkeycar's pilot object for ``model_type`` (its class, its ``run()``) running on the
+    :func:`~donkey_saliency.interpreter.SaliencyInterpreter`: one pass gives the pilot's outputs and the
+    mask, read as ``pilot.interpreter.latest_mask`` (float32 H x W)."""
+    from .interpreter import pilot_on_saliency_interpreter
+
+    return pilot_on_saliency_interpreter(model_path, model_type, cfg=cfg, backend=backend, **options)
+
+
+__all__ = ["load", "SaliencyPart", "add_saliency", "shared_pilot", "__version__"]

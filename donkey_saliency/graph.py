@@ -36,12 +36,21 @@ class SaliencyGraph(object):
     input_name = INPUT_NAME
     mask_name = MASK_NAME
 
-    def __init__(self, onnx_bytes, input_shape, layer_names, level_shapes, source=""):
+    def __init__(self, onnx_bytes, input_shape, layer_names, level_shapes, source="", pilot=None):
         self.onnx_bytes = onnx_bytes
         self.input_shape = tuple(input_shape)  # (H, W, C)
         self.layer_names = list(layer_names)
         self.level_shapes = [tuple(s) for s in level_shapes]  # (h, w) per conv layer
         self.source = source
+        # A whole-pilot graph (build(network=...)) also gives the pilot's outputs: its metadata, else None.
+        # keys: image (the pilot's name for the frame input), inputs ([name, shape] of its other inputs,
+        # fed under those names), outputs (names, in donkeycar's interpreter order), float_input.
+        self.pilot = pilot
+
+    @property
+    def float_input(self):
+        """Whether 'frame' takes the pilot's normalized float32 image instead of uint8 pixels."""
+        return bool(self.pilot and self.pilot.get("float_input"))
 
     @property
     def input_hw(self):
@@ -72,7 +81,8 @@ class SaliencyGraph(object):
         if info.get("format") != GRAPH_FORMAT:
             raise ModelError("%s was exported by an incompatible donkey-saliency (graph format %s, this "
                              "version reads %s); export it again" % (source, info.get("format"), GRAPH_FORMAT))
-        return cls(data, info["input_shape"], info["layers"], info["level_shapes"], source or info.get("source", ""))
+        return cls(data, info["input_shape"], info["layers"], info["level_shapes"], source or info.get("source", ""),
+                   info.get("pilot"))
 
     @classmethod
     def load(cls, path):
@@ -304,18 +314,64 @@ def _head(b, trunk, maps):
     return b.op("Div", [b.op("Sub", [m, low], "vbp/shifted"), spread], "vbp/normalised"), means
 
 
-def build(trunk, features=False, source=""):
-    """The fused graph (ONNX ModelProto) of a trunk: uint8 frame -> /255 -> trunk -> VisualBackProp."""
+# --- the whole pilot past its trunk ------------------------------------------------------------------
+
+def _pilot_layers(b, trunk, network, end):
+    """The layers past the trunk (pilots/network.py) from the trunk's last map ``end``; returns
+    {tensor name: (onnx tensor, width)} for every layer and input."""
+    from .pilots.network import TRUNK_END
+
+    ops, trailing = trunk.after_maps
+    for op in ops:
+        end = _pointwise(b, end, op)
+    for step in trailing:
+        end = _spatial_step(b, end, step)
+        for op in step.tail:
+            end = _pointwise(b, end, op)
+    height, width = trunk.end_hw
+    tensors = {TRUNK_END: (end, None)}
+    tensors.update((i.name, (i.name, i.shape[0] if len(i.shape) == 1 else None)) for i in network.extra_inputs)
+    for layer in network.layers:
+        hint = "pilot/" + layer.name
+        sources = [tensors[name] for name in layer.inputs]
+        x, size = sources[0]
+        if layer.kind == "flatten":  # Keras and TFLite flatten NHWC: channels last
+            x = b.op("Flatten", [b.op("Transpose", [x], hint, perm=[0, 2, 3, 1])], hint, axis=1)
+            size = height * width * trunk.end_channels
+        elif layer.kind == "dense":
+            weight, bias = layer.params
+            x = b.op("Gemm", [x, b.const(hint + "/W", weight), b.const(hint + "/B", bias)], hint)
+            size = weight.shape[1]
+        elif layer.kind == "concat":
+            x = b.op("Concat", [t for t, _ in sources], hint, axis=1)
+            size = sum(w for _, w in sources)
+        elif layer.params == "softmax":
+            x = b.op("Softmax", [x], hint, axis=1)
+        else:
+            x = _pointwise(b, x, layer.params)
+        tensors[layer.name] = (x, size)
+    return tensors
+
+
+def build(trunk, features=False, source="", network=None, float_input=False):
+    """The fused graph (ONNX ModelProto) of a trunk: uint8 frame -> /255 -> trunk -> VisualBackProp.
+
+    With ``network`` (pilots/network.py) it is the whole pilot: its other inputs go in under their own
+    names and its outputs come out under theirs, beside the mask. ``float_input``: the frame arrives
+    already normalized to [0, 1] as float32 (what donkeycar's KerasPilot hands its interpreter)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper
 
     height, width, channels = trunk.input_shape
     b = _Builder()
-    # uint8 frame in: a 4x smaller host->device copy, and the /255 that KerasPilot applies. Named
-    # 'vbp/' like the head: TensorRT keeps this cheap prologue in fp32 with it.
-    scaled = b.op("Div", [b.op("Cast", [INPUT_NAME], "vbp/frame_float", to=TensorProto.FLOAT),
-                          b.const("vbp/255", np.array(255.0, np.float32))], "vbp/frame_scaled")
+    if float_input:
+        scaled = INPUT_NAME
+    else:
+        # uint8 frame in: a 4x smaller host->device copy, and the /255 that KerasPilot applies. Named
+        # 'vbp/' like the head: TensorRT keeps this cheap prologue in fp32 with it.
+        scaled = b.op("Div", [b.op("Cast", [INPUT_NAME], "vbp/frame_float", to=TensorProto.FLOAT),
+                              b.const("vbp/255", np.array(255.0, np.float32))], "vbp/frame_scaled")
     image = b.op("Transpose", [scaled], "vbp/frame_nchw", perm=[0, 3, 1, 2])
     maps = _trunk(b, trunk, image)
     mask, means = _head(b, trunk, maps)
@@ -330,25 +386,46 @@ def build(trunk, features=False, source=""):
             b.op("Identity", [tensor], "vbp/output", output="features_%d" % i)
             outputs.append(helper.make_tensor_value_info("features_%d" % i, TensorProto.FLOAT,
                                                          ["N", conv.channels] + list(conv.out_hw)))
-    frame = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", height, width, channels])
-    graph = helper.make_graph(b.nodes, "donkey_saliency", [frame], outputs, initializer=b.initializers)
+    frame = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT if float_input else TensorProto.UINT8,
+                                          ["N", height, width, channels])
+    inputs, pilot = [frame], None
+    if network is not None:
+        taken = set(o.name for o in outputs) | {INPUT_NAME}
+        clash = [n for n in network.output_names + [i.name for i in network.extra_inputs] if n in taken]
+        if clash:
+            raise ModelError("the pilot names an input or output %s, which saliency's graph uses itself" % clash[0])
+        tensors = _pilot_layers(b, trunk, network, maps[-1])
+        for extra in network.extra_inputs:
+            inputs.append(helper.make_tensor_value_info(extra.name, TensorProto.FLOAT, ["N"] + list(extra.shape)))
+        for name, tensor in network.outputs:
+            b.op("Identity", [tensors[tensor][0]], "pilot/output", output=name)
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", tensors[tensor][1]]))
+        pilot = dict(image=network.image, inputs=[[i.name, list(i.shape)] for i in network.extra_inputs],
+                     input_order=[i.name for i in network.inputs], outputs=network.output_names,
+                     float_input=bool(float_input))
+    graph = helper.make_graph(b.nodes, "donkey_saliency", inputs, outputs, initializer=b.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="donkey-saliency",
                               producer_version=__version__)
     proto.ir_version = IR_VERSION
     info = dict(format=GRAPH_FORMAT, input_shape=list(trunk.input_shape), layers=trunk.layer_names,
                 level_shapes=[list(c.out_hw) for c in trunk.convs], model_type=trunk.model_type,
                 source=source, version=__version__, features=features)
+    if pilot is not None:
+        info["pilot"] = pilot
     helper.set_model_props(proto, {META_KEY: json.dumps(info)})
     onnx.checker.check_model(proto)
     return proto
 
 
-def export(pilot, features=False):
-    """The fused :class:`SaliencyGraph` of a loaded :class:`~donkey_saliency.pilots.Pilot`."""
+def export(pilot, features=False, float_input=False):
+    """The fused :class:`SaliencyGraph` of a loaded :class:`~donkey_saliency.pilots.Pilot`; the whole
+    pilot's graph when it was read with its network (``load_pilot(path, whole=True)``)."""
     trunk = pilot.trunk
-    proto = build(trunk, features=features, source=os.path.basename(pilot.path.rstrip("/")))
+    proto = build(trunk, features=features, source=os.path.basename(pilot.path.rstrip("/")), network=pilot.network,
+                  float_input=float_input)
+    info = json.loads({p.key: p.value for p in proto.metadata_props}[META_KEY])
     return SaliencyGraph(proto.SerializeToString(), trunk.input_shape, trunk.layer_names,
-                         [list(c.out_hw) for c in trunk.convs], pilot.path)
+                         [list(c.out_hw) for c in trunk.convs], pilot.path, info.get("pilot"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,9 +455,10 @@ def file_digest(path):
     return sha.hexdigest()
 
 
-def graph_for(model_path, cache_dir=None, features=False):
+def graph_for(model_path, cache_dir=None, features=False, whole=False, float_input=False):
     """The fused graph for a pilot file: a ready ``.onnx`` graph is read as it is; anything else is
-    exported once and cached under its content hash (``cache_dir=False`` disables the cache)."""
+    exported once and cached under its content hash (``cache_dir=False`` disables the cache).
+    ``whole``: the whole pilot's graph (its outputs too); ``float_input``: see :func:`build`."""
     model_path = os.fspath(model_path)
     if not os.path.exists(model_path):
         raise ModelError("model file not found: %s" % model_path)
@@ -388,7 +466,8 @@ def graph_for(model_path, cache_dir=None, features=False):
         return SaliencyGraph.load(model_path)
     cached = None
     if cache_dir is not False:
-        key = "%s-g%d-o%d%s" % (file_digest(model_path)[:24], GRAPH_FORMAT, OPSET, "-f" if features else "")
+        key = "%s-g%d-o%d%s%s%s" % (file_digest(model_path)[:24], GRAPH_FORMAT, OPSET, "-f" if features else "",
+                                    "-p" if whole else "", "-x" if float_input else "")
         stem = os.path.splitext(os.path.basename(model_path.rstrip("/")))[0]
         cached = os.path.join(cache_dir or default_cache_dir(), "%s-%s.onnx" % (stem, key))
         if os.path.exists(cached):
@@ -398,7 +477,7 @@ def graph_for(model_path, cache_dir=None, features=False):
                 return graph
             except ModelError as error:
                 logger.warning("ignoring cached graph %s (%s); exporting again", cached, error)
-    graph = export(load_pilot(model_path), features=features)
+    graph = export(load_pilot(model_path, whole=whole), features=features, float_input=float_input)
     if cached:
         try:
             graph.save(cached)

@@ -89,12 +89,14 @@ class SaliencyPart(object):
     shutdown_join_s = 5.0  # how long shutdown() waits for the worker to finish its frame and close the backend
 
     def __init__(self, model_path, backend="auto", alpha=0.5, colormap="jet", max_fps=0, cache_dir=None,
-                 backend_options=None, method="vbp"):
+                 backend_options=None, method="vbp", sync_ms=0):
         self.model_path = model_path
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})
         self.alpha, self.colormap = _style_or_default(alpha, colormap)
         self.min_period = 1.0 / max_fps if max_fps else 0.0
+        # How long run_threaded may wait for the current frame's mask (then recorded with lag 0); 0: never.
+        self.sync_s = max(float(sync_ms or 0), 0.0) / 1000.0
         self.graph = None
         self.backend = None
         self.backend_description = backend  # what stats() shows; the running backend once active
@@ -103,6 +105,8 @@ class SaliencyPart(object):
         self._faults = _Faults()
         self._wake = threading.Condition()
         self._pending = None  # (frame, arrival time) not yet taken by the worker
+        self._shared = None  # a mask from outside (accept_mask) not yet taken by the worker
+        self._shared_this_loop = None  # the one accepted since the last run_threaded
         self._in_flight = False  # the worker is processing a frame it took
         # (SaliencyResult, outputs): one tuple, replaced whole by the worker, so a reader never pairs a
         # new result with an old overlay.
@@ -135,7 +139,7 @@ class SaliencyPart(object):
     def busy(self):
         """Whether a frame is waiting for the worker or being processed by it."""
         with self._wake:
-            return self._pending is not None or self._in_flight
+            return self._pending is not None or self._shared is not None or self._in_flight
 
     @property
     def latest(self):
@@ -163,13 +167,34 @@ class SaliencyPart(object):
         )
 
     # --- the drive loop's side ----------------------------------------------------------------
+    def accept_mask(self, frame, mask, means=(), infer_ms=0.0):
+        """A mask computed outside the part for ``frame`` (the pilot's own forward pass, see
+        interpreter.py; ``frame`` uint8, or the pilot's float image in [0, 1]). The worker draws, streams
+        and records it like its own, and the next ``run_threaded`` takes it for its frame (lag 0)
+        instead of queueing a pass of its own. Called in the drive loop: never blocks, never raises."""
+        try:
+            item = (frame, np.asarray(mask, dtype=np.float32), list(means), float(infer_ms), time.monotonic())
+            with self._wake:
+                if self._shared is not None:
+                    self._dropped += 1
+                self._shared = self._shared_this_loop = item
+                self._received += 1
+                self._wake.notify()
+        except Exception as error:  # pragma: no cover - the car must keep going whatever happens
+            self._faults.report("accept_mask", "accept_mask failed: %s", error)
+
     def run_threaded(self, image=None, fallback=None):
-        """Never blocks, never raises, and does O(1) work whatever the frame's size: it hands the
-        frame's reference to the worker, which copies and resizes it. ``fallback`` is used when
-        ``image`` is None (e.g. the transformed image does not exist in user mode)."""
+        """Never raises, does O(1) work whatever the frame's size (it hands the frame's reference to
+        the worker, which copies and resizes it) and waits at most ``sync_ms`` (never, by default) for
+        the frame's own mask. ``fallback`` is used when ``image`` is None (e.g. the transformed image
+        does not exist in user mode)."""
         try:
             frame = image if image is not None else fallback
             now = time.monotonic()
+            with self._wake:
+                shared, self._shared_this_loop = self._shared_this_loop, None
+            if shared is not None:
+                return self._shared_outputs(shared)
             if frame is not None and self.graph is not None:
                 with self._wake:
                     if self._pending is not None:
@@ -177,6 +202,8 @@ class SaliencyPart(object):
                     self._pending = (frame, now)
                     self._received += 1
                     self._wake.notify()
+                if self.sync_s:
+                    self._wait_for_result(now, self.sync_s)
             elif frame is None:
                 self._faults.report("none", "no image from the camera (None)")
             return self._outputs_for(frame, now)
@@ -191,6 +218,27 @@ class SaliencyPart(object):
         overlay_image, mask_u8, latency_ms, _ = outputs
         lag_ms = round((now - latest.frame_time) * 1000.0, 2)
         return overlay_image, mask_u8, latency_ms, lag_ms
+
+    def _wait_for_result(self, frame_time, timeout):
+        """Wait (bounded) until the worker's newest result is the one for the frame of ``frame_time``."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            while self._state[0] is None or self._state[0].frame_time < frame_time:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(left)
+        return True
+
+    def _shared_outputs(self, shared):
+        """Outputs for this loop's frame from an accepted mask: the worker's, when it has drawn it within
+        ``sync_ms``; else drawn here, so the record always holds the mask of its own frame (lag 0)."""
+        frame, mask, _, _, arrived = shared
+        if self._wait_for_result(arrived, self.sync_s):
+            overlay_image, mask_u8, latency_ms, _ = self._state[1]
+            return overlay_image, mask_u8, latency_ms, 0.0
+        picture = overlay(_frame_uint8(frame), mask, self.alpha, self.colormap)
+        return picture, mask_to_uint8(mask), round((time.monotonic() - arrived) * 1000.0, 2), 0.0
 
     def _placeholder(self, frame):
         """Before the first mask (or with no model): the picture itself and an empty mask, so every
@@ -209,7 +257,7 @@ class SaliencyPart(object):
         frame = image if image is not None else fallback
         if frame is not None and self.graph is not None:
             self._received += 1
-            self._process_guarded(frame, time.monotonic())
+            self._guarded(self._process, frame, time.monotonic())
         return self._outputs_for(frame, time.monotonic())
 
     # --- the worker's side --------------------------------------------------------------------
@@ -221,15 +269,20 @@ class SaliencyPart(object):
             while self._running:
                 with self._wake:
                     self._in_flight = False
-                    while self._running and self._pending is None:
+                    while self._running and self._pending is None and self._shared is None:
                         self._wake.wait(0.5)
                     if not self._running:
                         break
-                    frame, arrived = self._pending
-                    self._pending = None
+                    shared, self._shared = self._shared, None
+                    if shared is None:
+                        frame, arrived = self._pending
+                        self._pending = None
                     self._in_flight = True
                 started = time.monotonic()
-                self._process_guarded(frame, arrived)
+                if shared is not None:
+                    self._guarded(self._publish_shared, shared)
+                else:
+                    self._guarded(self._process, frame, arrived)
                 if self.min_period:
                     time.sleep(max(0.0, self.min_period - (time.monotonic() - started)))
         except BaseException as error:  # pragma: no cover - only a bug here; say so instead of "running"
@@ -241,9 +294,10 @@ class SaliencyPart(object):
                 self._in_flight = False
             self._close_backend()
 
-    def _process_guarded(self, frame, arrived):
+    def _guarded(self, work, *args):
+        """One frame's work under a catch-all: nothing a frame does may end the worker."""
         try:
-            self._process(frame, arrived)
+            work(*args)
         except Exception as error:
             self._faults.report("worker:%s" % type(error).__name__, "processing a frame failed: %s", error)
 
@@ -293,17 +347,36 @@ class SaliencyPart(object):
         except Exception as error:
             self._faults.report("infer:%s" % type(error).__name__, "inference failed: %s", error)
             return
+        self._publish(picture_base, mask, means, arrived, infer_ms)
+
+    def _publish_shared(self, shared):
+        frame, mask, means, infer_ms, arrived = shared
+        try:
+            picture_base = _frame_uint8(frame)
+        except InputError as error:
+            self._faults.report("input", "bad frame: %s", error)
+            return
+        self._publish(picture_base, mask, means, arrived, infer_ms)
+
+    def _publish(self, picture_base, mask, means, arrived, infer_ms):
+        """Overlay, newest result and outputs, then the listeners (the stream)."""
         if not np.all(np.isfinite(mask)):
             self._faults.report("nan", "the mask holds NaN or infinite values; frame skipped")
             return
         means = self._checked_means(means)
-        picture = overlay(picture_base, mask, self.alpha, self.colormap)
+        try:
+            picture = overlay(picture_base, mask, self.alpha, self.colormap)
+        except Exception as error:
+            self._faults.report("overlay:%s" % type(error).__name__, "drawing the overlay failed: %s", error)
+            return
         done = time.monotonic()
         self._processed += 1
         result = SaliencyResult(self._processed, to_rgb(picture_base), picture, mask, means, arrived, done,
                                 (done - arrived) * 1000.0, infer_ms)
         self._timings.append((done, result.latency_ms, infer_ms))
-        self._state = (result, (picture, mask_to_uint8(mask), round(result.latency_ms, 2), 0.0))
+        with self._wake:
+            self._state = (result, (picture, mask_to_uint8(mask), round(result.latency_ms, 2), 0.0))
+            self._wake.notify_all()  # a run_threaded waiting for this frame (sync_ms)
         good = True
         for callback in list(self._listeners):
             try:
@@ -360,3 +433,13 @@ def _style_or_default(alpha, colormap):
     except InputError as error:
         logger.error("saliency: %s; using alpha 0.5 and colormap jet", error)
         return check_style(0.5, "jet")
+
+
+def _frame_uint8(frame):
+    """uint8 picture of a frame that is uint8 already or the pilot's normalized float image (x / 255)."""
+    from .api import as_uint8_image
+
+    array = np.asarray(frame)
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+    return as_uint8_image(array)

@@ -927,11 +927,11 @@ def backfill(tub_path, model_path=None, out_path=None, batch=64, backend="auto",
     # Before anything is written or removed: a second run to the same --out must not touch the first's copy.
     with OutputLock(out_path):
         return _backfill_locked(source, model_path, out_path, batch, backend, image_key, alpha, colormap, workers,
-                                threads, progress, saliency)
+                                threads, progress, saliency, method)
 
 
 def _backfill_locked(source, model_path, out_path, batch, backend, image_key, alpha, colormap, workers, threads,
-                     progress, saliency):
+                     progress, saliency, method):
     own = saliency is None
     if own:
         from . import load

@@ -65,7 +65,9 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     part = SaliencyPart(model, backend=s["SALIENCY_BACKEND"], alpha=s["SALIENCY_ALPHA"],
                         colormap=s["SALIENCY_COLORMAP"], max_fps=s["SALIENCY_MAX_FPS"],
                         cache_dir=s["SALIENCY_CACHE_DIR"], backend_options=backend_options,
-                        method=s["SALIENCY_METHOD"])
+                        method=s["SALIENCY_METHOD"], sync_ms=s["SALIENCY_SYNC_MS"])
+    if s["SALIENCY_SHARE_PILOT"]:
+        share_pilot_pass(V, part, model_path, s["SALIENCY_BACKEND"], backend_options)
     image_key = config.image_key(cfg)
     # The transformed image exists only when the pilot runs; fall back to the camera's.
     part_inputs = [image_key] if image_key == "cam/image_array" else [image_key, "cam/image_array"]
@@ -92,3 +94,36 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
             logger.warning("saliency: %s", message)
         inputs[:], types[:] = new_inputs, new_types
     return part
+
+
+def find_pilot(V):
+    """The car's donkeycar KerasPilot among the vehicle's parts (by what it has: importing
+    donkeycar.parts.keras would import TensorFlow), or None."""
+    for entry in V.parts:
+        part = entry["part"]
+        if hasattr(part, "interpreter") and hasattr(part, "interpreter_to_output"):
+            return part
+    return None
+
+
+def share_pilot_pass(V, part, model_path, backend, backend_options):
+    """SALIENCY_SHARE_PILOT: put a SaliencyInterpreter into the car's pilot, so its forward pass also gives
+    the mask, handed to ``part``. Returns the interpreter, or None (logged) when the pilot keeps its own."""
+    pilot = find_pilot(V)
+    if pilot is None or not model_path:
+        logger.info("saliency: SALIENCY_SHARE_PILOT is on but the car has no pilot part with a --model file")
+        return None
+    try:
+        from .interpreter import SaliencyInterpreter
+
+        interpreter = SaliencyInterpreter(backend=backend, cache_dir=backend_options.get("cache_dir"),
+                                          backend_options=backend_options)
+        interpreter.load(model_path)
+    except Exception as error:  # the car drives on with donkeycar's own interpreter
+        logger.warning("saliency: the pilot keeps its own interpreter (%s)", error)
+        return None
+    interpreter.add_listener(part.accept_mask)
+    pilot.interpreter = interpreter
+    logger.info("saliency: the pilot %s runs on the SaliencyInterpreter; its pass gives the mask",
+                type(pilot).__name__)
+    return interpreter

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -52,6 +53,11 @@ def switch_recording_on(port):
 
 @pytest.fixture
 def car(tmp_path, linear_pilot_path):
+    return make_car(tmp_path, linear_pilot_path, ['CAMERA_TYPE = "MOCK"'])
+
+
+def make_car(tmp_path, pilot, config_lines):
+    """`donkey createcar --template complete` with the README's lines, mock drivetrain, web on a free port."""
     path = tmp_path / "mycar"
     subprocess.run([os.path.join(BIN, "donkey"), "createcar", "--path", str(path), "--template", "complete"],
                    check=True, capture_output=True, timeout=120)
@@ -62,15 +68,16 @@ def car(tmp_path, linear_pilot_path):
     (path / "manage.py").write_text(manage)
     port = free_port()
     with open(str(path / "myconfig.py"), "a") as config:
-        config.write("\n".join([
-            'CAMERA_TYPE = "MOCK"', 'DRIVE_TRAIN_TYPE = "mock"', "USE_JOYSTICK_AS_DEFAULT = False",
+        config.write("\n".join(list(config_lines) + [
+            'DRIVE_TRAIN_TYPE = "mock"', "USE_JOYSTICK_AS_DEFAULT = False",
             "MAX_LOOPS = 240", "WEB_CONTROL_PORT = %d" % port, 'WEB_INIT_MODE = "local"',
             "AUTO_RECORD_ON_THROTTLE = False", "RECORD_DURING_AI = True",
             'SALIENCY_BACKEND = "onnxruntime"', ""]))
-    return dict(path=path, port=port, pilot=linear_pilot_path)
+    return dict(path=path, port=port, pilot=pilot)
 
 
-def test_complete_template_with_readme_lines_drives_streams_and_records(car):
+def drive(car):
+    """`python manage.py drive --model ...` until saliency runs, recording switched on; the car's output."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     process = subprocess.Popen([sys.executable, "manage.py", "drive", "--model", car["pilot"]],
                                cwd=str(car["path"]), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -97,12 +104,21 @@ def test_complete_template_with_readme_lines_drives_streams_and_records(car):
     assert process.returncode == 0, output[-3000:]
     assert re.search(r"\|\s+SaliencyPart\s+\|", output), "the part did not run in the drive loop"
     assert "Traceback" not in output, output[-3000:]
+    return output
 
+
+def tub_records(car):
     from donkeycar.parts.tub_v2 import Tub
 
     tub = Tub(str(car["path"] / "data"), read_only=True)
     records = list(tub)
     tub.close()
+    return records
+
+
+def test_complete_template_with_readme_lines_drives_streams_and_records(car):
+    drive(car)
+    records = tub_records(car)
     assert len(records) > 10
     for record in records:
         for key in ("saliency/image_array", "saliency/mask", "saliency/lag_ms"):
@@ -115,3 +131,58 @@ def test_complete_template_with_readme_lines_drives_streams_and_records(car):
     mask = cv2.imread(os.path.join(images, last["saliency/mask"]), cv2.IMREAD_UNCHANGED)
     assert overlay.shape == (120, 160, 3) and mask.shape == (120, 160)
     assert last["saliency/lag_ms"] >= 0
+
+
+def replay_frames(folder, count=24):
+    """Real camera frames, far apart in the real drive (so each is told from the others after the tub's
+    JPEG round trip), written losslessly for donkeycar's IMAGE_LIST camera."""
+    import cv2
+
+    from conftest import REAL_TUB, real_data_or_skip
+
+    real_data_or_skip()
+    names = sorted((n for n in os.listdir(REAL_TUB) if n.endswith(".jpg")), key=lambda n: int(n.split("_")[0]))
+    step = max(len(names) // count, 1)
+    frames = []
+    os.makedirs(str(folder))
+    for i, name in enumerate(names[::step][:count]):
+        bgr = cv2.imread(os.path.join(REAL_TUB, name))
+        cv2.imwrite(os.path.join(str(folder), "%d_cam.png" % i), bgr)
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return np.stack(frames)
+
+
+def test_shared_pilot_drives_as_the_stock_pilot_and_records_each_frames_own_mask(tmp_path):
+    """SALIENCY_SHARE_PILOT = True in a real car driving itself (local mode) on replayed real frames: the
+    pilot steers exactly as donkeycar's own KerasInterpreter does on the frame it saw, and every record
+    holds the mask of its own frame (lag 0)."""
+    from conftest import REAL_PILOT
+    from donkeycar.parts.interpreter import KerasInterpreter
+    from donkeycar.parts.keras import KerasLinear
+
+    frames = replay_frames(tmp_path / "replay")
+    car = make_car(tmp_path, REAL_PILOT, [
+        'CAMERA_TYPE = "IMAGE_LIST"', 'PATH_MASK = %r' % str(tmp_path / "replay" / "*.png"),
+        "SALIENCY_SHARE_PILOT = True"])
+    output = drive(car)
+    assert "runs on the SaliencyInterpreter" in output, output[-3000:]
+    records = tub_records(car)
+    assert len(records) > 10
+
+    import cv2
+
+    stock = KerasLinear(interpreter=KerasInterpreter())
+    stock.load(REAL_PILOT)
+    images = os.path.join(str(car["path"] / "data"), "images")
+    seen = set()
+    for record in records:
+        assert record["saliency/lag_ms"] == 0.0, record["saliency/lag_ms"]
+        recorded = cv2.cvtColor(cv2.imread(os.path.join(images, record["cam/image_array"])), cv2.COLOR_BGR2RGB)
+        distances = np.abs(frames.astype(np.int16) - recorded.astype(np.int16)).mean(axis=(1, 2, 3))
+        nearest, runner_up = np.argsort(distances)[:2]
+        assert distances[nearest] * 3 < distances[runner_up], "the recorded frame is not told apart"
+        seen.add(int(nearest))
+        angle, throttle = stock.run(frames[nearest])
+        assert abs(record["pilot/angle"] - float(angle)) <= 1e-5
+        assert abs(record["pilot/throttle"] - float(throttle)) <= 1e-5
+    assert len(seen) > 5

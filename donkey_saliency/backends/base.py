@@ -29,8 +29,8 @@ class Backend(object):
     def _activate(self):
         raise NotImplementedError
 
-    def _infer(self, frames):
-        # type: (np.ndarray) -> Dict[str, np.ndarray]
+    def _infer(self, frames, extra=None):
+        # type: (np.ndarray, Dict[str, np.ndarray]) -> Dict[str, np.ndarray]
         raise NotImplementedError
 
     def _close(self):
@@ -46,12 +46,13 @@ class Backend(object):
             self._thread = threading.current_thread()
         return self
 
-    def infer(self, frames):
-        # type: (np.ndarray) -> Dict[str, np.ndarray]
-        """frames: uint8 (N, H, W, C) at the graph's input size. Returns every graph output by name."""
+    def infer(self, frames, extra=None):
+        # type: (np.ndarray, Dict[str, np.ndarray]) -> Dict[str, np.ndarray]
+        """frames: uint8 (N, H, W, C) at the graph's input size (float32 in [0, 1] for a float-input
+        graph). ``extra``: a whole-pilot graph's other inputs by name. Returns every output by name."""
         if not self._active:
             self.activate()
-        return self._infer(frames)
+        return self._infer(frames, extra) if extra else self._infer(frames)
 
     def close(self):
         if self._active:

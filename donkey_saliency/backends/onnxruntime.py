@@ -39,8 +39,10 @@ class OnnxRuntimeBackend(Backend):
         self._session = ort.InferenceSession(self.graph.onnx_bytes, sess_options=session_options, providers=wanted)
         self._output_names = [o.name for o in self._session.get_outputs()]
 
-    def _infer(self, frames):
-        values = self._session.run(self._output_names, {self.graph.input_name: frames})
+    def _infer(self, frames, extra=None):
+        feed = {self.graph.input_name: frames}
+        feed.update(extra or {})
+        values = self._session.run(self._output_names, feed)
         return dict(zip(self._output_names, values))
 
     def _close(self):

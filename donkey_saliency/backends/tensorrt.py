@@ -205,6 +205,9 @@ class TensorRTBackend(Backend):
         reason = unavailable_reason()
         if reason:
             raise BackendUnavailable(reason)
+        if self.graph.pilot and self.graph.pilot.get("inputs"):
+            raise BackendUnavailable("the TensorRT backend feeds the frame alone; this pilot also reads %s"
+                                     % ", ".join(name for name, _ in self.graph.pilot["inputs"]))
         import pycuda.driver as cuda
 
         cuda.init()

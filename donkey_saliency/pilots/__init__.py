@@ -14,25 +14,30 @@ TFLITE_SUFFIXES = (".tflite",)
 class Pilot(object):
     """A pilot file and its trunk."""
 
-    def __init__(self, path, trunk, file_format):
+    def __init__(self, path, trunk, file_format, network=None):
         self.path = path
         self.trunk = trunk
         self.format = file_format  # 'keras' | 'tflite'
+        self.network = network  # the layers past the trunk (network.py), when read with whole=True
 
 
-def load_pilot(path):
-    """Read a pilot file (.h5 .hdf5 .keras .tflite, or a SavedModel directory) and find its trunk."""
+def load_pilot(path, whole=False):
+    """Read a pilot file (.h5 .hdf5 .keras .tflite, or a SavedModel directory) and find its trunk;
+    ``whole=True`` reads the rest of the network too (its outputs are the pilot's)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelError("model file not found: %s" % path)
     lower = path.lower().rstrip("/")
     if lower.endswith(TFLITE_SUFFIXES):
-        from .tflite import tflite_trunk
+        from .tflite import tflite_network, tflite_trunk
 
-        return Pilot(path, tflite_trunk(path), "tflite")
+        trunk = tflite_trunk(path)
+        return Pilot(path, trunk, "tflite", tflite_network(path, trunk) if whole else None)
     if not os.path.isdir(path) and not lower.endswith(KERAS_SUFFIXES):
         raise ModelError("%s: unknown pilot format (expected .h5, .keras, .tflite or a SavedModel directory)"
                          % path)
-    from .keras import keras_trunk, read
+    from .keras import keras_network, keras_trunk, read
 
-    return Pilot(path, keras_trunk(read(path)), "keras")
+    keras_file = read(path)
+    trunk = keras_trunk(keras_file)
+    return Pilot(path, trunk, "keras", keras_network(keras_file, trunk) if whole else None)

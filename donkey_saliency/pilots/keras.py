@@ -36,11 +36,12 @@ def _h5py():
 
 
 class _Layer(object):
-    def __init__(self, name, kind, config, inbound):
+    def __init__(self, name, kind, config, inbound, nodes=None):
         self.name = name
         self.kind = kind  # Keras class name
         self.config = config
         self.inbound = inbound  # names of the layers feeding its first call
+        self.nodes = nodes or []  # the raw inbound nodes (call arguments: a TFOpLambda's axis)
 
 
 class KerasFile(object):
@@ -166,7 +167,8 @@ def _layers(config):
     if kind not in ("Model", "Functional"):
         raise ModelError("the file holds a %s, not a Keras model" % kind)
     return [_Layer(entry.get("name") or entry["config"]["name"], entry["class_name"], entry.get("config", {}),
-                   _inbound_names(entry.get("inbound_nodes") or [])) for entry in body["layers"]]
+                   _inbound_names(entry.get("inbound_nodes") or []), entry.get("inbound_nodes") or [])
+            for entry in body["layers"]]
 
 
 def _inbound_names(nodes):
@@ -323,6 +325,7 @@ def keras_trunk(keras_file):
             consumers.setdefault(name, []).append(layer)
     # Sequential models list their first layer as the input when it carries the input shape.
     current = image.name
+    chain = [image.name]
     pending = [image] if image.kind != "InputLayer" else []
     while True:
         if pending:
@@ -363,6 +366,105 @@ def keras_trunk(keras_file):
         else:
             break  # Flatten, Dense, global pooling, Lambda, merges: the trunk ends here
         current = layer.name
+        chain.append(current)
     model_type = model_type_from_names(keras_file.input_names, keras_file.output_names) or \
         keras_file.config.get("config", {}).get("name") or "keras"
-    return builder.finish(model_type)
+    trunk = builder.finish(model_type)
+    trunk.chain_sources = chain  # the layers the trunk stands for; the last one is where it ends
+    return trunk
+
+
+# --------------------------------------------------------------------------------------------
+# The whole pilot
+
+_CONCAT_FUNCTIONS = {"concat", "concatenate", "keras.backend.concatenate"}
+
+
+def _concat_axis(layer):
+    """The axis a Concatenate layer or a TFOpLambda(tf.concat) joins along."""
+    if layer.kind == "Concatenate":
+        return layer.config.get("axis", -1)
+    axis = -1
+    for node in layer.nodes[:1]:
+        if isinstance(node, list):
+            for entry in node:
+                if isinstance(entry, list) and len(entry) > 3 and isinstance(entry[3], dict):
+                    axis = entry[3].get("axis", axis)
+        elif isinstance(node, dict):
+            axis = node.get("kwargs", {}).get("axis", axis)
+    return axis
+
+
+def keras_network(keras_file, trunk):
+    """The layers past the trunk, as a :class:`~.network.Network` (Dense, Flatten, Concatenate, ...)."""
+    from .network import Input, Layer, Network, TRUNK_END, append, dense, refuse
+
+    by_name = {l.name: l for l in keras_file.layers}
+    image = by_name[trunk.chain_sources[0]]
+    if image.kind != "InputLayer":
+        raise ModelError("the pilot's image input is not an Input layer (a Sequential model); the whole-pilot graph "
+                         "reads functional donkey pilots")
+    inputs = [Input(name, tuple(int(d) for d in _input_shape(by_name[name])[1:])) for name in keras_file.input_names]
+    outputs = keras_file.output_names
+    alias = {trunk.chain_sources[-1]: TRUNK_END}
+    alias.update((i.name, i.name) for i in inputs)
+    # Only what feeds an output from the trunk's end and the inputs: a decoder branch does not matter.
+    needed, todo = set(), list(outputs)
+    while todo:
+        name = todo.pop()
+        if name not in needed and name not in alias and name in by_name:
+            needed.add(name)
+            todo.extend(by_name[name].inbound)
+    flat = set(i.name for i in inputs if len(i.shape) == 1)  # tensors that are (N, features)
+    inside = set(trunk.chain_sources[:-1])
+    layers = []
+    for layer in keras_file.layers:
+        if layer.name not in needed or layer.name in alias or layer.kind == "InputLayer":
+            continue
+        if layer.name in inside:
+            raise ModelError("layer %s sits inside the conv trunk and also feeds the pilot's output, which the "
+                             "whole-pilot graph does not support" % layer.name)
+        sources = [alias.get(name, name) for name in layer.inbound]
+        kind = layer.kind
+        if kind in _IDENTITIES or (kind == "Flatten" and sources[0] in flat):
+            alias[layer.name] = sources[0]
+            continue
+        if kind == "Flatten":
+            if sources != [TRUNK_END]:
+                raise ModelError("layer %s flattens a tensor that is not the conv trunk's end" % layer.name)
+            layers.append(Layer("flatten", layer.name, sources, None))
+        elif kind == "Dense":
+            if any(name not in flat for name in sources):
+                raise ModelError("layer %s is a Dense on the unflattened conv trunk, which the whole-pilot graph "
+                                 "does not support" % layer.name)
+            weights = keras_file.weights(layer.name)
+            if not weights:
+                raise ModelError("layer %s has no weights in the file" % layer.name)
+            bias = weights[1] if layer.config.get("use_bias", True) and len(weights) > 1 else None
+            append(layers, dense(layer.name, sources, weights[0], bias), _softmax_or_activation(layer))
+        elif kind in ("ReLU", "LeakyReLU", "ELU", "Activation", "Softmax"):
+            applied = _softmax_or_activation(layer)
+            if applied is None:
+                alias[layer.name] = sources[0]
+                continue
+            layers.append(Layer("activation", layer.name, sources, applied))
+        elif kind == "Concatenate" or (kind == "TFOpLambda" and layer.config.get("function") in _CONCAT_FUNCTIONS):
+            if any(name not in flat for name in sources) or _concat_axis(layer) not in (1, -1):
+                raise ModelError("layer %s concatenates other than (batch, features) tensors along their features"
+                                 % layer.name)
+            layers.append(Layer("concat", layer.name, sources, None))
+        else:
+            refuse(layer.name, kind if kind != "TFOpLambda" else "TFOpLambda(%s)" % layer.config.get("function"))
+        flat.add(layer.name)
+    return Network(inputs, image.name, layers, [(name, alias.get(name, name)) for name in outputs])
+
+
+def _softmax_or_activation(layer):
+    name = layer.config.get("activation")
+    if layer.kind == "Softmax" or (isinstance(name, str) and name.lower() == "softmax"):
+        axis = layer.config.get("axis", -1)
+        if axis not in (-1, 1, [-1], [1]):
+            raise ModelError("layer %s takes a softmax along axis %s; only the features axis is supported"
+                             % (layer.name, axis))
+        return "softmax"
+    return _activation_of(layer)

@@ -54,11 +54,12 @@ class _Op(object):
 class _Graph(object):
     """Tensors, ops (in execution order) and inputs of a model's main subgraph."""
 
-    def __init__(self, tensors, ops, inputs, signature_names):
+    def __init__(self, tensors, ops, inputs, signature_names, signature_tensors=([], [])):
         self.tensors = tensors
         self.ops = ops
         self.inputs = inputs
         self.signature_names = signature_names  # (input names, output names): the Keras layer names
+        self.signature_tensors = signature_tensors  # their tensor indices, in the same order
         self.producers = {out: op for op in ops for out in op.outputs}
 
     def consumers(self, index):
@@ -153,11 +154,15 @@ def _parse(data):
         outputs = tuple(int(v) for v in _indices(op.array(2, "<i4"), count))
         ops.append(_Op(kinds[opcode], inputs, outputs, op.table(4)))
     inputs = [int(v) for v in _indices(graph.array(1, "<i4"), count)]
-    signature_names = ([], [])
+    signature_names, signature_tensors = ([], []), ([], [])
     signatures = model.tables(7)
     if signatures:
         signature_names = tuple([entry.string(0) for entry in signatures[0].tables(field)] for field in (0, 1))
-    return _Graph(tensors, ops, inputs, signature_names)
+        signature_tensors = tuple([int(entry.scalar(1, "<I")) for entry in signatures[0].tables(field)]
+                                  for field in (0, 1))
+        if any(index >= count for indices in signature_tensors for index in indices):
+            raise FlatbufferError("the signature refers to a tensor that does not exist")
+    return _Graph(tensors, ops, inputs, signature_names, signature_tensors)
 
 
 def _indices(values, count):
@@ -229,7 +234,7 @@ def _fused_activation(op, name):
 
 # Field index of fused_activation_function in each op's options table.
 _FUSED_FIELD = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "AVERAGE_POOL_2D": 5, "MAX_POOL_2D": 5, "ADD": 0, "MUL": 0,
-                "SUB": 0, "DIV": 0}
+                "SUB": 0, "DIV": 0, "FULLY_CONNECTED": 0, "CONCATENATION": 1}
 
 
 def _conv(builder, graph, op, name):
@@ -408,7 +413,89 @@ def tflite_trunk(path):
             break  # RESHAPE (Flatten), FULLY_CONNECTED, MEAN, CONCATENATION ...: the trunk ends here
         tensor = out
     trunk = builder.finish(None)
+    trunk.chain_sources = [image, tensor]  # where the trunk starts and ends in the file
     trunk.model_type = _model_type(graph, trunk.map_sources[0])
     names = _unique([_layer_name(label) for label in labels[:len(trunk.steps)]])
     trunk.steps = [s._replace(name=n) for s, n in zip(trunk.steps, names)]
     return trunk
+
+
+# --------------------------------------------------------------------------------------------
+# The whole pilot
+
+def tflite_network(path, trunk):
+    """The ops past the trunk, as a :class:`~.network.Network`, with the inputs and outputs in the order
+    donkeycar's TfLite interpreter gives them (its signature's, which TFLite keeps sorted by name)."""
+    from .network import Input, Layer, Network, TRUNK_END, append, dense, refuse
+
+    graph = read_graph(path)
+    names, indices = graph.signature_names, graph.signature_tensors
+    if not names[0] or not names[1]:
+        raise ModelError("%s has no signature (inputs and outputs by name), which donkeycar's TfLite interpreter "
+                         "needs; convert the pilot again with 'donkey train' or keras_model_to_tflite" % path)
+    inputs = sorted(zip(names[0], indices[0]))
+    outputs = sorted(zip(names[1], indices[1]))
+    image_name = [name for name, index in inputs if index == trunk.chain_sources[0]]
+    if not image_name:
+        raise ModelError("the pilot's image input is not among its signature's inputs")
+    alias = {trunk.chain_sources[-1]: TRUNK_END}
+    alias.update((index, name) for name, index in inputs)
+    flat = set(name for name, index in inputs if len(graph.tensors[index].shape) == 2)
+    needed, todo = set(), [index for _, index in outputs]
+    while todo:
+        index = todo.pop()
+        if index in needed or index in alias:
+            continue
+        needed.add(index)
+        producer = graph.producers.get(index)
+        if producer is not None:
+            todo.extend(i for i in producer.inputs if i >= 0 and graph.constant(i) is None)
+    layers = []
+    for op in graph.ops:
+        if not needed.intersection(op.outputs):
+            continue
+        out = op.outputs[0]
+        name = "t%d" % out
+        label = graph.tensors[out].name
+        data_inputs = [i for i in op.inputs if i >= 0 and graph.constant(i) is None]
+        if any(i not in alias for i in data_inputs):
+            raise ModelError("op %s (%s) reads a tensor of the conv trunk other than its end, which the whole-pilot "
+                             "graph does not support" % (label, op.kind))
+        sources = [alias[i] for i in data_inputs]
+        if op.kind == "RESHAPE":
+            shape = graph.tensors[out].shape
+            if len(shape) != 2:
+                refuse(label, "RESHAPE to %s" % (shape[1:],))
+            if sources == [TRUNK_END]:
+                layers.append(Layer("flatten", name, sources, None))
+            elif sources[0] in flat:
+                alias[out] = sources[0]
+                continue
+            else:
+                refuse(label, "RESHAPE of a tensor other than the trunk's end")
+        elif op.kind == "FULLY_CONNECTED":
+            weight = graph.constant(op.inputs[1])
+            if weight is None or weight.ndim != 2 or any(s not in flat for s in sources[:1]) or len(sources) != 1:
+                refuse(label, "FULLY_CONNECTED with a non-constant weight or on an unflattened tensor")
+            bias = graph.constant(op.inputs[2]) if len(op.inputs) > 2 else None
+            append(layers, dense(name, sources, weight.T, bias), _fused_activation(op, label))
+        elif op.kind == "SOFTMAX":
+            beta = op.options.scalar(0, "<f", 1.0) if op.options is not None else 1.0
+            if beta != 1.0 or len(graph.tensors[out].shape) != 2:
+                refuse(label, "SOFTMAX with beta %g" % beta)
+            layers.append(Layer("activation", name, sources, "softmax"))
+        elif op.kind == "CONCATENATION":
+            axis = op.options.scalar(0, "<i") if op.options is not None else 0
+            if axis not in (1, -1) or any(s not in flat for s in sources):
+                refuse(label, "CONCATENATION along axis %d" % axis)
+            append(layers, Layer("concat", name, sources, None), _fused_activation(op, label))
+        elif op.kind in _ACTIVATION_OPS:
+            alpha = op.options.scalar(0, "<f", 0.2) if op.kind == "LEAKY_RELU" and op.options is not None else None
+            layers.append(Layer("activation", name, sources, activation(_ACTIVATION_OPS[op.kind], label, alpha)))
+        else:
+            refuse(label, op.kind)
+        alias[out] = name
+        flat.add(name)
+    return Network([Input(n, tuple(graph.tensors[i].shape[1:])) for n, i in inputs], image_name[0], layers,
+                   [(n, alias.get(i, "t%d" % i)) for n, i in outputs])
+

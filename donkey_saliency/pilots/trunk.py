@@ -173,6 +173,9 @@ class Trunk(object):
         # tensor index): what the framework-side reference (pilots/reference.py) reads.
         self.map_sources = list(map_sources)
         self.input_source = input_source
+        self.after_maps = ([], [])  # (pointwise ops, spatial steps) after the last map: see TrunkBuilder.finish
+        self.end_hw, self.end_channels = (self.steps[-1].out_hw, self.steps[-1].channels) if self.steps else \
+            (self.input_shape[:2], self.input_shape[2])
 
     @property
     def input_hw(self):
@@ -258,8 +261,9 @@ class TrunkBuilder(object):
 
     def finish(self, model_type):
         steps = list(self.steps)
+        trailing = []
         while steps and steps[-1].kind != "conv":  # geometry after the last conv does not reach the mask
-            steps.pop()
+            trailing.insert(0, steps.pop())
         if not steps:
             raise ModelError("the pilot has no convolution on its image path (no Conv2D layer), so there is nothing "
                              "to explain")
@@ -267,7 +271,11 @@ class TrunkBuilder(object):
         # Pointwise ops after the last map cannot reach the mask either.
         last = steps[-1]
         steps[-1] = last._replace(tail=last.tail[:last.compute.map_at])
-        return Trunk(self.input_shape, steps, model_type, self.input_tail, self.map_sources, self.input_source)
+        trunk = Trunk(self.input_shape, steps, model_type, self.input_tail, self.map_sources, self.input_source)
+        # What the whole pilot still computes on the image path after the last map (not the mask's business).
+        trunk.after_maps = (list(last.tail[last.compute.map_at:]), trailing)
+        trunk.end_hw, trunk.end_channels = tuple(self.hw), self.channels
+        return trunk
 
     def _border_step(self, kind, name, border):
         border = tuple(tuple(int(v) for v in pair) for pair in border)

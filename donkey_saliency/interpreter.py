@@ -1,0 +1,192 @@
+"""``SaliencyInterpreter``: a donkeycar ``Interpreter`` that runs the whole pilot as one graph.
+
+donkeycar's ``KerasPilot`` runs its network through an interpreter (``donkeycar/parts/interpreter.py``,
+donkeycar 4.4-5.3; both its interfaces: 4.x ``predict``/``get_input_shapes``, 5.x ``predict_from_dict``/
+``get_input_shape``) and decodes the outputs itself (categorical unbinning, memory, ...). This one runs
+the project's whole-pilot graph (``graph.build(network=...)``, float input: KerasPilot normalizes the
+frame itself) on the project's backend, returns the pilot's outputs exactly as KerasInterpreter /
+TfLite do, and keeps the mask of the same pass: ``latest_mask`` (float32 H x W), and listeners that get
+it with the frame it belongs to (``SaliencyPart.accept_mask``). No TensorFlow is needed to run it.
+
+donkeycar is imported when the class is first made (:func:`interpreter_class`), never at import.
+"""
+import logging
+import time
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_CLASS = []  # the class, made once
+
+
+def interpreter_class():
+    """The ``SaliencyInterpreter`` class, a subclass of donkeycar's ``Interpreter``."""
+    if not _CLASS:
+        from donkeycar.parts.interpreter import Interpreter
+
+        _CLASS.append(type("SaliencyInterpreter", (_SharedPass, Interpreter), {"__module__": __name__}))
+    return _CLASS[0]
+
+
+def SaliencyInterpreter(backend="auto", cache_dir=None, backend_options=None):  # noqa: N802 - makes that class
+    return interpreter_class()(backend=backend, cache_dir=cache_dir, backend_options=backend_options)
+
+
+class _SharedPass(object):
+    """What ``SaliencyInterpreter`` adds to donkeycar's ``Interpreter`` (see the module docstring)."""
+
+    def __init__(self, backend="auto", cache_dir=None, backend_options=None):
+        super(_SharedPass, self).__init__()
+        self.backend_name = backend
+        self.cache_dir = cache_dir
+        self.backend_options = dict(backend_options or {})
+        self.graph = None
+        self.backend = None
+        self.model_path = None
+        self.latest_mask = None  # float32 (H, W) in [0, 1]: the mask of the newest predict
+        self.latest_means = None  # per conv layer, float32 (h, w)
+        self._listeners = []
+        self._tflite = False
+
+    # --- donkeycar's Interpreter interface ---------------------------------------------------------
+    def load(self, model_path):
+        """Read the pilot (.h5/.keras/.tflite; no TensorFlow) and build (or take from the cache) its graph."""
+        from .graph import graph_for
+
+        self.model_path = str(model_path)
+        graph = graph_for(self.model_path, cache_dir=self.cache_dir, whole=True, float_input=True)
+        if not graph.float_input:  # an exported .onnx: the part's graph, without the pilot's outputs
+            from .errors import ModelError
+
+            raise ModelError("%s is a saliency graph without the pilot's outputs; give the pilot file (.h5, "
+                             ".keras or .tflite)" % self.model_path)
+        self.graph = graph
+        pilot = graph.pilot
+        self._tflite = self.model_path.lower().endswith(".tflite")
+        self.input_keys = list(pilot["input_order"])
+        self.output_keys = list(pilot["outputs"])
+        shapes = dict(pilot["inputs"])
+        shapes[pilot["image"]] = list(self.graph.input_shape)
+        self.shapes = ({name: self._shape(shapes[name]) for name in self.input_keys}, {})
+        self.backend = None  # a new model: activated again on the next predict
+
+    def set_model(self, pilot):
+        """KerasInterpreter builds the Keras model here; the graph comes from ``load`` instead."""
+
+    def set_optimizer(self, optimizer):
+        pass
+
+    def compile(self, **kwargs):
+        pass
+
+    def get_input_shape(self, input_name):
+        """As donkeycar's interpreter for the file gives it: (None, ...) like Keras, or TfLite's
+        int32 array with batch 1."""
+        if self.graph is None:
+            raise RuntimeError("load a model first")
+        if input_name not in self.shapes[0]:
+            raise RuntimeError("%s is not an input of %s" % (input_name, self.model_path))
+        return self.shapes[0][input_name]
+
+    def get_input_shapes(self):
+        """donkeycar 4.4/4.5's name for it: every input's shape, in the model's input order."""
+        return [self.get_input_shape(name) for name in self.input_keys]
+
+    def predict(self, img_arr, *other_arr):
+        """donkeycar 4.4/4.5 call ``predict(img, other_or_None)``; 5.x ``predict(img, *others)``."""
+        others = tuple(a for a in other_arr if a is not None)
+        return self.predict_from_dict(dict(zip(self.input_keys, (img_arr,) + others)))
+
+    def predict_from_dict(self, input_dict):
+        """The pilot's outputs for one sample (the batch axis removed; a list when there are several),
+        as KerasInterpreter and TfLite return them; the mask goes to ``latest_mask`` and the listeners."""
+        pilot = self.graph.pilot
+        image = np.asarray(input_dict[pilot["image"]], dtype=np.float32)[None]
+        extra = {name: np.asarray(input_dict[name], dtype=np.float32).reshape([1] + list(shape))
+                 for name, shape in pilot["inputs"]}
+        started = time.monotonic()
+        outputs = self._active_backend().infer(image, extra)
+        infer_ms = (time.monotonic() - started) * 1000.0
+        self.latest_mask = outputs[self.graph.mask_name][0]
+        self.latest_means = [outputs[name][0] for name in self.graph.mean_names]
+        for callback in list(self._listeners):
+            try:
+                callback(image[0], self.latest_mask, self.latest_means, infer_ms)
+            except Exception as error:  # the pilot must drive on whatever a listener does
+                logger.warning("saliency: a mask listener failed: %s", error)
+        values = [outputs[name][0] for name in self.output_keys]
+        return values if len(values) > 1 else values[0]
+
+    def summary(self):
+        return "SaliencyInterpreter(%s, %s)" % (self.model_path, self.backend.describe() if self.backend else
+                                                self.backend_name)
+
+    # --- what it adds ------------------------------------------------------------------------------
+    def add_listener(self, callback):
+        """``callback(image, mask, means, infer_ms)`` after each predict, in the caller's thread (the drive
+        loop): keep it short. ``image`` is the pilot's normalized float32 frame (H, W, C)."""
+        self._listeners.append(callback)
+
+    def close(self):
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def _active_backend(self):
+        # Activated in the thread that predicts (CUDA contexts are per thread).
+        if self.backend is None:
+            from . import backends
+
+            self.backend = backends.activate_with_fallback(self.graph, self.backend_name, self.backend_options)
+            logger.info("saliency: the pilot runs on %s", self.backend.describe())
+        return self.backend
+
+    def _shape(self, shape):
+        if self._tflite:
+            return np.array([1] + list(shape), dtype=np.int32)
+        return (None,) + tuple(shape)
+
+    def __str__(self):
+        return "SaliencyInterpreter"
+
+
+# donkeycar's pilot classes by model type (donkeycar.utils.get_model_by_type), and what each takes from cfg.
+_PILOT_CLASSES = {"linear": "KerasLinear", "categorical": "KerasCategorical", "inferred": "KerasInferred",
+                  "imu": "KerasIMU", "memory": "KerasMemory", "behavior": "KerasBehavioral",
+                  "localizer": "KerasLocalizer"}
+_PREFIXES = ("tflite_", "tensorrt_")
+
+
+def pilot_on_saliency_interpreter(model_path, model_type=None, cfg=None, backend="auto", cache_dir=None,
+                                  backend_options=None):
+    """donkeycar's pilot for ``model_type`` (None: the type the file says) on a SaliencyInterpreter, loaded."""
+    from .errors import ModelError
+
+    interpreter = SaliencyInterpreter(backend=backend, cache_dir=cache_dir, backend_options=backend_options)
+    if model_type is None:
+        from .pilots import load_pilot
+
+        model_type = load_pilot(model_path).trunk.model_type
+    used = str(model_type)
+    for prefix in _PREFIXES:
+        used = used.replace(prefix, "")
+    if used not in _PILOT_CLASSES:
+        raise ModelError("model type %r has no single-frame donkeycar pilot saliency can share (it has %s)"
+                         % (model_type, ", ".join(sorted(_PILOT_CLASSES))))
+    from donkeycar.parts import keras as pilots
+
+    options = {}
+    if cfg is not None:
+        options["input_shape"] = (cfg.IMAGE_H, cfg.IMAGE_W, cfg.IMAGE_DEPTH)
+        if used in ("categorical", "behavior"):
+            options["throttle_range"] = cfg.MODEL_CATEGORICAL_MAX_THROTTLE_RANGE
+        if used == "memory":
+            options.update(mem_length=getattr(cfg, "SEQUENCE_LENGTH", 3), mem_depth=getattr(cfg, "MEM_DEPTH", 0))
+        if used == "behavior":
+            options["num_behavior_inputs"] = len(cfg.BEHAVIOR_LIST)
+        if used == "localizer":
+            options["num_locations"] = cfg.NUM_LOCATIONS
+    pilot = getattr(pilots, _PILOT_CLASSES[used])(interpreter=interpreter, **options)
+    pilot.load(str(model_path))
+    return pilot
