@@ -18,7 +18,12 @@ import time
 
 import numpy as np
 
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from .demo import ReplayCamera
+from .console import table_lines
 from .errors import InputError, ModelError, first_line
+from .images import read_rgb
+from .keys import CAMERA_KEY, OUTPUTS
 from .pilots import load_pilot, reference
 
 logger = logging.getLogger(__name__)
@@ -74,7 +79,6 @@ def load_frames(count, input_shape, tub=None, seed=0):
         height, width, _ = input_shape
         frames = np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
         return list(frames), "random %dx%d frames (no --tub)" % (width, height)
-    from .tub import read_rgb
 
     paths, kind = tub_image_paths(tub)
     chosen = [paths[i % len(paths)] for i in range(count)]
@@ -88,7 +92,7 @@ def load_frames(count, input_shape, tub=None, seed=0):
 
 
 # --- our pipeline ---------------------------------------------------------------------------------
-def time_ours(graph, backend, frames, alpha=0.5, colormap="jet"):
+def time_ours(graph, backend, frames, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP):
     """Per-frame ms of each stage, and the masks (to check (b) against)."""
     from .api import prepare_frame
     from .overlay import overlay
@@ -273,19 +277,6 @@ def time_eager_vbp(method, model_frames):
 
 
 # --- a real Vehicle loop ----------------------------------------------------------------------------
-class ReplayCamera(object):
-    """A camera part that hands out the bench's frames in turn, as a Vehicle part does."""
-
-    def __init__(self, frames):
-        self.frames = frames
-        self.count = 0
-
-    def run(self):
-        frame = self.frames[self.count % len(self.frames)]
-        self.count += 1
-        return frame
-
-
 def _profiled_ms(vehicle, part):
     # Like PartProfiler.report: drop the first and last entries (start-up, a possibly cut last run).
     return [_ms(t) for t in vehicle.profiler.records[part]["times"][1:-1]]
@@ -297,15 +288,15 @@ def run_vehicle(frames, model_path=None, backend="auto", loops=200, hz=20, cache
     the loop's work (every part's profiled time; the rest of the period is the Vehicle's sleep)."""
     from donkeycar.vehicle import Vehicle
 
-    from .part import OUTPUTS, SaliencyPart
+    from .part import SaliencyPart
 
     vehicle = Vehicle()
     camera = ReplayCamera(frames)
-    vehicle.add(camera, outputs=["cam/image_array"])
+    vehicle.add(camera, outputs=[CAMERA_KEY])
     part = None
     if model_path is not None:
         part = SaliencyPart(model_path, backend=backend, cache_dir=cache_dir)
-        vehicle.add(part, inputs=["cam/image_array"], outputs=list(OUTPUTS), threaded=True)
+        vehicle.add(part, inputs=[CAMERA_KEY], outputs=list(OUTPUTS), threaded=True)
     vehicle.start(rate_hz=hz, max_loop_count=loops)
     for entry in vehicle.parts:  # stop() has asked the worker to end; let it close its backend
         if entry.get("thread") is not None:
@@ -481,12 +472,8 @@ def format_report(report):
     add(loop_label + "loop work without the part", vehicle["loop_work_without"])
     add(loop_label + "loop work with the part", vehicle["loop_work_with"])
     rows.append((loop_label + "loop work added by the part", _num(vehicle["loop_added_ms"]), "", ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for index, row in enumerate(rows):
-        lines.append("  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
-                     .rstrip())
-        if index == 0:
-            lines.append("-" * len(lines[-1]))
+    table = table_lines(rows, right_from=1)
+    lines += [table[0], "-" * len(table[0])] + table[1:]
     lines += [
         "",
         "(a) is %s" % a["method"],

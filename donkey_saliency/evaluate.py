@@ -26,7 +26,10 @@ import os
 
 import numpy as np
 
+from .console import Progress, table_lines
 from .errors import InputError, ModelError
+from .fileio import atomic_write
+from .images import write_png
 
 DEFAULT_AREA = 0.15
 DEFAULT_FRAMES = 150
@@ -268,7 +271,7 @@ def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_
     ``out_dir`` is given. Returns the report (the JSON's content)."""
     from .methods import DEFAULT_METHOD, check_method
     from .steering import PilotSteering
-    from .tub import Progress, open_tub
+    from .tub import open_tub
 
     # Everything a user can get wrong is checked before TensorFlow loads.
     if not 0.0 < area <= 0.5:
@@ -329,10 +332,9 @@ def format_table(report):
         rows = [header]
         for method, figures in table.items():
             rows.append((method,) + tuple(_cell(figures, n, report["default_method"], method) for n in METRICS))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines.append("steering: %s   (^ higher is better, v lower; [90 %% interval of method - %s])" % (
             decoding, report["default_method"]))
-        lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+        lines.extend(table_lines(rows))
     for method, why in sorted(report["skipped"].items()):
         lines.append("skipped %s: %s" % (method, why))
     return "\n".join(lines)
@@ -388,8 +390,6 @@ def example_png(image, mask, pictures, scale=2):
 
 
 def write_outputs(out_dir, report, examples):
-    from .graph import atomic_write
-    from .tub import write_png
 
     os.makedirs(out_dir, exist_ok=True)
     for i, (image, mask, pictures) in enumerate(examples):

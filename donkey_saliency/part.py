@@ -14,13 +14,14 @@ import time
 
 import numpy as np
 
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .errors import InputError, SaliencyError
+from .keys import NO_MASK_LAG_MS
 from .overlay import mask_to_uint8, overlay, to_rgb
+from .stats import median
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ["saliency/image_array", "saliency/mask", "saliency/latency_ms", "saliency/lag_ms"]
-NO_MASK_LAG_MS = -1.0  # lag reported until the first mask exists: a value, so no record lacks one
 
 SaliencyResult = collections.namedtuple(
     "SaliencyResult", "seq frame overlay mask means frame_time done_time latency_ms infer_ms")
@@ -83,12 +84,12 @@ class _Faults(object):
 
 class SaliencyPart(object):
     """Threaded part. Inputs: the pilot's image (and optionally a fallback image key).
-    Outputs: see ``OUTPUTS``. Options: alpha, colormap, max_fps, cache_dir, backend_options, method
+    Outputs: see ``keys.OUTPUTS``. Options: alpha, colormap, max_fps, cache_dir, backend_options, method
     (``methods.METHODS``; not ``vbp``: needs TensorFlow, falls back to ``vbp`` with a logged error)."""
 
     shutdown_join_s = 5.0  # how long shutdown() waits for the worker to finish its frame and close the backend
 
-    def __init__(self, model_path, backend="auto", alpha=0.5, colormap="jet", max_fps=0, cache_dir=None,
+    def __init__(self, model_path, backend="auto", alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, max_fps=0, cache_dir=None,
                  backend_options=None, method="vbp", sync_ms=0):
         self.model_path = model_path
         self.backend_name = backend
@@ -156,8 +157,8 @@ class SaliencyPart(object):
             fps = (len(timings) - 1) / (timings[-1][0] - timings[0][0])
         return dict(
             fps=round(fps, 2),
-            latency_ms=round(float(np.median([t[1] for t in timings])), 2) if timings else None,
-            infer_ms=round(float(np.median([t[2] for t in timings])), 2) if timings else None,
+            latency_ms=_rounded(median(t[1] for t in timings)),
+            infer_ms=_rounded(median(t[2] for t in timings)),
             received=self._received, processed=self._processed, dropped=self._dropped,
             errors=self._faults.total,
             backend=self.backend_description,
@@ -424,6 +425,10 @@ class SaliencyPart(object):
                                self.shutdown_join_s)
 
 
+def _rounded(ms):
+    return None if ms is None else round(ms, 2)
+
+
 def _style_or_default(alpha, colormap):
     """A bad SALIENCY_ALPHA / SALIENCY_COLORMAP is logged and replaced by the default: never a stopped car."""
     from .overlay import check_style
@@ -431,8 +436,8 @@ def _style_or_default(alpha, colormap):
     try:
         return check_style(alpha, colormap)
     except InputError as error:
-        logger.error("saliency: %s; using alpha 0.5 and colormap jet", error)
-        return check_style(0.5, "jet")
+        logger.error("saliency: %s; using alpha %s and colormap %s", error, DEFAULT_ALPHA, DEFAULT_COLORMAP)
+        return check_style(DEFAULT_ALPHA, DEFAULT_COLORMAP)
 
 
 def _frame_uint8(frame):

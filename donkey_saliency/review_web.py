@@ -29,8 +29,12 @@ import os
 
 import numpy as np
 
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .errors import InputError
-from .tub import LAG_KEY, MASK_KEY, MODES, OVERLAY_KEY, CAMERA_KEY, TIMELINE_KEYS, TubIndex
+from .images import encode_jpeg, read_rgb
+from .keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
+from .overlay import layer_picture, mask_to_uint8, overlay
+from .tub import MODES, TubIndex, require_field, set_deleted
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +114,7 @@ class Review(object):
     and a bounded LRU of computed pictures. Every method runs on ``executor`` (one thread), so
     the IOLoop never waits on a disk or a model and nothing here needs a lock."""
 
-    def __init__(self, tub_path, saliency=None, writable=False, live=False, alpha=0.5, colormap="jet",
+    def __init__(self, tub_path, saliency=None, writable=False, live=False, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP,
                  image_key=CAMERA_KEY):
         from concurrent.futures import ThreadPoolExecutor
 
@@ -118,9 +122,7 @@ class Review(object):
         if writable and self.index.version != 2:
             raise InputError("%s: --writable needs a v2 tub (donkeycar >= 4 marks deleted records in "
                              "manifest.json); this is a donkeycar 3 tub" % self.index.path)
-        if image_key not in self.index.inputs:
-            raise InputError("%s has no %s field (its fields: %s)" % (self.index.path, image_key,
-                                                                    ", ".join(self.index.inputs)))
+        require_field(self.index, image_key)
         self.saliency = saliency
         self.writable = bool(writable)
         self.live = bool(live)
@@ -233,9 +235,6 @@ class Review(object):
         return self._pictures[key]
 
     def _draw(self, index, view, camera_path):
-        from .overlay import mask_to_uint8, overlay
-        from .tub import encode_jpeg, read_rgb
-        from .web import layer_picture
 
         frame = read_rgb(camera_path)
         mask, means = self._result(index, frame)
@@ -261,7 +260,6 @@ class Review(object):
         return self._results[index]
 
     def set_deleted(self, index, deleted):
-        from .tub import set_deleted
 
         if not self.writable:
             raise PermissionError("read-only: start 'donkey-saliency review' with --writable to mark records deleted")
@@ -305,7 +303,6 @@ class PilotValues(object):
         self._thread.join(30)
 
     def _run(self):
-        from .tub import read_rgb
 
         index, key = self.review.index, self.review.image_key
         try:
@@ -340,7 +337,6 @@ def _json_number(value):
 
 def _jpeg_file(path):
     """A recorded image as JPEG bytes: the file itself when it is one, else re-encoded."""
-    from .tub import encode_jpeg, read_rgb
 
     try:
         with open(path, "rb") as handle:

@@ -12,7 +12,6 @@ Valid Python 3.6 (JetPack 4.6's Python).
 """
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -21,6 +20,9 @@ import numpy as np
 
 from . import trt_cache
 from .errors import BackendUnavailable, InputError, first_line
+from .images import read_rgb
+from .stats import median_ms
+from .tub import camera_image_paths
 from .pilots.keras import import_tensorflow
 
 logger = logging.getLogger(__name__)
@@ -92,10 +94,6 @@ def verdict(comparison, tolerance):
     return (not failures), failures
 
 
-def median_ms(seconds):
-    return float(np.median(np.asarray(seconds, dtype=np.float64))) * 1000.0
-
-
 # --- frames --------------------------------------------------------------------------------------
 
 def procedural_frames(count, shape=(120, 160, 3), seed=0):
@@ -113,18 +111,10 @@ def _evenly(items, count):
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, count)]
 
 
-def tub_image_paths(path):
-    """Camera image files of a donkeycar tub (v1 or v2) in record order."""
-    from .tub import camera_image_paths
-
-    return camera_image_paths(path)
-
-
 def tub_frames(path, count=DEFAULT_FRAMES):
     """RGB uint8 frames, ``count`` of them spread evenly over the tub."""
-    from .tub import read_rgb
 
-    return [read_rgb(p) for p in _evenly(tub_image_paths(path), count)]
+    return [read_rgb(p) for p in _evenly(camera_image_paths(path), count)]
 
 
 # --- the runs ------------------------------------------------------------------------------------

@@ -27,23 +27,21 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 
 import numpy as np
 
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from .console import Progress
 from .errors import InputError
-from .opencv import import_cv2
+from .fileio import atomic_write
+from .images import decode_image, encode_jpeg
+from .keys import (BACKFILLED_FROM_META_KEY, CAMERA_KEY, LAG_KEY, MASK_KEY, MODEL_META_KEY, OVERLAY_KEY,
+                   RECORD_KEYS, RECORD_TYPES, TIMELINE_KEYS)
 
 logger = logging.getLogger(__name__)
 
-RECORD_KEYS = ["saliency/image_array", "saliency/mask", "saliency/lag_ms"]
-RECORD_TYPES = ["image_array", "image_array", "float"]
-OVERLAY_KEY, MASK_KEY, LAG_KEY = RECORD_KEYS
-NO_MASK_LAG_MS = -1.0  # lag recorded before the first mask exists (the part's value)
-JPEG_QUALITY = 75  # what donkeycar's TubWriter writes (PIL's default)
 BACKFILL_SUFFIX = "_saliency"
-CAMERA_KEY = "cam/image_array"
 IMAGE_TYPES = ("image_array", "gray16_array", "image")
 CATALOG_MAX_LEN = 1000  # donkeycar's default records per catalog file
 
@@ -152,6 +150,12 @@ class SourceTub(object):
             index, path = missing[0]
             raise InputError("%s: record %d's image %s is missing (%d missing in all); repair or delete "
                              "those records first" % (self.path, index, os.path.relpath(path, self.path), len(missing)))
+
+
+def require_field(tub, key):
+    """InputError unless ``tub`` (a ``SourceTub`` or ``TubIndex``) records ``key``."""
+    if key not in tub.inputs:
+        raise InputError("%s has no %s field (its fields: %s)" % (tub.path, key, ", ".join(tub.inputs)))
 
 
 def open_tub(path):
@@ -340,7 +344,6 @@ def camera_image_paths(path, key=CAMERA_KEY):
 # The drive as compact arrays (the review page's timeline)
 
 MODES = ("user", "local_angle", "local")  # donkeycar's drive modes; code len(MODES): other or absent
-TIMELINE_KEYS = ("user/angle", "user/throttle", "pilot/angle", "pilot/throttle")
 
 
 class TubIndex(object):
@@ -479,7 +482,6 @@ def set_deleted(tub_path, indexes, deleted=True):
     The manifest is read again under a lock on the tub directory (two writers never lose each
     other's marks) and replaced atomically; the other lines are kept byte for byte. v2 tubs only.
     Returns the sorted deleted indexes now stored."""
-    from .graph import atomic_write
 
     path = os.path.abspath(os.fspath(tub_path))
     if not os.path.isfile(os.path.join(path, "manifest.json")):
@@ -530,56 +532,6 @@ class _DirectoryLock(object):
 def image_file_name(index, key, extension=".jpg"):
     """donkeycar's tub v2 image name (``Tub._image_file_name``): ``12_cam_image_array_.jpg``."""
     return "_".join([str(index), key.replace("/", "_"), extension])
-
-
-def read_rgb(path):
-    """An image file as uint8 RGB (or grayscale (H, W)), or InputError."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except (IOError, OSError):
-        raise InputError("image missing: %s" % path)
-    return decode_image(data, path)
-
-
-def decode_image(data, source):
-    cv2 = import_cv2()
-
-    try:  # cv2.imdecode raises on an empty buffer (a 0-byte file) and returns None on other junk
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if len(data) else None
-    except cv2.error:
-        image = None
-    if image is None:
-        raise InputError("not a readable image: %s" % source)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    if image.ndim == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
-
-
-def encode_jpeg(image, quality=JPEG_QUALITY):
-    """JPEG bytes of a uint8 RGB or grayscale image."""
-    cv2 = import_cv2()
-
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, data = cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
-    if not ok:
-        raise InputError("could not encode a JPEG image")
-    return data.tobytes()
-
-
-def write_png(path, image):
-    """A uint8 RGB or grayscale image as PNG: encoded in memory, then written atomically."""
-    cv2 = import_cv2()
-
-    from .graph import atomic_write
-
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
-    if not ok:
-        raise InputError("could not encode %s" % path)
-    atomic_write(path, data.tobytes())
 
 
 # --------------------------------------------------------------------------------------------
@@ -649,49 +601,6 @@ class TubV2Writer(object):
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-
-
-# --------------------------------------------------------------------------------------------
-# Progress
-
-class Progress(object):
-    """One stderr line: ``label  done/total  pct  rate/s  ETA``. Redrawn in place on a terminal (at
-    most 10 times a second), a plain line every few seconds otherwise."""
-
-    def __init__(self, total, label, unit="frames", stream=None, enabled=True):
-        self.total = max(int(total), 0)
-        self.label = label
-        self.unit = unit
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.done = 0
-        self.started = time.monotonic()
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._drawn = 0.0 if self._tty else self.started  # in a log, the first line after 5 s, not at once
-
-    @property
-    def rate(self):
-        elapsed = time.monotonic() - self.started
-        return self.done / elapsed if elapsed > 0 else 0.0
-
-    def update(self, count):
-        self.done += count
-        now = time.monotonic()
-        if self.enabled and now - self._drawn >= (0.1 if self._tty else 5.0):
-            self._drawn = now
-            self._draw("\r" if self._tty else "", "" if self._tty else "\n")
-
-    def _draw(self, start, end):
-        rate = self.rate
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        self.stream.write("%s%s  %d/%d %s  %3.0f%%  %.0f/s  ETA %ds%s" % (
-            start, self.label, self.done, self.total, self.unit, pct, rate, int(left + 0.5), end))
-        self.stream.flush()
-
-    def close(self):
-        if self.enabled:
-            self._draw("\r" if self._tty else "", "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -897,7 +806,7 @@ class _Backfill(object):
 
 
 def backfill(tub_path, model_path=None, out_path=None, batch=64, backend="auto", image_key=CAMERA_KEY,
-             alpha=0.5, colormap="jet", workers=2, threads=0, progress=True, saliency=None, method="vbp"):
+             alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, workers=2, threads=0, progress=True, saliency=None, method="vbp"):
     """Write a copy of the tub at ``tub_path`` with saliency added; return a BackfillResult.
     ``method``: the saliency method (``methods.METHODS``).
 
@@ -909,9 +818,8 @@ def backfill(tub_path, model_path=None, out_path=None, batch=64, backend="auto",
     out_path = os.path.abspath(os.fspath(out_path)) if out_path else default_output(source.path)
     if os.path.lexists(out_path):
         raise InputError("output %s already exists; choose another --out" % out_path)
+    require_field(source, image_key)
     types = source.input_types
-    if image_key not in types:
-        raise InputError("%s has no %s field (its fields: %s)" % (source.path, image_key, ", ".join(source.inputs)))
     if types[image_key] not in IMAGE_TYPES:
         raise InputError("%s: %s is a %s field, not an image" % (source.path, image_key, types[image_key]))
     present = [k for k in RECORD_KEYS if k in types]
@@ -948,8 +856,8 @@ def _backfill_locked(source, model_path, out_path, batch, backend, image_key, al
             shutil.rmtree(work)
         os.makedirs(work)
         metadata = dict(source.metadata)
-        metadata["saliency/model"] = os.path.basename(str(model_path or getattr(saliency.graph, "source", "")))
-        metadata["saliency/backfilled_from"] = source.path
+        metadata[MODEL_META_KEY] = os.path.basename(str(model_path or getattr(saliency.graph, "source", "")))
+        metadata[BACKFILLED_FROM_META_KEY] = source.path
         writer = TubV2Writer(work, source.inputs + RECORD_KEYS, source.types + RECORD_TYPES, metadata,
                              source.manifest_metadata, source.max_len)
         bar = Progress(len(source.entries), "backfill", enabled=bool(progress),

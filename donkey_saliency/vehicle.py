@@ -7,7 +7,8 @@ inputs/types in place so saliency is recorded with every record.
 import logging
 
 from . import config
-from .part import OUTPUTS, SaliencyPart
+from .keys import CAMERA_KEY, DRIVE_IMAGE_KEY, OUTPUTS
+from .part import SaliencyPart
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +24,6 @@ def find_web_controller(V, ctr=None):
         if isinstance(entry["part"], LocalWebController):
             return entry["part"]
     return None
-
-
-DRIVE_IMAGE_KEY = "saliency/drive_image"  # what it shows where the controller read the camera's own key
 
 
 def add_drive_view(V, web_controller, toggle):
@@ -70,7 +68,7 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
         share_pilot_pass(V, part, model_path, s["SALIENCY_BACKEND"], backend_options)
     image_key = config.image_key(cfg)
     # The transformed image exists only when the pilot runs; fall back to the camera's.
-    part_inputs = [image_key] if image_key == "cam/image_array" else [image_key, "cam/image_array"]
+    part_inputs = [image_key] if image_key == CAMERA_KEY else [image_key, CAMERA_KEY]
     V.add(part, inputs=part_inputs, outputs=list(OUTPUTS), threaded=True)
 
     web_controller = find_web_controller(V, ctr) if s["SALIENCY_WEB"] else None

@@ -38,14 +38,16 @@ import re
 import threading
 import time
 
-from .config import DEFAULTS
-from .opencv import import_cv2
+from .config import DEFAULT_JPEG_QUALITY, DEFAULTS
+from .images import encode_jpeg
+from .keys import OVERLAY_KEY, UI_IMAGE_KEY
+from .overlay import layer_picture
+from .stats import median
 
 logger = logging.getLogger(__name__)
 
 BOUNDARY = "saliencyframe"
 PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_static", "saliency.html")
-LAYER_DISPLAY_WIDTH = 160  # layer maps are a few cells wide: scale them up (nearest) so cells stay crisp
 WEB_BUTTONS = ("w1", "w2", "w3", "w4", "w5")
 MAX_BODY_BYTES = 1024  # /saliency/drive_view needs ~15 bytes
 DRIVE_VIEW_BODY = re.compile(br'^\s*\{\s*"on"\s*:\s*(true|false)\s*\}\s*$')
@@ -93,49 +95,6 @@ Jpeg = collections.namedtuple("Jpeg", "seq data")
 _thread_time = getattr(time, "thread_time", None) or (lambda: time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID))
 
 
-def jpeg_bytes(rgb, quality=80):
-    """uint8 RGB (or grayscale) -> JPEG bytes."""
-    cv2 = import_cv2()
-    import numpy as np
-
-    image = np.asarray(rgb)
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, data = cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
-    if not ok:
-        raise ValueError("JPEG encoding failed for an image of shape %s" % (image.shape,))
-    return data.tobytes()
-
-
-def layer_picture(level_map, colormap="inferno", width=LAYER_DISPLAY_WIDTH):
-    """One layer's averaged map -> uint8 RGB for display: min-max normalised on its own (a constant
-    map is black), coloured, scaled up by a whole factor with nearest neighbours."""
-    cv2 = import_cv2()
-    import numpy as np
-
-    from .overlay import colorize
-
-    values = np.nan_to_num(np.asarray(level_map, dtype=np.float32))
-    if values.ndim != 2 or values.size == 0:
-        raise ValueError("a layer map must be a non-empty (h, w) array, not shape %s" % (values.shape,))
-    low, high = float(values.min()), float(values.max())
-    normalised = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    picture = colorize(normalised, colormap)
-    factor = max(1, int(width // max(1, values.shape[1])))
-    if factor > 1:
-        picture = cv2.resize(picture, (values.shape[1] * factor, values.shape[0] * factor),
-                             interpolation=cv2.INTER_NEAREST)
-    return picture
-
-
-def _median(values):
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
-
-
 class DriveViewToggle(object):
     """Vehicle part: while on, /drive's video (``ui/image_array``) shows the overlay.
 
@@ -163,8 +122,8 @@ class DriveViewToggle(object):
         self._on = bool(on)
         self._was_pressed = False
         self._lock = threading.Lock()
-        self.inputs = ["ui/image_array", "saliency/image_array"] + (["web/" + button] if button else [])
-        self.outputs = ["ui/image_array"]
+        self.inputs = [UI_IMAGE_KEY, OVERLAY_KEY] + (["web/" + button] if button else [])
+        self.outputs = [UI_IMAGE_KEY]
 
     @property
     def on(self):
@@ -227,7 +186,7 @@ class _Channel(object):
 class SaliencyWeb(object):
     """The web side of one ``SaliencyPart``: encodes, counts, and serves. See the module docstring."""
 
-    def __init__(self, ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5", page_file=PAGE_FILE,
+    def __init__(self, ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False, toggle_button="w5", page_file=PAGE_FILE,
                  max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S):
         quality = int(jpeg_quality)
         if not 1 <= quality <= 100:
@@ -283,7 +242,7 @@ class SaliencyWeb(object):
 
     def _encode(self, rgb):
         started = _thread_time()
-        data = jpeg_bytes(rgb, self.jpeg_quality)
+        data = encode_jpeg(rgb, self.jpeg_quality)
         self._encode_ms.append((_thread_time() - started) * 1000.0)
         return data
 
@@ -303,7 +262,7 @@ class SaliencyWeb(object):
                 picture = layer_picture(latest.means[index])
             except ValueError:
                 return None
-            cached = Jpeg(latest.seq, jpeg_bytes(picture, self.jpeg_quality))
+            cached = Jpeg(latest.seq, encode_jpeg(picture, self.jpeg_quality))
             self._layer_cache[index] = cached
         return cached
 
@@ -314,7 +273,7 @@ class SaliencyWeb(object):
         with self._lock:
             figures.update(overlays=self._overlays, unwatched=self._unwatched, encodes=self.overlay.encodes,
                            camera_encodes=self.camera.encodes)
-        encode_ms = _median(list(self._encode_ms))
+        encode_ms = median(self._encode_ms)
         newest = self.overlay.frame
         figures.update(
             seq=latest.seq if latest is not None else 0,
@@ -353,7 +312,7 @@ class SaliencyWeb(object):
             channel.publish(None)
 
 
-def attach_web(ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5",
+def attach_web(ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False, toggle_button="w5",
                max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S, review_tub=None):
     """Adds the saliency routes to a ``LocalWebController`` (call before ``V.start()``) and returns the
     ``SaliencyWeb``; add its ``drive_view`` part to the vehicle after ``UserPilotCondition``.

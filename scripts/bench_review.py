@@ -29,7 +29,8 @@ CLI = os.path.join(os.path.dirname(sys.executable), "donkey-saliency")
 def make_tub(path, records):
     import numpy as np
 
-    from donkey_saliency.tub import TubV2Writer, encode_jpeg, image_file_name
+    from donkey_saliency.images import encode_jpeg
+    from donkey_saliency.tub import TubV2Writer, image_file_name
 
     inputs = ["cam/image_array", "user/angle", "user/throttle", "user/mode", "pilot/angle", "pilot/throttle"]
     types = ["image_array", "float", "float", "str", "float", "float"]

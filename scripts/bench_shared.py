@@ -98,7 +98,8 @@ def bench(model_path, model_type, frames, threads):
 
 
 def read_frames(tub, count):
-    from donkey_saliency.tub import camera_image_paths, read_rgb
+    from donkey_saliency.images import read_rgb
+    from donkey_saliency.tub import camera_image_paths
 
     paths = camera_image_paths(tub)
     return [read_rgb(paths[i % len(paths)]) for i in range(count)]
