@@ -18,13 +18,19 @@ import time
 
 import numpy as np
 
+from . import backends
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .demo import ReplayCamera
 from .console import table_lines
 from .errors import InputError, ModelError, first_line
+from .frames import prepare_frame
+from .graph import graph_for
 from .images import read_rgb
 from .keys import CAMERA_KEY, OUTPUTS
+from .overlay import overlay
+from .part import SaliencyPart
 from .pilots import load_pilot, reference
+from .tub import camera_image_paths, open_tub
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +71,6 @@ def _quiet_stdout():
 # --- frames ---------------------------------------------------------------------------------------
 def tub_image_paths(tub):
     """Camera image files of a tub in record order, and its kind (v1 or v2 tub)."""
-    from .tub import camera_image_paths, open_tub
-
     return camera_image_paths(tub), "v%d tub" % open_tub(tub).version
 
 
@@ -94,9 +98,6 @@ def load_frames(count, input_shape, tub=None, seed=0):
 # --- our pipeline ---------------------------------------------------------------------------------
 def time_ours(graph, backend, frames, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP):
     """Per-frame ms of each stage, and the masks (to check (b) against)."""
-    from .api import prepare_frame
-    from .overlay import overlay
-
     for index in range(WARMUP_OURS):
         frame = frames[index % len(frames)]
         overlay(frame, backend.infer(prepare_frame(frame, graph.input_shape)[None])[graph.mask_name][0],
@@ -288,8 +289,6 @@ def run_vehicle(frames, model_path=None, backend="auto", loops=200, hz=20, cache
     the loop's work (every part's profiled time; the rest of the period is the Vehicle's sleep)."""
     from donkeycar.vehicle import Vehicle
 
-    from .part import SaliencyPart
-
     vehicle = Vehicle()
     camera = ReplayCamera(frames)
     vehicle.add(camera, outputs=[CAMERA_KEY])
@@ -335,10 +334,6 @@ def _ratio(slow, fast):
 def run_bench(model_path, frames=100, tub=None, backend="auto", loops=200, hz=20, cache_dir=None,
               progress=None):
     """Everything the table shows, as a dict (what ``--json`` writes)."""
-    from . import backends
-    from .api import prepare_frame
-    from .graph import graph_for
-
     say = progress or (lambda message: None)
     with _quiet_stdout():  # donkeycar prints a banner on import; keep stdout for the table
         import donkeycar  # noqa: F401

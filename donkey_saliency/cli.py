@@ -14,14 +14,19 @@ import sys
 
 import numpy as np
 
+from . import load, trt_tools
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .console import table_lines
-from .errors import InputError, SaliencyError, first_line
+from .errors import first_line, InputError, ModelError, SaliencyError
 from .fileio import atomic_write
+from .graph import export, graph_for
 from .images import read_image, write_png
 from .keys import CAMERA_KEY
 from .methods import DEFAULT_METHOD, METHODS
-from .pilots import DEMO_PILOT
+from .overlay import check_style, overlay
+from .pilots import DEMO_PILOT, load_pilot
+from .review_web import Review, serve
+from .tub import backfill
 
 EXIT_BAD_INPUT = 2
 # Laptop tools that need Python 3.8+ (TensorFlow, the simulated track). A Jetson Nano's JetPack 4.6
@@ -84,10 +89,6 @@ def _add_mask(sub, shared):
 
 
 def cmd_mask(args):
-    from . import load
-    from .errors import ModelError
-    from .overlay import check_style, overlay
-
     check_style(args.alpha, args.colormap)  # before anything is computed or written
     if not os.path.exists(args.model):
         raise ModelError("model file not found: %s" % args.model)
@@ -110,8 +111,6 @@ def _add_summary(sub, shared):
 
 
 def cmd_summary(args):
-    from .pilots import load_pilot
-
     trunk = load_pilot(args.model).trunk
     height, width, channels = trunk.input_shape
     print("%s  (model type: %s)  input %dx%dx%d, frames scaled by 1/255" % (
@@ -135,9 +134,6 @@ def _add_export(sub, shared):
 
 
 def cmd_export(args):
-    from .graph import export
-    from .pilots import load_pilot
-
     if not args.out.lower().endswith(".onnx"):
         raise InputError("--out must name a .onnx file")
     graph = export(load_pilot(args.model), features=args.features)
@@ -196,9 +192,6 @@ def _add_build_engine(sub, shared):
 
 
 def cmd_build_engine(args):
-    from . import trt_tools
-    from .graph import graph_for
-
     trt_tools.check_precision(args.precision)
     trt_tools.require_tensorrt()  # before the pilot is loaded: one line saying what to install
     graph = graph_for(args.model, cache_dir=args.cache_dir)
@@ -223,9 +216,6 @@ def _add_selftest(sub, shared):
 
 
 def cmd_selftest(args):
-    from . import trt_tools
-    from .graph import graph_for
-
     precisions = trt_tools.selftest_precisions(args.precision)
     if args.frames < 1:
         raise InputError("--frames must be at least 1")
@@ -280,8 +270,6 @@ def _add_backfill(sub, shared):
 
 
 def cmd_backfill(args):
-    from .tub import backfill
-
     result = backfill(args.tub, args.model, out_path=args.out, batch=args.batch, backend=args.backend,
                       image_key=args.image_key, alpha=args.alpha, colormap=args.colormap, workers=args.workers,
                       threads=args.threads, method=args.method)
@@ -375,9 +363,6 @@ def _add_review(sub, shared):
 
 
 def cmd_review(args):
-    from .overlay import check_style
-    from .review_web import Review, serve
-
     if not 0 <= args.port < 65536:
         raise InputError("--port must be between 0 and 65535")
     check_style(args.alpha, args.colormap)
@@ -385,8 +370,6 @@ def cmd_review(args):
                     image_key=args.image_key)  # a bad tub fails before the model loads
     try:
         if args.model:
-            from . import load
-            from .errors import ModelError
 
             if not os.path.exists(args.model):
                 raise ModelError("model file not found: %s" % args.model)

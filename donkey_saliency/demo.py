@@ -27,10 +27,14 @@ import types as pytypes
 
 import numpy as np
 
+from . import add_saliency
 from .errors import InputError, ModelError, first_line
+from .frames import fit_to_model
 from .images import read_rgb
 from .keys import CAMERA_KEY, CAMERA_TRANS_KEY, UI_IMAGE_KEY
 from .pilots import DEMO_PILOT
+from .track import Track, TrackCar
+from .tub import read_manifest_head
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +54,6 @@ class TrackCamera(object):
     Outputs: cam/image_array, sim/offset (metres right of the centre line)."""
 
     def __init__(self, seed=0, width=160, height=120, rate_hz=DRIVE_LOOP_HZ):
-        from .track import Track, TrackCar
-
         self.car = TrackCar(Track(seed, width=width, height=height))
         self.dt = 1.0 / rate_hz  # simulated time per loop: the same drive gives the same frames
 
@@ -138,8 +140,6 @@ def find_images(directory):
 
 def load_frames(paths, shape, limit=MAX_REPLAY_FRAMES):
     """uint8 RGB frames from image files, at the pilot's input size (height, width, channels)."""
-    from .api import fit_to_model
-
     frames = []
     for path in paths[:limit]:
         try:
@@ -235,9 +235,6 @@ class Demo(object):
         from donkeycar.parts.tub_v2 import TubWriter
         from donkeycar.parts.web_controller.web import LocalWebController
         from donkeycar.templates.complete import DriveMode, ToggleRecording, UserPilotCondition
-
-        from . import add_saliency
-        from .tub import read_manifest_head
 
         # Cheap checks first: bad input fails before TensorFlow spends seconds loading.
         check_port(self.port)

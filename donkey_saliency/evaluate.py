@@ -26,10 +26,17 @@ import os
 
 import numpy as np
 
+from . import load, methods
 from .console import Progress, table_lines
 from .errors import InputError, ModelError
 from .fileio import atomic_write
+from .frames import fit_to_model
 from .images import write_png
+from .methods import check_method, DEFAULT_METHOD
+from .overlay import overlay, side_by_side
+from .pilots import load_pilot
+from .trt_tools import tub_frames
+from .tub import open_tub
 
 DEFAULT_AREA = 0.15
 DEFAULT_FRAMES = 150
@@ -163,17 +170,12 @@ def paired_intervals(per_frame, reference, draws=BOOTSTRAP_DRAWS, level=INTERVAL
 
 # --- the runner -----------------------------------------------------------------------------------
 def _frames(tub, count, input_shape):
-    from .api import fit_to_model
-    from .trt_tools import tub_frames
-
     return np.stack([fit_to_model(f, input_shape) for f in tub_frames(tub, count)])
 
 
 def method_masks(model_path, frames, steering, backend="auto", gradients=True, default_method="vbp"):
     """{method: (N, H, W) masks} for every method evaluate compares (all of ``methods.METHODS``
     plus the random and tub-mean baselines), and {method: why skipped}."""
-    from . import load, methods
-
     with load(model_path, backend=backend) as saliency:
         graph = saliency.graph
         names = [graph.mask_name] + graph.mean_names
@@ -186,7 +188,6 @@ def method_masks(model_path, frames, steering, backend="auto", gradients=True, d
     masks, skipped = {methods.VBP: outputs[graph.mask_name]}, {}
     others = [m for m in methods.METHODS if m != methods.VBP]
     if gradients and not steering.tflite:
-        from .pilots import load_pilot
         from .steering import GradientModel
 
         pilot = load_pilot(model_path)
@@ -269,9 +270,7 @@ def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_
                  method=None, gradients=True, draws=BOOTSTRAP_DRAWS, progress=True):
     """Evaluate every method on ``frames`` frames of ``tub``; write DIR/evaluate.json and PNGs when
     ``out_dir`` is given. Returns the report (the JSON's content)."""
-    from .methods import DEFAULT_METHOD, check_method
     from .steering import PilotSteering
-    from .tub import open_tub
 
     # Everything a user can get wrong is checked before TensorFlow loads.
     if not 0.0 < area <= 0.5:
@@ -377,8 +376,6 @@ def example_png(image, mask, pictures, scale=2):
     """One row: overlay of the mask with the salient region outlined | salient-only shift |
     background-only shift | whole shift (EXAMPLE_SHIFT px)."""
     import cv2
-
-    from .overlay import overlay, side_by_side
 
     region, salient, background, whole = pictures
     marked = overlay(image, mask)

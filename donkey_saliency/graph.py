@@ -17,6 +17,7 @@ from . import __version__
 from .errors import ModelError, first_line
 from .fileio import atomic_write, default_cache_dir, file_digest
 from .pilots import load_pilot
+from .pilots.network import TRUNK_END
 from .pilots.trunk import Affine, pad_before, same_padding_totals
 from .vbp import TINY
 
@@ -290,8 +291,6 @@ def _head(b, trunk, maps):
 def _pilot_layers(b, trunk, network, end):
     """The layers past the trunk (pilots/network.py) from the trunk's last map ``end``; returns
     {tensor name: (onnx tensor, width)} for every layer and input."""
-    from .pilots.network import TRUNK_END
-
     ops, trailing = trunk.after_maps
     for op in ops:
         end = _pointwise(b, end, op)

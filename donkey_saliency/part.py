@@ -14,10 +14,14 @@ import time
 
 import numpy as np
 
+from . import backends
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .errors import InputError, SaliencyError
+from .frames import as_uint8_image, fit_to_model
+from .graph import graph_for
 from .keys import NO_MASK_LAG_MS
-from .overlay import mask_to_uint8, overlay, to_rgb
+from .methods import MethodMasks
+from .overlay import check_style, mask_to_uint8, overlay, to_rgb
 from .stats import median
 
 logger = logging.getLogger(__name__)
@@ -120,10 +124,8 @@ class SaliencyPart(object):
         self._timings = collections.deque(maxlen=100)  # (done_time, latency_ms, infer_ms)
         self.method_masks = None
         try:
-            from .methods import MethodMasks
 
             self.method_masks = MethodMasks(method, model_path)
-            from .graph import graph_for
 
             self.graph = graph_for(model_path, cache_dir=cache_dir)
         except (SaliencyError, OSError) as error:
@@ -244,8 +246,6 @@ class SaliencyPart(object):
     def _placeholder(self, frame):
         """Before the first mask (or with no model): the picture itself and an empty mask, so every
         tub record has a value for every key (donkey's tools drop records with missing ones)."""
-        from .api import as_uint8_image
-
         try:
             picture = to_rgb(as_uint8_image(frame))
         except Exception:  # a bad frame: the worker counts and logs it once, not the loop thread too
@@ -305,7 +305,6 @@ class SaliencyPart(object):
     def _ensure_backend(self):
         if self.backend is not None:
             return True
-        from . import backends
 
         try:
             self.backend = backends.activate_with_fallback(self.graph, self.backend_name, self.backend_options)
@@ -318,8 +317,6 @@ class SaliencyPart(object):
 
     def _mask(self, model_frame, outputs):
         """The configured method's mask; on a method that cannot run here, VisualBackProp, logged once."""
-        from .methods import MethodMasks
-
         try:
             return self.method_masks(model_frame[None], outputs, self.graph.mask_name, self.graph.mean_names)[0]
         except Exception as error:
@@ -330,8 +327,6 @@ class SaliencyPart(object):
     def _process(self, frame, arrived):
         if not self._ensure_backend():
             return
-        from .api import as_uint8_image, fit_to_model
-
         try:
             # Our own copy: the car's frame is only borrowed (run_threaded passed its reference).
             picture_base = np.array(as_uint8_image(frame), copy=True)
@@ -431,8 +426,6 @@ def _rounded(ms):
 
 def _style_or_default(alpha, colormap):
     """A bad SALIENCY_ALPHA / SALIENCY_COLORMAP is logged and replaced by the default: never a stopped car."""
-    from .overlay import check_style
-
     try:
         return check_style(alpha, colormap)
     except InputError as error:
@@ -442,8 +435,6 @@ def _style_or_default(alpha, colormap):
 
 def _frame_uint8(frame):
     """uint8 picture of a frame that is uint8 already or the pilot's normalized float image (x / 255)."""
-    from .api import as_uint8_image
-
     array = np.asarray(frame)
     if np.issubdtype(array.dtype, np.floating):
         array = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)

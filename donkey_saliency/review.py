@@ -20,10 +20,12 @@ import tempfile
 
 import numpy as np
 
+from . import load
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .console import Progress, table_lines
 from .errors import InputError, ModelError
 from .fileio import default_file_mode
+from .frames import fit_to_model
 from .images import read_rgb, write_png
 from .keys import CAMERA_KEY, LAG_KEY, OVERLAY_KEY
 from .overlay import check_style, colorize, mask_to_uint8, overlay, side_by_side, stretch, to_rgb
@@ -67,8 +69,6 @@ def _check_output(path, force, suffixes):
 
 
 def _open_saliency(model, backend, features=False, method="vbp"):
-    from . import load
-
     saliency = load(model, backend=backend, features=features, method=method)
     saliency.__enter__()
     return saliency
@@ -178,8 +178,6 @@ class PilotPredictor(object):
         """[(angle, throttle)] or [None] per frame."""
         if not self.runner.usable or not len(frames):
             return [None] * len(frames)
-        from .api import fit_to_model
-
         x = np.stack([fit_to_model(f, self.runner.input_shape) for f in frames]).astype(np.float32) / 255.0
         return [decode_pilot_outputs(values) for values in self.runner.outputs(x)]
 
@@ -444,8 +442,6 @@ LayerGrid = collections.namedtuple("LayerGrid", "image layers flat")
 def layer_grid(saliency, rgb, colormap=DEFAULT_COLORMAP, width=GRID_WIDTH):
     """The labelled grid (uint8 RGB) for one frame, from a Saliency opened with ``features=True``.
     Returns LayerGrid(image, [(name, (h, w, C))], {name: [indexes of flat maps]})."""
-    from .api import fit_to_model
-
     outputs = saliency.infer([rgb])
     names = saliency.graph.layer_names
     if "features_0" not in outputs:

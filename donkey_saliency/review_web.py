@@ -235,7 +235,6 @@ class Review(object):
         return self._pictures[key]
 
     def _draw(self, index, view, camera_path):
-
         frame = read_rgb(camera_path)
         mask, means = self._result(index, frame)
         if view == "overlay":
@@ -260,7 +259,6 @@ class Review(object):
         return self._results[index]
 
     def set_deleted(self, index, deleted):
-
         if not self.writable:
             raise PermissionError("read-only: start 'donkey-saliency review' with --writable to mark records deleted")
         self._check(index)
@@ -303,7 +301,6 @@ class PilotValues(object):
         self._thread.join(30)
 
     def _run(self):
-
         index, key = self.review.index, self.review.image_key
         try:
             for first in range(0, len(self.angle), self.batch):

@@ -7,6 +7,7 @@ development dependency; nothing on the car imports this module.
 import numpy as np
 
 from .errors import ModelError, first_line
+from .pilots import load_pilot, reference
 
 
 def _decoders(angle_size, categorical):
@@ -112,8 +113,6 @@ class GradientModel(object):
     def __init__(self, steering, pilot, batch=32):
         import tensorflow as tf
 
-        from .pilots import reference
-
         if pilot.format != "keras":
             raise ModelError("%s: gradients need a Keras pilot (.h5/.keras); the TFLite interpreter gives none"
                              % pilot.path)
@@ -127,8 +126,6 @@ class GradientModel(object):
 
     @classmethod
     def open(cls, model_path):
-        from .pilots import load_pilot
-
         pilot = load_pilot(model_path)
         return cls(PilotSteering(model_path), pilot), pilot.trunk.steps
 

@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from . import load
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .console import Progress
 from .errors import InputError
@@ -38,6 +39,7 @@ from .fileio import atomic_write
 from .images import decode_image, encode_jpeg
 from .keys import (BACKFILLED_FROM_META_KEY, CAMERA_KEY, LAG_KEY, MASK_KEY, MODEL_META_KEY, OVERLAY_KEY,
                    RECORD_KEYS, RECORD_TYPES, TIMELINE_KEYS)
+from .overlay import check_style
 
 logger = logging.getLogger(__name__)
 
@@ -829,7 +831,6 @@ def backfill(tub_path, model_path=None, out_path=None, batch=64, backend="auto",
     if int(batch) < 1:
         raise InputError("--batch must be at least 1")
     source.check_images()
-    from .overlay import check_style
 
     alpha, colormap = check_style(alpha, colormap)
     # Before anything is written or removed: a second run to the same --out must not touch the first's copy.
@@ -842,7 +843,6 @@ def _backfill_locked(source, model_path, out_path, batch, backend, image_key, al
                      progress, saliency, method):
     own = saliency is None
     if own:
-        from . import load
 
         saliency = load(model_path, backend=backend, threads=threads or default_threads(), method=method)
     started = time.monotonic()

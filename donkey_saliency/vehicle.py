@@ -7,8 +7,12 @@ inputs/types in place so saliency is recorded with every record.
 import logging
 
 from . import config
+from .interpreter import SaliencyInterpreter
 from .keys import CAMERA_KEY, DRIVE_IMAGE_KEY, OUTPUTS
 from .part import SaliencyPart
+from .review_web import tub_being_written
+from .tub import recording_inputs
+from .web import attach_web
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +77,6 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
 
     web_controller = find_web_controller(V, ctr) if s["SALIENCY_WEB"] else None
     if web_controller is not None:
-        from .web import attach_web
-
-        from .review_web import tub_being_written
 
         web = attach_web(web_controller, part, jpeg_quality=s["SALIENCY_JPEG_QUALITY"],
                          drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"],
@@ -84,7 +85,6 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
         add_drive_view(V, web_controller, web.drive_view)
 
     if s["SALIENCY_RECORD"] and inputs is not None and types is not None:
-        from .tub import recording_inputs
 
         new_inputs, new_types, message = recording_inputs(
             getattr(cfg, "DATA_PATH", None), list(inputs), list(types), getattr(cfg, "AUTO_CREATE_NEW_TUB", False))
@@ -112,7 +112,6 @@ def share_pilot_pass(V, part, model_path, backend, backend_options):
         logger.info("saliency: SALIENCY_SHARE_PILOT is on but the car has no pilot part with a --model file")
         return None
     try:
-        from .interpreter import SaliencyInterpreter
 
         interpreter = SaliencyInterpreter(backend=backend, cache_dir=backend_options.get("cache_dir"),
                                           backend_options=backend_options)

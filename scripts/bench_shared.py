@@ -63,7 +63,7 @@ def pilot_only(graph):
 def bench(model_path, model_type, frames, threads):
     import donkey_saliency
     from donkey_saliency import backends
-    from donkey_saliency.api import prepare_frame
+    from donkey_saliency.frames import prepare_frame
     from donkeycar.utils import get_model_by_type
 
     import donkeycar as dk

@@ -33,7 +33,8 @@ from donkey_saliency.part import SaliencyPart  # noqa: E402
 from donkey_saliency.pilots import DEMO_PILOT  # noqa: E402
 from donkey_saliency.track import track_frames  # noqa: E402
 from donkey_saliency.tub import recording_inputs  # noqa: E402
-from donkey_saliency.web import ServerThread, attach_web, read_mjpeg_part  # noqa: E402
+from donkey_saliency.testing import ServerThread, read_mjpeg_part  # noqa: E402
+from donkey_saliency.web import attach_web  # noqa: E402
 
 # (first, last) as fractions of the run, and what goes wrong meanwhile.
 FAULTS = [

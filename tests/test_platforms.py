@@ -230,7 +230,7 @@ def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_pat
     from conftest import wait_for
     from donkey_saliency import add_saliency
     from donkey_saliency.keys import DRIVE_IMAGE_KEY
-    from donkey_saliency.web import ServerThread, read_mjpeg_part
+    from donkey_saliency.testing import ServerThread, read_mjpeg_part
     from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream, request
 
     frame = camera_frame()

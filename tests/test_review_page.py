@@ -16,7 +16,7 @@ from conftest import real_data_or_skip, wait_for
 from donkey_saliency.review_web import MAX_POST_BYTES, Review, application, top_disagreements
 from donkey_saliency.keys import OVERLAY_KEY
 from donkey_saliency.tub import TubIndex
-from donkey_saliency.web import ServerThread
+from donkey_saliency.testing import ServerThread
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
 COUNT = 120
