@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from . import load, trt_tools
+from .backfill import backfill
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .console import table_lines
 from .errors import first_line, InputError, ModelError, SaliencyError
@@ -26,7 +27,6 @@ from .methods import DEFAULT_METHOD, METHODS
 from .overlay import check_style, overlay
 from .pilots import DEMO_PILOT, load_pilot
 from .review_web import Review, serve
-from .tub import backfill
 
 EXIT_BAD_INPUT = 2
 # Laptop tools that need Python 3.8+ (TensorFlow, the simulated track). A Jetson Nano's JetPack 4.6
@@ -257,7 +257,7 @@ def cmd_demo(args):
     return demo.run()
 
 
-# --- backfill / render / layers / filters (tub.py, review.py) ---------------------------------------
+# --- backfill / render / layers / filters (backfill.py, review.py) ----------------------------------
 def _add_backfill(sub, shared):
     p = sub.add_parser("backfill", help="copy a tub recorded without saliency, adding the saliency keys",
                        parents=[shared.backend, shared.image_key, shared.style, shared.method])

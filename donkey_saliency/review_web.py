@@ -20,7 +20,7 @@ Routes (``PREFIX`` = /saliency/review):
 Nothing from a request reaches the filesystem: indices are digits, bounds-checked against the
 index; file names come from the tub's own records and must lie inside the tub. The page loads the
 timeline once as compact arrays (6 bytes a record); frames are JPEGs fetched by index; the server
-keeps ~40 bytes a record (``tub.TubIndex``) and a bounded LRU of computed pictures.
+keeps ~40 bytes a record (``tub_index.TubIndex``) and a bounded LRU of computed pictures.
 """
 import collections
 import json
@@ -34,7 +34,8 @@ from .errors import InputError
 from .images import encode_jpeg, read_rgb
 from .keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
 from .overlay import layer_picture, mask_to_uint8, overlay
-from .tub import MODES, TubIndex, require_field, set_deleted
+from .tub import require_field
+from .tub_index import MODES, TubIndex, set_deleted
 
 logger = logging.getLogger(__name__)
 

@@ -429,7 +429,7 @@ def test_16_paths_leading_out_of_the_tub_are_refused(tool_tubs, tiny_pilot_path,
 
 
 def test_15_two_backfills_to_one_output_cannot_collide(tool_tubs, tiny_pilot_path, tmp_path):
-    from donkey_saliency.tub import OutputLock, partial_path
+    from donkey_saliency.backfill import OutputLock, partial_path
 
     out = str(tmp_path / "copy")
     first = OutputLock(out).acquire()  # the first run, holding its lock, with its partial copy

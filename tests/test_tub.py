@@ -11,8 +11,9 @@ import pytest
 
 from conftest import real_data_or_skip
 from donkey_saliency import load
+from donkey_saliency.backfill import backfill, partial_path
 from donkey_saliency.keys import RECORD_KEYS, RECORD_TYPES
-from donkey_saliency.tub import backfill, partial_path, recording_inputs
+from donkey_saliency.tub import recording_inputs
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
 BASE_INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
