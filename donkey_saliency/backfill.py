@@ -263,7 +263,6 @@ def _backfill_locked(source, model_path, out_path, batch, backend, image_key, al
                      progress, saliency, method):
     own = saliency is None
     if own:
-
         saliency = load(model_path, backend=backend, threads=threads or default_threads(), method=method)
     started = time.monotonic()
     work = partial_path(out_path)

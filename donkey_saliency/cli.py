@@ -370,7 +370,6 @@ def cmd_review(args):
                     image_key=args.image_key)  # a bad tub fails before the model loads
     try:
         if args.model:
-
             if not os.path.exists(args.model):
                 raise ModelError("model file not found: %s" % args.model)
             review.saliency = load(args.model, backend=args.backend).__enter__()

@@ -387,7 +387,6 @@ def example_png(image, mask, pictures, scale=2):
 
 
 def write_outputs(out_dir, report, examples):
-
     os.makedirs(out_dir, exist_ok=True)
     for i, (image, mask, pictures) in enumerate(examples):
         write_png(os.path.join(out_dir, "example_%d.png" % i), example_png(image, mask, pictures))

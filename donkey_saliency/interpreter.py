@@ -138,7 +138,6 @@ class _SharedPass(object):
     def _active_backend(self):
         # Activated in the thread that predicts (CUDA contexts are per thread).
         if self.backend is None:
-
             self.backend = backends.activate_with_fallback(self.graph, self.backend_name, self.backend_options)
             logger.info("saliency: the pilot runs on %s", self.backend.describe())
         return self.backend
@@ -164,7 +163,6 @@ def pilot_on_saliency_interpreter(model_path, model_type=None, cfg=None, backend
     """donkeycar's pilot for ``model_type`` (None: the type the file says) on a SaliencyInterpreter, loaded."""
     interpreter = SaliencyInterpreter(backend=backend, cache_dir=cache_dir, backend_options=backend_options)
     if model_type is None:
-
         model_type = load_pilot(model_path).trunk.model_type
     used = str(model_type)
     for prefix in _PREFIXES:

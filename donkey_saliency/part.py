@@ -124,9 +124,7 @@ class SaliencyPart(object):
         self._timings = collections.deque(maxlen=100)  # (done_time, latency_ms, infer_ms)
         self.method_masks = None
         try:
-
             self.method_masks = MethodMasks(method, model_path)
-
             self.graph = graph_for(model_path, cache_dir=cache_dir)
         except (SaliencyError, OSError) as error:
             # Fail loudly in tools, never in the car: log, stay inert, keep driving.

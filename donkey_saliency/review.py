@@ -474,7 +474,6 @@ def layer_grid(saliency, rgb, colormap=DEFAULT_COLORMAP, width=GRID_WIDTH):
 
 
 def write_layer_grid(model_path, image_path, out_path, backend="auto", colormap=DEFAULT_COLORMAP, force=False):
-
     _check_output(out_path, force, (".png",))
     check_style(DEFAULT_ALPHA, colormap)
     rgb = read_rgb(image_path)

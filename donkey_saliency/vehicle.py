@@ -77,7 +77,6 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
 
     web_controller = find_web_controller(V, ctr) if s["SALIENCY_WEB"] else None
     if web_controller is not None:
-
         web = attach_web(web_controller, part, jpeg_quality=s["SALIENCY_JPEG_QUALITY"],
                          drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"],
                          max_viewers=s["SALIENCY_MAX_VIEWERS"],
@@ -85,7 +84,6 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
         add_drive_view(V, web_controller, web.drive_view)
 
     if s["SALIENCY_RECORD"] and inputs is not None and types is not None:
-
         new_inputs, new_types, message = recording_inputs(
             getattr(cfg, "DATA_PATH", None), list(inputs), list(types), getattr(cfg, "AUTO_CREATE_NEW_TUB", False))
         if message:
@@ -112,7 +110,6 @@ def share_pilot_pass(V, part, model_path, backend, backend_options):
         logger.info("saliency: SALIENCY_SHARE_PILOT is on but the car has no pilot part with a --model file")
         return None
     try:
-
         interpreter = SaliencyInterpreter(backend=backend, cache_dir=backend_options.get("cache_dir"),
                                           backend_options=backend_options)
         interpreter.load(model_path)

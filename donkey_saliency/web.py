@@ -27,8 +27,8 @@ a newer frame exists (no polling, no frame sent twice to one client), writes it,
 soon as its client disconnects (``on_connection_close``) - unlike donkeycar's ``VideoAPI``, which
 re-encodes at ~175 JPEG/s per client and never returns. A slow client skips frames, never queues them.
 
-``DriveViewToggle`` is the small vehicle part that puts the overlay into ``ui/image_array`` (what
-/drive's ``<img src="/video">`` shows) while the toggle is on; the pilot's input is never touched.
+``drive_view.DriveViewToggle`` is the small vehicle part that puts the overlay into ``ui/image_array``
+(what /drive's ``<img src="/video">`` shows) while the toggle is on; the pilot's input is never touched.
 """
 import collections
 import json
@@ -39,8 +39,8 @@ import threading
 import time
 
 from .config import DEFAULT_JPEG_QUALITY, DEFAULTS
+from .drive_view import DriveViewToggle
 from .images import encode_jpeg
-from .keys import OVERLAY_KEY, UI_IMAGE_KEY
 from .overlay import layer_picture
 from .stats import median
 
@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 BOUNDARY = "saliencyframe"
 PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_static", "saliency.html")
-WEB_BUTTONS = ("w1", "w2", "w3", "w4", "w5")
 MAX_BODY_BYTES = 1024  # /saliency/drive_view needs ~15 bytes
 DRIVE_VIEW_BODY = re.compile(br'^\s*\{\s*"on"\s*:\s*(true|false)\s*\}\s*$')
 STALL_S = 10.0  # a stream client that takes no frame for this long is dropped
@@ -93,74 +92,6 @@ Jpeg = collections.namedtuple("Jpeg", "seq data")
 
 # This thread's CPU clock: time.thread_time is Python 3.7+; JetPack 4.6's Python 3.6 has the same clock here.
 _thread_time = getattr(time, "thread_time", None) or (lambda: time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID))
-
-
-class DriveViewToggle(object):
-    """Vehicle part: while on, /drive's video (``ui/image_array``) shows the overlay.
-
-    Add it after donkeycar's ``UserPilotCondition`` (which writes ``ui/image_array``)::
-
-        V.add(toggle, inputs=toggle.inputs, outputs=toggle.outputs)
-
-    inputs  ['ui/image_array', 'saliency/image_array', 'web/<button>'] (no button input when button is None)
-    outputs ['ui/image_array']
-
-    A press of the web button (donkeycar's ExplodeDict puts ``web/w5`` True in memory for one loop)
-    flips it; so does the /saliency page. ``run`` never raises: on any trouble it passes the UI
-    image through unchanged. It reads and writes only ``ui/image_array`` - the pilot's ``cam/*``
-    images are never touched.
-    """
-
-    def __init__(self, on=False, button="w5"):
-        if not isinstance(on, (bool, int)):  # e.g. DriveViewToggle(web): the page would not reach it
-            raise TypeError("DriveViewToggle(on=...) takes a bool; the toggle the /saliency page controls "
-                            "is attach_web(...).drive_view")
-        if button is not None and button not in WEB_BUTTONS:
-            raise ValueError("SALIENCY_TOGGLE_BUTTON must be one of %s or None, not %r"
-                             % (", ".join(WEB_BUTTONS), button))
-        self.button = button
-        self._on = bool(on)
-        self._was_pressed = False
-        self._lock = threading.Lock()
-        self.inputs = [UI_IMAGE_KEY, OVERLAY_KEY] + (["web/" + button] if button else [])
-        self.outputs = [UI_IMAGE_KEY]
-
-    @property
-    def on(self):
-        return self._on
-
-    def set(self, on):
-        with self._lock:
-            self._on = bool(on)
-            return self._on
-
-    def flip(self):
-        with self._lock:
-            self._on = not self._on
-            return self._on
-
-    def run(self, ui_image=None, overlay_image=None, pressed=None):
-        try:
-            pressed = bool(pressed)
-            if pressed and not self._was_pressed:  # a press, not a held button
-                state = self.flip()
-                logger.info("saliency overlay in /drive: %s", "on" if state else "off")
-            self._was_pressed = pressed
-            if self._on and overlay_image is not None:
-                return overlay_image
-        except Exception as error:  # pragma: no cover - never stop the car over a picture
-            logger.warning("saliency drive view: %s", error)
-        return ui_image
-
-    def show_through(self, shown_key, own_key):
-        """For a web controller that shows a key the pilot or the tub also read (donkeycar 4.4's
-        shows ``cam/image_array``): read ``shown_key``, write ``own_key``, never ``shown_key``; the
-        caller points the controller at ``own_key``."""
-        self.inputs[0] = shown_key
-        self.outputs = [own_key]
-
-    def shutdown(self):
-        pass
 
 
 class _Channel(object):
