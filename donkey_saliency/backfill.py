@@ -20,7 +20,7 @@ from .errors import InputError
 from .images import decode_image, encode_jpeg
 from .keys import (BACKFILLED_FROM_META_KEY, CAMERA_KEY, LAG_KEY, MASK_KEY, MODEL_META_KEY, OVERLAY_KEY, RECORD_KEYS,
                    RECORD_TYPES)
-from .overlay import check_style
+from .overlay import check_style, mask_to_uint8, overlay
 from .tub import IMAGE_TYPES, open_tub, require_field
 from .tub_writer import TubV2Writer, image_file_name
 
@@ -163,8 +163,6 @@ class _Backfill(object):
 
     def store(self, items):
         """Copy the record's images and write its overlay and mask JPEGs."""
-        from .overlay import mask_to_uint8, overlay
-
         images_dir = self.writer.images_dir
         for entry, record, (data, frame), mask in items:
             for key, path in entry.images.items():

@@ -10,7 +10,6 @@ On the same frames it times
   adds to one loop iteration, from the Vehicle's own ``PartProfiler``.
 Every figure is a median (and p90) over per-frame ``time.perf_counter`` timings after a warm-up.
 """
-import contextlib
 import logging
 import os
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 from . import backends
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .demo import ReplayCamera
-from .console import table_lines
+from .console import quiet_stdout, table_lines
 from .errors import InputError, ModelError, first_line
 from .frames import prepare_frame
 from .graph import graph_for
@@ -54,18 +53,6 @@ def summarize(values_ms):
 
 def _ms(seconds):
     return seconds * 1000.0
-
-
-@contextlib.contextmanager
-def _quiet_stdout():
-    """Silence prints from code we call (donkeycar's banner, makemovie's): stdout is for the table."""
-    saved = sys.stdout
-    with open(os.devnull, "w") as sink:
-        sys.stdout = sink
-        try:
-            yield
-        finally:
-            sys.stdout = saved
 
 
 # --- frames ---------------------------------------------------------------------------------------
@@ -193,7 +180,7 @@ def gradient_saliency(keras_model):
     import warnings
 
     # init_salient prints a banner and Keras warns about its .h5 round trip; the bench prints a table.
-    with _quiet_stdout(), warnings.catch_warnings():
+    with quiet_stdout(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not movie.init_salient(keras_model):
             raise ModelError("no layer named with 'out' (makemovie's saliency needs one)")
@@ -335,7 +322,7 @@ def run_bench(model_path, frames=100, tub=None, backend="auto", loops=200, hz=20
               progress=None):
     """Everything the table shows, as a dict (what ``--json`` writes)."""
     say = progress or (lambda message: None)
-    with _quiet_stdout():  # donkeycar prints a banner on import; keep stdout for the table
+    with quiet_stdout():  # donkeycar prints a banner on import; keep stdout for the table
         import donkeycar  # noqa: F401
     report = dict(model=os.fspath(model_path), cpus=os.cpu_count(), warmup=dict(ours=WARMUP_OURS, tf=WARMUP_TF))
 

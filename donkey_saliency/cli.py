@@ -4,7 +4,8 @@ Each command is a ``cmd_<name>(args)`` function plus one ``_add_<name>(sub, shar
 its own arguments; the options several commands take (``--backend``, ``--alpha``/``--colormap``,
 ``--image-key``, ``--force``, ``--method``) are declared once, in ``SharedOptions``, and joined in as
 argparse parents. ``COMMANDS`` is the table of them. Bad input ends with one line on stderr and exit
-status 2; nothing is half-written.
+status 2; nothing is half-written. The laptop tools (bench, demo, review, evaluate: TensorFlow, Python
+3.8+) are imported by their command only, so the car's commands run on its Python 3.6.
 """
 import argparse
 import io

@@ -1,4 +1,7 @@
-"""Text for a terminal: aligned tables and a progress line. A leaf module (standard library only)."""
+"""Text for a terminal: aligned tables, a progress line, and quiet for code that prints. A leaf module
+(standard library only)."""
+import contextlib
+import os
 import sys
 import time
 
@@ -51,3 +54,15 @@ class Progress(object):
     def close(self):
         if self.enabled:
             self._draw("\r" if self._tty else "", "\n")
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silence prints from code we call (donkeycar's banner, makemovie's): stdout is for the table."""
+    saved = sys.stdout
+    with open(os.devnull, "w") as sink:
+        sys.stdout = sink
+        try:
+            yield
+        finally:
+            sys.stdout = saved

@@ -35,6 +35,7 @@ from .images import write_png
 from .methods import check_method, DEFAULT_METHOD
 from .overlay import overlay, side_by_side
 from .pilots import load_pilot
+from .steering import GradientModel, PilotSteering
 from .trt_tools import tub_frames
 from .tub import open_tub
 
@@ -188,7 +189,6 @@ def method_masks(model_path, frames, steering, backend="auto", gradients=True, d
     masks, skipped = {methods.VBP: outputs[graph.mask_name]}, {}
     others = [m for m in methods.METHODS if m != methods.VBP]
     if gradients and not steering.tflite:
-        from .steering import GradientModel
 
         pilot = load_pilot(model_path)
         source = GradientModel(steering, pilot)
@@ -270,8 +270,6 @@ def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_
                  method=None, gradients=True, draws=BOOTSTRAP_DRAWS, progress=True):
     """Evaluate every method on ``frames`` frames of ``tub``; write DIR/evaluate.json and PNGs when
     ``out_dir`` is given. Returns the report (the JSON's content)."""
-    from .steering import PilotSteering
-
     # Everything a user can get wrong is checked before TensorFlow loads.
     if not 0.0 < area <= 0.5:
         raise InputError("--area must be in (0, 0.5]")

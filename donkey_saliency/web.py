@@ -42,6 +42,7 @@ from .config import DEFAULT_JPEG_QUALITY, DEFAULTS
 from .drive_view import DriveViewToggle
 from .images import encode_jpeg
 from .overlay import layer_picture
+from .review_web import mount
 from .stats import median
 
 logger = logging.getLogger(__name__)
@@ -253,7 +254,6 @@ def attach_web(ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False, t
                       max_viewers=max_viewers, stall_s=stall_s)
     ctr.add_handlers(r".*", web.routes())
     if review_tub is not None:
-        from .review_web import mount
 
         mount(ctr, review_tub)
     return web
