@@ -226,7 +226,8 @@ class _Backfill(object):
 
 
 def backfill(tub_path, model_path=None, out_path=None, batch=64, backend="auto", image_key=CAMERA_KEY,
-             alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, workers=2, threads=0, progress=True, saliency=None, method="vbp"):
+             alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, workers=2, threads=0, progress=True, saliency=None,
+             method="vbp"):
     """Write a copy of the tub at ``tub_path`` with saliency added; return a BackfillResult.
     ``method``: the saliency method (``methods.METHODS``).
 

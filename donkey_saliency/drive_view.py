@@ -3,6 +3,7 @@ page and a web button flip it). Wired by vehicle.py; web.py holds the one the pa
 import logging
 import threading
 
+from .config import DEFAULTS
 from .keys import OVERLAY_KEY, UI_IMAGE_KEY
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class DriveViewToggle(object):
     images are never touched.
     """
 
-    def __init__(self, on=False, button="w5"):
+    def __init__(self, on=False, button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"]):
         if not isinstance(on, (bool, int)):  # e.g. DriveViewToggle(web): the page would not reach it
             raise TypeError("DriveViewToggle(on=...) takes a bool; the toggle the /saliency page controls "
                             "is attach_web(...).drive_view")

@@ -33,6 +33,7 @@ from .fileio import atomic_write
 from .frames import fit_to_model
 from .images import write_png
 from .methods import check_method, DEFAULT_METHOD
+from .opencv import import_cv2
 from .overlay import overlay, side_by_side
 from .pilots import load_pilot
 from .steering import GradientModel, PilotSteering
@@ -60,7 +61,7 @@ HIGHER_IS_BETTER = dict(salient_over_whole=True, background_over_whole=False, de
 def ranking(mask, sigma=RANK_BLUR_SIGMA):
     """Pixel indexes of an (H, W) mask, most salient first, after a light Gaussian blur (ties:
     row-major order, so a constant mask gives the same order for every method)."""
-    import cv2
+    cv2 = import_cv2()
 
     smooth = cv2.GaussianBlur(np.asarray(mask, np.float32), (0, 0), sigma) if sigma else np.asarray(mask)
     return np.argsort(-smooth.ravel(), kind="stable")
@@ -96,7 +97,7 @@ def shift_region(region, d):
 
 def background_layer(image, region):
     """The image with ``region`` inpainted: the layer behind the salient pixels (uint8 RGB)."""
-    import cv2
+    cv2 = import_cv2()
 
     return cv2.inpaint(np.ascontiguousarray(image), region.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
 
@@ -127,7 +128,7 @@ def fill_in_order(image, other, order, fraction):
 
 
 def blurred(image, sigma=DELETE_BLUR_SIGMA):
-    import cv2
+    cv2 = import_cv2()
 
     return cv2.GaussianBlur(image, (0, 0), sigma)
 
@@ -373,7 +374,7 @@ def curves_png(report):
 def example_png(image, mask, pictures, scale=2):
     """One row: overlay of the mask with the salient region outlined | salient-only shift |
     background-only shift | whole shift (EXAMPLE_SHIFT px)."""
-    import cv2
+    cv2 = import_cv2()
 
     region, salient, background, whole = pictures
     marked = overlay(image, mask)

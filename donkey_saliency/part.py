@@ -93,8 +93,8 @@ class SaliencyPart(object):
 
     shutdown_join_s = 5.0  # how long shutdown() waits for the worker to finish its frame and close the backend
 
-    def __init__(self, model_path, backend="auto", alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, max_fps=0, cache_dir=None,
-                 backend_options=None, method="vbp", sync_ms=0):
+    def __init__(self, model_path, backend="auto", alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, max_fps=0,
+                 cache_dir=None, backend_options=None, method="vbp", sync_ms=0):
         self.model_path = model_path
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})

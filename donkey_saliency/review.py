@@ -28,6 +28,7 @@ from .fileio import default_file_mode
 from .frames import fit_to_model
 from .images import read_rgb, write_png
 from .keys import CAMERA_KEY, LAG_KEY, OVERLAY_KEY
+from .opencv import import_cv2
 from .overlay import check_style, colorize, mask_to_uint8, overlay, side_by_side, stretch, to_rgb
 from .pilots import KERAS_SUFFIXES
 from .tub import open_tub, require_field
@@ -44,14 +45,14 @@ logger = logging.getLogger(__name__)
 
 
 def _text(image, text, org, scale=0.45, color=WHITE, thickness=1):
-    import cv2
+    cv2 = import_cv2()
 
     cv2.putText(image, text, (int(org[0]), int(org[1])), FONT, scale, color, thickness, cv2.LINE_AA)
 
 
 def _label(image, text, x, y, scale=0.3, color=WHITE):
     """Small text on a dark box, readable on any tile; (x, y) is the box's top-left corner."""
-    import cv2
+    cv2 = import_cv2()
 
     (w, h), base = cv2.getTextSize(text, FONT, scale, 1)
     cv2.rectangle(image, (x, y), (x + w + 3, y + h + base + 2), (0, 0, 0), -1)
@@ -190,7 +191,7 @@ PANEL_HEIGHT = 96
 
 def _bar_row(canvas, top, label, user, pilot, width, value_range):
     """One labelled track with the user's value (upper bar) and the pilot's (lower bar)."""
-    import cv2
+    cv2 = import_cv2()
 
     left, right = 80, width - 170
     low, high = value_range
@@ -214,7 +215,7 @@ def _bar_row(canvas, top, label, user, pilot, width, value_range):
 def compose_frame(camera, overlay_image, index, mode, user, pilot, scale=3, lag_ms=None, note=None):
     """One video frame: camera | overlay (scaled), and under them steering and throttle bars
     (user green, pilot blue), the record index, the drive mode and the mask's lag."""
-    import cv2
+    cv2 = import_cv2()
 
     camera = to_rgb(camera)
     if overlay_image is None:
@@ -256,7 +257,7 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
            progress=True, method="vbp"):
     """Write the review video of records ``start <= index < end`` (live records only); computed
     saliency uses ``method`` (``methods.METHODS``)."""
-    import cv2
+    cv2 = import_cv2()
 
     _check_output(out_path, force, tuple(VIDEO_CODECS))
     alpha, colormap = check_style(alpha, colormap)
@@ -362,7 +363,7 @@ def _quiet_stderr():
 def _check_video(path, frames, out_path):
     """InputError unless the file at ``path`` decodes to ``frames`` frames: OpenCV's VideoWriter
     reports no write errors, so a full disk would otherwise give a truncated, unplayable file."""
-    import cv2
+    cv2 = import_cv2()
 
     decoded = 0
     with _quiet_stderr():  # FFmpeg's own complaints about a broken file: our one line says it
@@ -431,7 +432,7 @@ def _stack(blocks):
 
 
 def _scaled(image, factor):
-    import cv2
+    cv2 = import_cv2()
 
     return cv2.resize(image, (image.shape[1] * factor, image.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
 
@@ -556,7 +557,7 @@ def filter_table(layers, frames, threshold, rare):
 
 def filter_chart(layers, frames, threshold, rare, width=GRID_WIDTH):
     """A bar per filter (height = share of frames it fires on): green, orange when rare, red when dead."""
-    import cv2
+    cv2 = import_cv2()
 
     blocks = [np.full((30, width, 3), DARK[0], dtype=np.uint8)]
     _text(blocks[0], "filter activity over %d frames (fires: peak > %g; orange: < %g%% of frames; red: never)"

@@ -115,8 +115,8 @@ class Review(object):
     and a bounded LRU of computed pictures. Every method runs on ``executor`` (one thread), so
     the IOLoop never waits on a disk or a model and nothing here needs a lock."""
 
-    def __init__(self, tub_path, saliency=None, writable=False, live=False, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP,
-                 image_key=CAMERA_KEY):
+    def __init__(self, tub_path, saliency=None, writable=False, live=False, alpha=DEFAULT_ALPHA,
+                 colormap=DEFAULT_COLORMAP, image_key=CAMERA_KEY):
         from concurrent.futures import ThreadPoolExecutor
 
         self.index = TubIndex(tub_path)

@@ -118,7 +118,8 @@ class _Channel(object):
 class SaliencyWeb(object):
     """The web side of one ``SaliencyPart``: encodes, counts, and serves. See the module docstring."""
 
-    def __init__(self, ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False, toggle_button="w5", page_file=PAGE_FILE,
+    def __init__(self, ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False,
+                 toggle_button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"], page_file=PAGE_FILE,
                  max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S):
         quality = int(jpeg_quality)
         if not 1 <= quality <= 100:
@@ -244,8 +245,9 @@ class SaliencyWeb(object):
             channel.publish(None)
 
 
-def attach_web(ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False, toggle_button="w5",
-               max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S, review_tub=None):
+def attach_web(ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False,
+               toggle_button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"], max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"],
+               stall_s=STALL_S, review_tub=None):
     """Adds the saliency routes to a ``LocalWebController`` (call before ``V.start()``) and returns the
     ``SaliencyWeb``; add its ``drive_view`` part to the vehicle after ``UserPilotCondition``.
     ``review_tub`` (a tub path, or a callable giving the tub being written) also mounts the
