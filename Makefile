@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast bench install clean
 
 # (Re)install when the package metadata changes; pip reuses what is already there.
 $(STAMP): setup.cfg pyproject.toml
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs $(ARGS)
+
+# The unit tier alone (tests/unit): NumPy, OpenCV, onnx and ONNX Runtime only; seconds, not minutes.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -rs tests/unit $(ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/donkey-saliency bench $(ARGS)

@@ -10,7 +10,6 @@ On the same frames it times
   adds to one loop iteration, from the Vehicle's own ``PartProfiler``.
 Every figure is a median (and p90) over per-frame ``time.perf_counter`` timings after a warm-up.
 """
-import contextlib
 import logging
 import os
 import sys
@@ -18,8 +17,19 @@ import time
 
 import numpy as np
 
+from . import backends
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from .demo import ReplayCamera
+from .console import quiet_stdout, table_lines
 from .errors import InputError, ModelError, first_line
+from .frames import prepare_frame
+from .graph import graph_for
+from .images import read_rgb
+from .keys import CAMERA_KEY, OUTPUTS
+from .overlay import overlay
+from .part import SaliencyPart
 from .pilots import load_pilot, reference
+from .tub import camera_image_paths, open_tub
 
 logger = logging.getLogger(__name__)
 
@@ -45,23 +55,9 @@ def _ms(seconds):
     return seconds * 1000.0
 
 
-@contextlib.contextmanager
-def _quiet_stdout():
-    """Silence prints from code we call (donkeycar's banner, makemovie's): stdout is for the table."""
-    saved = sys.stdout
-    with open(os.devnull, "w") as sink:
-        sys.stdout = sink
-        try:
-            yield
-        finally:
-            sys.stdout = saved
-
-
 # --- frames ---------------------------------------------------------------------------------------
 def tub_image_paths(tub):
     """Camera image files of a tub in record order, and its kind (v1 or v2 tub)."""
-    from .tub import camera_image_paths, open_tub
-
     return camera_image_paths(tub), "v%d tub" % open_tub(tub).version
 
 
@@ -74,7 +70,6 @@ def load_frames(count, input_shape, tub=None, seed=0):
         height, width, _ = input_shape
         frames = np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
         return list(frames), "random %dx%d frames (no --tub)" % (width, height)
-    from .tub import read_rgb
 
     paths, kind = tub_image_paths(tub)
     chosen = [paths[i % len(paths)] for i in range(count)]
@@ -88,11 +83,8 @@ def load_frames(count, input_shape, tub=None, seed=0):
 
 
 # --- our pipeline ---------------------------------------------------------------------------------
-def time_ours(graph, backend, frames, alpha=0.5, colormap="jet"):
+def time_ours(graph, backend, frames, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP):
     """Per-frame ms of each stage, and the masks (to check (b) against)."""
-    from .api import prepare_frame
-    from .overlay import overlay
-
     for index in range(WARMUP_OURS):
         frame = frames[index % len(frames)]
         overlay(frame, backend.infer(prepare_frame(frame, graph.input_shape)[None])[graph.mask_name][0],
@@ -188,7 +180,7 @@ def gradient_saliency(keras_model):
     import warnings
 
     # init_salient prints a banner and Keras warns about its .h5 round trip; the bench prints a table.
-    with _quiet_stdout(), warnings.catch_warnings():
+    with quiet_stdout(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not movie.init_salient(keras_model):
             raise ModelError("no layer named with 'out' (makemovie's saliency needs one)")
@@ -273,19 +265,6 @@ def time_eager_vbp(method, model_frames):
 
 
 # --- a real Vehicle loop ----------------------------------------------------------------------------
-class ReplayCamera(object):
-    """A camera part that hands out the bench's frames in turn, as a Vehicle part does."""
-
-    def __init__(self, frames):
-        self.frames = frames
-        self.count = 0
-
-    def run(self):
-        frame = self.frames[self.count % len(self.frames)]
-        self.count += 1
-        return frame
-
-
 def _profiled_ms(vehicle, part):
     # Like PartProfiler.report: drop the first and last entries (start-up, a possibly cut last run).
     return [_ms(t) for t in vehicle.profiler.records[part]["times"][1:-1]]
@@ -297,15 +276,13 @@ def run_vehicle(frames, model_path=None, backend="auto", loops=200, hz=20, cache
     the loop's work (every part's profiled time; the rest of the period is the Vehicle's sleep)."""
     from donkeycar.vehicle import Vehicle
 
-    from .part import OUTPUTS, SaliencyPart
-
     vehicle = Vehicle()
     camera = ReplayCamera(frames)
-    vehicle.add(camera, outputs=["cam/image_array"])
+    vehicle.add(camera, outputs=[CAMERA_KEY])
     part = None
     if model_path is not None:
         part = SaliencyPart(model_path, backend=backend, cache_dir=cache_dir)
-        vehicle.add(part, inputs=["cam/image_array"], outputs=list(OUTPUTS), threaded=True)
+        vehicle.add(part, inputs=[CAMERA_KEY], outputs=list(OUTPUTS), threaded=True)
     vehicle.start(rate_hz=hz, max_loop_count=loops)
     for entry in vehicle.parts:  # stop() has asked the worker to end; let it close its backend
         if entry.get("thread") is not None:
@@ -344,12 +321,8 @@ def _ratio(slow, fast):
 def run_bench(model_path, frames=100, tub=None, backend="auto", loops=200, hz=20, cache_dir=None,
               progress=None):
     """Everything the table shows, as a dict (what ``--json`` writes)."""
-    from . import backends
-    from .api import prepare_frame
-    from .graph import graph_for
-
     say = progress or (lambda message: None)
-    with _quiet_stdout():  # donkeycar prints a banner on import; keep stdout for the table
+    with quiet_stdout():  # donkeycar prints a banner on import; keep stdout for the table
         import donkeycar  # noqa: F401
     report = dict(model=os.fspath(model_path), cpus=os.cpu_count(), warmup=dict(ours=WARMUP_OURS, tf=WARMUP_TF))
 
@@ -481,12 +454,8 @@ def format_report(report):
     add(loop_label + "loop work without the part", vehicle["loop_work_without"])
     add(loop_label + "loop work with the part", vehicle["loop_work_with"])
     rows.append((loop_label + "loop work added by the part", _num(vehicle["loop_added_ms"]), "", ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for index, row in enumerate(rows):
-        lines.append("  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
-                     .rstrip())
-        if index == 0:
-            lines.append("-" * len(lines[-1]))
+    table = table_lines(rows, right_from=1)
+    lines += [table[0], "-" * len(table[0])] + table[1:]
     lines += [
         "",
         "(a) is %s" % a["method"],

@@ -1,14 +1,33 @@
 """``donkey-saliency`` sub-commands.
 
-Each command is a ``cmd_<name>(args)`` function plus one ``_add_<name>(sub)`` that declares its
-arguments. Bad input ends with one line on stderr and exit status 2; nothing is half-written.
+Each command is a ``cmd_<name>(args)`` function plus one ``_add_<name>(sub, shared)`` that declares
+its own arguments; the options several commands take (``--backend``, ``--alpha``/``--colormap``,
+``--image-key``, ``--force``, ``--method``) are declared once, in ``SharedOptions``, and joined in as
+argparse parents. ``COMMANDS`` is the table of them. Bad input ends with one line on stderr and exit
+status 2; nothing is half-written. The laptop tools (bench, demo, review, evaluate: TensorFlow, Python
+3.8+) are imported by their command only, so the car's commands run on its Python 3.6.
 """
 import argparse
+import io
 import logging
 import os
 import sys
 
-from .errors import InputError, SaliencyError, first_line
+import numpy as np
+
+from . import load, trt_tools
+from .backfill import backfill
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from .console import table_lines
+from .errors import first_line, InputError, ModelError, SaliencyError
+from .fileio import atomic_write
+from .graph import export, graph_for
+from .images import read_image, write_png
+from .keys import CAMERA_KEY
+from .methods import DEFAULT_METHOD, METHODS
+from .overlay import check_style, overlay
+from .pilots import DEMO_PILOT, load_pilot
+from .review_web import Review, serve
 
 EXIT_BAD_INPUT = 2
 # Laptop tools that need Python 3.8+ (TensorFlow, the simulated track). A Jetson Nano's JetPack 4.6
@@ -16,12 +35,31 @@ EXIT_BAD_INPUT = 2
 NEEDS_PYTHON_38 = ("bench", "demo")
 
 
-def _add_method(p):
-    from .methods import DEFAULT_METHOD, METHODS
+class SharedOptions(object):
+    """The options several commands take, each declared once as a parent parser."""
 
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS),
-                   help="saliency method (default %s: VisualBackProp as published; the others need "
-                        "TensorFlow and a Keras pilot, see README 'Saliency methods')" % DEFAULT_METHOD)
+    def __init__(self):
+        self.backend = self._parent()
+        self.backend.add_argument("--backend", default="auto", help="auto (default), tensorrt or onnxruntime")
+        self.style = self._parent()
+        self.style.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                                help="the heat map's weight over the frame (default %g)" % DEFAULT_ALPHA)
+        self.style.add_argument("--colormap", default=DEFAULT_COLORMAP, help="default %s" % DEFAULT_COLORMAP)
+        self.colormap = self._parent()
+        self.colormap.add_argument("--colormap", default=DEFAULT_COLORMAP, help="default %s" % DEFAULT_COLORMAP)
+        self.image_key = self._parent()
+        self.image_key.add_argument("--image-key", default=CAMERA_KEY,
+                                    help="the camera field (default %s)" % CAMERA_KEY)
+        self.force = self._parent()
+        self.force.add_argument("--force", action="store_true", help="replace --out if it exists")
+        self.method = self._parent()
+        self.method.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS),
+                                 help="saliency method (default %s: VisualBackProp as published; the others need "
+                                      "TensorFlow and a Keras pilot, see README 'Saliency methods')" % DEFAULT_METHOD)
+
+    @staticmethod
+    def _parent():
+        return argparse.ArgumentParser(add_help=False)
 
 
 def _quiet_tensorflow():
@@ -36,48 +74,22 @@ def _os_error_line(error):
     return "%s: %s" % (error.filename, reason) if error.filename else reason
 
 
-def read_image(path):
-    """A uint8 RGB (or grayscale) image from a file a user named, or InputError."""
-    from .tub import read_rgb
-
-    if not os.path.isfile(path):
-        raise InputError("image not found: %s" % path)
-    try:
-        return read_rgb(path)
-    except InputError:
-        raise InputError("not an image file: %s" % path)
-
-
 def write_npy(path, array):
-    import io
-
-    import numpy as np
-
-    from .graph import atomic_write
-
     buffer = io.BytesIO()
     np.save(buffer, array)
     atomic_write(path, buffer.getvalue())
 
 
 # --- mask ---------------------------------------------------------------------------------------
-def _add_mask(sub):
-    p = sub.add_parser("mask", help="saliency masks for image files: DIR/<stem>.npy and DIR/<stem>.png")
+def _add_mask(sub, shared):
+    p = sub.add_parser("mask", help="saliency masks for image files: DIR/<stem>.npy and DIR/<stem>.png",
+                       parents=[shared.backend, shared.style, shared.method])
     p.add_argument("model", help="pilot file (.h5 .keras .tflite, SavedModel dir, or an exported .onnx)")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--colormap", default="jet")
-    _add_method(p)
 
 
 def cmd_mask(args):
-    from . import load
-    from .errors import ModelError
-    from .overlay import check_style, overlay
-    from .tub import write_png
-
     check_style(args.alpha, args.colormap)  # before anything is computed or written
     if not os.path.exists(args.model):
         raise ModelError("model file not found: %s" % args.model)
@@ -94,14 +106,12 @@ def cmd_mask(args):
 
 
 # --- summary ------------------------------------------------------------------------------------
-def _add_summary(sub):
+def _add_summary(sub, shared):
     p = sub.add_parser("summary", help="the conv trunk: kernel, stride, padding, sizes, receptive field")
     p.add_argument("model")
 
 
 def cmd_summary(args):
-    from .pilots import load_pilot
-
     trunk = load_pilot(args.model).trunk
     height, width, channels = trunk.input_shape
     print("%s  (model type: %s)  input %dx%dx%d, frames scaled by 1/255" % (
@@ -111,14 +121,13 @@ def cmd_summary(args):
     for r in trunk.table():
         rows.append((r["layer"], r["kind"], "%dx%d" % r["kernel"], "%dx%d" % r["stride"], str(r["padding"]),
                      r["output"], "%dx%d" % r["receptive_field"], "%dx%d" % r["jump"], r["activation"]))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for line in table_lines(rows):
+        print(line)
     return 0
 
 
 # --- export -------------------------------------------------------------------------------------
-def _add_export(sub):
+def _add_export(sub, shared):
     p = sub.add_parser("export", help="write the fused saliency graph (frame -> mask) as ONNX")
     p.add_argument("model")
     p.add_argument("--out", required=True, help="FILE.onnx")
@@ -126,9 +135,6 @@ def _add_export(sub):
 
 
 def cmd_export(args):
-    from .graph import export
-    from .pilots import load_pilot
-
     if not args.out.lower().endswith(".onnx"):
         raise InputError("--out must name a .onnx file")
     graph = export(load_pilot(args.model), features=args.features)
@@ -139,17 +145,13 @@ def cmd_export(args):
 
 
 # --- bench --------------------------------------------------------------------------------------
-DEMO_PILOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo_pilot.h5")
-
-
-def _add_bench(sub):
+def _add_bench(sub, shared):
     p = sub.add_parser("bench", help="time the pipeline per stage, against gradient saliency and eager "
-                                     "TensorFlow, and in a real Vehicle loop")
+                                     "TensorFlow, and in a real Vehicle loop", parents=[shared.backend])
     p.add_argument("model", nargs="?", help="pilot file (default: the shipped demo pilot)")
     p.add_argument("--frames", type=int, default=100, help="frames timed, the same for every method (default 100)")
     p.add_argument("--tub", help="take the frames from this tub (v2, or v1 *_cam-image_array_.jpg); "
                                  "default: random frames")
-    p.add_argument("--backend", default="auto")
     p.add_argument("--loops", type=int, default=200, help="Vehicle loop iterations per run (default 200)")
     p.add_argument("--hz", type=int, default=20, help="Vehicle loop rate (default 20, donkey's DRIVE_LOOP_HZ)")
     p.add_argument("--json", help="also write every figure to this JSON file")
@@ -159,7 +161,6 @@ def cmd_bench(args):
     import json
 
     from .bench import format_report, run_bench
-    from .graph import atomic_write
 
     model = args.model
     if model is None:
@@ -181,7 +182,7 @@ def cmd_bench(args):
 
 
 # --- build-engine / selftest (TensorRT) ---------------------------------------------------------
-def _add_build_engine(sub):
+def _add_build_engine(sub, shared):
     p = sub.add_parser("build-engine", help="build (or find in the cache) the TensorRT engine for a pilot")
     p.add_argument("model", help="pilot file (.h5 .keras .tflite, SavedModel dir, or an exported .onnx)")
     p.add_argument("--precision", default="fp16", help="fp16 (default; fp32 where the GPU lacks fast fp16) or fp32")
@@ -192,9 +193,6 @@ def _add_build_engine(sub):
 
 
 def cmd_build_engine(args):
-    from . import trt_tools
-    from .graph import graph_for
-
     trt_tools.check_precision(args.precision)
     trt_tools.require_tensorrt()  # before the pilot is loaded: one line saying what to install
     graph = graph_for(args.model, cache_dir=args.cache_dir)
@@ -206,7 +204,7 @@ def cmd_build_engine(args):
     return 0
 
 
-def _add_selftest(sub):
+def _add_selftest(sub, shared):
     p = sub.add_parser("selftest", help="the TensorRT engine against ONNX Runtime on the same frames: "
                                         "mask difference, overlap of the salient pixels, speed; PASS/FAIL")
     p.add_argument("model", nargs="?", help="pilot file (default: donkey's linear architecture, fixed random weights)")
@@ -219,9 +217,6 @@ def _add_selftest(sub):
 
 
 def cmd_selftest(args):
-    from . import trt_tools
-    from .graph import graph_for
-
     precisions = trt_tools.selftest_precisions(args.precision)
     if args.frames < 1:
         raise InputError("--frames must be at least 1")
@@ -239,14 +234,14 @@ def cmd_selftest(args):
 
 
 # --- demo ---------------------------------------------------------------------------------------
-def _add_demo(sub):
-    p = sub.add_parser("demo", help="a simulated car on donkeycar's parts: pilot, live saliency, web UI, tub")
+def _add_demo(sub, shared):
+    p = sub.add_parser("demo", help="a simulated car on donkeycar's parts: pilot, live saliency, web UI, tub",
+                       parents=[shared.backend])
     p.add_argument("--port", type=int, default=8887, help="web UI port (default 8887: http://localhost:8887/drive)")
     p.add_argument("--seconds", type=float, help="stop after this long (default: run until Ctrl-C)")
     p.add_argument("--model", help="linear pilot that drives (default: the shipped demo pilot)")
     p.add_argument("--out-tub", help="tub to record into (default: a new directory under ./demo-tub)")
     p.add_argument("--frames", help="replay the images in this directory or tub instead of the track")
-    p.add_argument("--backend", default="auto")
     p.add_argument("--seed", type=int, default=0, help="procedural track seed")
 
 
@@ -263,25 +258,19 @@ def cmd_demo(args):
     return demo.run()
 
 
-# --- backfill / render / layers / filters (tub.py, review.py) ---------------------------------------
-def _add_backfill(sub):
-    p = sub.add_parser("backfill", help="copy a tub recorded without saliency, adding the saliency keys")
+# --- backfill / render / layers / filters (backfill.py, review.py) ----------------------------------
+def _add_backfill(sub, shared):
+    p = sub.add_parser("backfill", help="copy a tub recorded without saliency, adding the saliency keys",
+                       parents=[shared.backend, shared.image_key, shared.style, shared.method])
     p.add_argument("tub", help="tub directory (v2: manifest.json; or a donkeycar 3 v1 tub: meta.json)")
     p.add_argument("--model", required=True, help="pilot file (or an exported .onnx graph)")
     p.add_argument("--out", help="new tub directory (default: TUB_saliency); must not exist")
     p.add_argument("--batch", type=int, default=64, help="frames per inference batch (default 64)")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--image-key", default="cam/image_array", help="the camera field (default cam/image_array)")
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--colormap", default="jet")
     p.add_argument("--workers", type=int, default=2, help="threads decoding and encoding JPEGs (default 2)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default 0: all cores but one)")
-    _add_method(p)
 
 
 def cmd_backfill(args):
-    from .tub import backfill
-
     result = backfill(args.tub, args.model, out_path=args.out, batch=args.batch, backend=args.backend,
                       image_key=args.image_key, alpha=args.alpha, colormap=args.colormap, workers=args.workers,
                       threads=args.threads, method=args.method)
@@ -291,8 +280,9 @@ def cmd_backfill(args):
     return 0
 
 
-def _add_render(sub):
-    p = sub.add_parser("render", help="review video: camera | saliency, user vs pilot steering and throttle")
+def _add_render(sub, shared):
+    p = sub.add_parser("render", help="review video: camera | saliency, user vs pilot steering and throttle",
+                       parents=[shared.backend, shared.image_key, shared.style, shared.force, shared.method])
     p.add_argument("tub")
     p.add_argument("--out", required=True, help="FILE.webm (VP8: plays in browsers) or FILE.mp4 (MPEG-4 Part 2: "
                                                 "plays in VLC/ffplay, not in browsers)")
@@ -303,12 +293,6 @@ def _add_render(sub):
     p.add_argument("--fps", type=float, default=20.0, help="frames per second (default 20, DRIVE_LOOP_HZ)")
     p.add_argument("--scale", type=int, default=3, help="image magnification (default 3)")
     p.add_argument("--recompute", action="store_true", help="compute saliency with --model even if recorded")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--image-key", default="cam/image_array")
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--colormap", default="jet")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    _add_method(p)
 
 
 def cmd_render(args):
@@ -322,14 +306,12 @@ def cmd_render(args):
     return 0
 
 
-def _add_layers(sub):
-    p = sub.add_parser("layers", help="every conv layer's feature maps for one image, as a labelled grid PNG")
+def _add_layers(sub, shared):
+    p = sub.add_parser("layers", help="every conv layer's feature maps for one image, as a labelled grid PNG",
+                       parents=[shared.backend, shared.colormap, shared.force])
     p.add_argument("model")
     p.add_argument("image")
     p.add_argument("--out", required=True, help="FILE.png")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--colormap", default="jet")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
 def cmd_layers(args):
@@ -344,8 +326,9 @@ def cmd_layers(args):
     return 0
 
 
-def _add_filters(sub):
-    p = sub.add_parser("filters", help="over a tub, which conv filters never (or almost never) activate")
+def _add_filters(sub, shared):
+    p = sub.add_parser("filters", help="over a tub, which conv filters never (or almost never) activate",
+                       parents=[shared.backend, shared.image_key, shared.force])
     p.add_argument("tub")
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="also draw the chart into this PNG")
@@ -354,9 +337,6 @@ def _add_filters(sub):
     p.add_argument("--rare", type=float, default=0.01, help="'rare': fires on fewer than this share of frames "
                                                              "(default 0.01)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--image-key", default="cam/image_array")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
 def cmd_filters(args):
@@ -371,25 +351,19 @@ def cmd_filters(args):
 
 
 # --- review (review_web.py) -----------------------------------------------------------------------
-def _add_review(sub):
+def _add_review(sub, shared):
     p = sub.add_parser("review", help="a page to scrub a tub in the browser: camera | saliency, the drive's "
-                                      "steering and throttle, where pilot and user disagree")
+                                      "steering and throttle, where pilot and user disagree",
+                       parents=[shared.backend, shared.image_key, shared.style])
     p.add_argument("tub", help="tub directory (v2, or a donkeycar 3 v1 tub)")
     p.add_argument("--model", help="pilot file: computes the overlay and layer maps when the tub has none")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8890, help="port (default 8890; 0 picks a free one)")
     p.add_argument("--writable", action="store_true",
                    help="let the d key mark records deleted/restored (in manifest.json, as donkeycar does)")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--image-key", default="cam/image_array")
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--colormap", default="jet")
 
 
 def cmd_review(args):
-    from .overlay import check_style
-    from .review_web import Review, serve
-
     if not 0 <= args.port < 65536:
         raise InputError("--port must be between 0 and 65535")
     check_style(args.alpha, args.colormap)
@@ -397,9 +371,6 @@ def cmd_review(args):
                     image_key=args.image_key)  # a bad tub fails before the model loads
     try:
         if args.model:
-            from . import load
-            from .errors import ModelError
-
             if not os.path.exists(args.model):
                 raise ModelError("model file not found: %s" % args.model)
             review.saliency = load(args.model, backend=args.backend).__enter__()
@@ -420,11 +391,12 @@ def cmd_review(args):
 
 
 # --- evaluate (evaluate.py) -------------------------------------------------------------------------
-def _add_evaluate(sub):
+def _add_evaluate(sub, shared):
     from .evaluate import DEFAULT_AREA, DEFAULT_FRAMES
 
     p = sub.add_parser("evaluate", help="how much of the pilot's steering the mask explains: shift test, "
-                                        "deletion/insertion, against baselines, with paired bootstrap intervals")
+                                        "deletion/insertion, against baselines, with paired bootstrap intervals",
+                       parents=[shared.backend, shared.method])
     p.add_argument("tub", help="tub directory (v2, or a donkeycar 3 v1 tub)")
     p.add_argument("--model", required=True, help="pilot file (.h5 .keras .tflite)")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
@@ -432,10 +404,8 @@ def _add_evaluate(sub):
     p.add_argument("--area", type=float, default=DEFAULT_AREA,
                    help="salient region: this top fraction of the mask (default %g)" % DEFAULT_AREA)
     p.add_argument("--out", help="directory for evaluate.json, curves.png and example_*.png")
-    p.add_argument("--backend", default="auto")
     p.add_argument("--no-gradients", action="store_true",
                    help="skip the methods that need TensorFlow gradients (faster)")
-    _add_method(p)
 
 
 def cmd_evaluate(args):
@@ -449,9 +419,23 @@ def cmd_evaluate(args):
     return 0
 
 
-# Sub-commands in the order `--help` lists them. New commands add an _add_/cmd_ pair above and a name here.
-COMMANDS = ["mask", "summary", "export", "bench", "build-engine", "selftest", "demo", "backfill", "render", "layers",
-            "filters", "review", "evaluate"]
+# Sub-commands in the order `--help` lists them: (name, declares its arguments, runs it).
+COMMANDS = (
+    ("mask", _add_mask, cmd_mask),
+    ("summary", _add_summary, cmd_summary),
+    ("export", _add_export, cmd_export),
+    ("bench", _add_bench, cmd_bench),
+    ("build-engine", _add_build_engine, cmd_build_engine),
+    ("selftest", _add_selftest, cmd_selftest),
+    ("demo", _add_demo, cmd_demo),
+    ("backfill", _add_backfill, cmd_backfill),
+    ("render", _add_render, cmd_render),
+    ("layers", _add_layers, cmd_layers),
+    ("filters", _add_filters, cmd_filters),
+    ("review", _add_review, cmd_review),
+    ("evaluate", _add_evaluate, cmd_evaluate),
+)
+HANDLERS = dict((name, run) for name, _, run in COMMANDS)
 
 
 def build_parser():
@@ -460,9 +444,9 @@ def build_parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    module = sys.modules[__name__]
-    for name in COMMANDS:
-        getattr(module, "_add_" + name.replace("-", "_"))(sub)
+    shared = SharedOptions()
+    for _, declare, _ in COMMANDS:
+        declare(sub, shared)
     return parser
 
 
@@ -476,7 +460,7 @@ def main(argv=None):
         print("donkey-saliency %s: needs Python 3.8 or newer (this is %d.%d); run it on a laptop"
               % ((args.command,) + tuple(sys.version_info[:2])), file=sys.stderr)
         return EXIT_BAD_INPUT
-    handler = getattr(sys.modules[__name__], "cmd_" + args.command.replace("-", "_"))
+    handler = HANDLERS[args.command]
     try:
         return handler(args) or 0
     except SaliencyError as error:

@@ -1,7 +1,14 @@
 """``SALIENCY_*`` settings: defaults, and the one place that reads donkeycar's ``cfg``.
 
-Every name here has a commented twin in ``myconfig_snippets/saliency.py``.
+Every name here has a commented twin in ``myconfig_snippets/saliency.py``. The look of the overlay
+(``DEFAULT_ALPHA``, ``DEFAULT_COLORMAP``) is also every tool's default.
 """
+from .keys import CAMERA_KEY, CAMERA_TRANS_KEY
+
+DEFAULT_ALPHA = 0.5      # the heat map's weight over the frame
+DEFAULT_COLORMAP = "jet"
+DEFAULT_JPEG_QUALITY = 80  # the web streams
+
 DEFAULTS = dict(
     SALIENCY_ENABLED=True,
     SALIENCY_MODEL_PATH=None,        # None: the pilot given to `manage.py drive --model`
@@ -12,11 +19,11 @@ DEFAULTS = dict(
     SALIENCY_TRT_PRECISION="fp16",   # fp16 | fp32
     SALIENCY_CACHE_DIR=None,         # None: ~/.cache/donkey_saliency
     SALIENCY_IMAGE_KEY=None,         # None: cam/image_array_trans with TRANSFORMATIONS, else cam/image_array
-    SALIENCY_ALPHA=0.5,
-    SALIENCY_COLORMAP="jet",
+    SALIENCY_ALPHA=DEFAULT_ALPHA,
+    SALIENCY_COLORMAP=DEFAULT_COLORMAP,
     SALIENCY_MAX_FPS=0,              # 0: as fast as frames arrive
     SALIENCY_WEB=True,               # routes /saliency, /saliency/video, /saliency/stats on the web UI
-    SALIENCY_JPEG_QUALITY=80,
+    SALIENCY_JPEG_QUALITY=DEFAULT_JPEG_QUALITY,
     SALIENCY_MAX_VIEWERS=16,         # /saliency/video + /saliency/camera clients at once (more get 503)
     SALIENCY_DRIVE_VIEW=False,       # start with the overlay in /drive's video
     SALIENCY_TOGGLE_BUTTON="w5",     # web button that toggles it (w1..w5), None for none
@@ -41,5 +48,5 @@ def image_key(cfg):
     if key:
         return key
     if hasattr(cfg, "TRANSFORMATIONS") or hasattr(cfg, "POST_TRANSFORMATIONS"):
-        return "cam/image_array_trans"
-    return "cam/image_array"
+        return CAMERA_TRANS_KEY
+    return CAMERA_KEY

@@ -27,17 +27,23 @@ import types as pytypes
 
 import numpy as np
 
+from . import add_saliency
 from .errors import InputError, ModelError, first_line
+from .frames import fit_to_model
+from .images import read_rgb
+from .keys import CAMERA_KEY, CAMERA_TRANS_KEY, UI_IMAGE_KEY
+from .pilots import DEMO_PILOT
+from .track import Track, TrackCar
+from .tub import read_manifest_head
 
 logger = logging.getLogger(__name__)
 
-DEMO_PILOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo_pilot.h5")
 DRIVE_LOOP_HZ = 20
 REPORT_EVERY_S = 3.0
 MAX_REPLAY_FRAMES = 3000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
-TUB_INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode", "pilot/angle", "pilot/throttle"]
+TUB_INPUTS = [CAMERA_KEY, "user/angle", "user/throttle", "user/mode", "pilot/angle", "pilot/throttle"]
 TUB_TYPES = ["image_array", "float", "float", "str", "float", "float"]
 
 
@@ -48,8 +54,6 @@ class TrackCamera(object):
     Outputs: cam/image_array, sim/offset (metres right of the centre line)."""
 
     def __init__(self, seed=0, width=160, height=120, rate_hz=DRIVE_LOOP_HZ):
-        from .track import Track, TrackCar
-
         self.car = TrackCar(Track(seed, width=width, height=height))
         self.dt = 1.0 / rate_hz  # simulated time per loop: the same drive gives the same frames
 
@@ -59,16 +63,17 @@ class TrackCamera(object):
 
 
 class ReplayCamera(object):
-    """Replays frames (uint8 RGB) in a loop. Outputs: cam/image_array, sim/offset (None)."""
+    """A camera part that hands out frames (uint8 RGB) in turn, in a loop; its inputs (if any) are
+    ignored. Output: cam/image_array. The demo replays a folder with it, the bench its frames."""
 
     def __init__(self, frames):
         self.frames = frames
-        self.index = 0
+        self.count = 0
 
-    def run(self, steering=None, throttle=None):
-        frame = self.frames[self.index % len(self.frames)]
-        self.index += 1
-        return frame, None
+    def run(self, *inputs):
+        frame = self.frames[self.count % len(self.frames)]
+        self.count += 1
+        return frame
 
 
 class StatusReporter(object):
@@ -135,9 +140,6 @@ def find_images(directory):
 
 def load_frames(paths, shape, limit=MAX_REPLAY_FRAMES):
     """uint8 RGB frames from image files, at the pilot's input size (height, width, channels)."""
-    from .api import fit_to_model
-    from .tub import read_rgb
-
     frames = []
     for path in paths[:limit]:
         try:
@@ -234,9 +236,6 @@ class Demo(object):
         from donkeycar.parts.web_controller.web import LocalWebController
         from donkeycar.templates.complete import DriveMode, ToggleRecording, UserPilotCondition
 
-        from . import add_saliency
-        from .tub import read_manifest_head
-
         # Cheap checks first: bad input fails before TensorFlow spends seconds loading.
         check_port(self.port)
         image_paths = find_images(self.frames_dir) if self.frames_dir else None
@@ -255,16 +254,17 @@ class Demo(object):
         # The web UI, as complete.py's add_user_controller adds it; the demo starts in pilot mode.
         ctr = LocalWebController(port=self.port, mode="local")
         ctr.recording = True
-        V.add(ctr, inputs=["ui/image_array", "tub/num_records", "user/mode", "recording"],
+        V.add(ctr, inputs=[UI_IMAGE_KEY, "tub/num_records", "user/mode", "recording"],
               outputs=["user/steering", "user/throttle", "user/mode", "recording", "web/buttons"], threaded=True)
         V.add(Pipe(), inputs=["user/steering"], outputs=["user/angle"])
         V.add(ExplodeDict(V.mem, "web/"), inputs=["web/buttons"])
         # The camera reads last loop's drive outputs: the pilot's steering moves the simulated car.
-        V.add(self.camera, inputs=["steering", "throttle"], outputs=["cam/image_array", "sim/offset"])
+        V.add(self.camera, inputs=["steering", "throttle"],
+              outputs=[CAMERA_KEY] if isinstance(self.camera, ReplayCamera) else [CAMERA_KEY, "sim/offset"])
         V.add(UserPilotCondition(show_pilot_image=False),
-              inputs=["user/mode", "cam/image_array", "cam/image_array_trans"],
-              outputs=["run_user", "run_pilot", "ui/image_array"])
-        V.add(pilot, inputs=["cam/image_array"], outputs=["pilot/angle", "pilot/throttle"], run_condition="run_pilot")
+              inputs=["user/mode", CAMERA_KEY, CAMERA_TRANS_KEY],
+              outputs=["run_user", "run_pilot", UI_IMAGE_KEY])
+        V.add(pilot, inputs=[CAMERA_KEY], outputs=["pilot/angle", "pilot/throttle"], run_condition="run_pilot")
 
         # The manage.py lines: after the pilot, before the TubWriter is created.
         cfg = demo_config(self.model_path, self.tub_path, self.backend, self.cache_dir)

@@ -26,7 +26,19 @@ import os
 
 import numpy as np
 
+from . import load, methods
+from .console import Progress, table_lines
 from .errors import InputError, ModelError
+from .fileio import atomic_write
+from .frames import fit_to_model
+from .images import write_png
+from .methods import check_method, DEFAULT_METHOD
+from .opencv import import_cv2
+from .overlay import overlay, side_by_side
+from .pilots import load_pilot
+from .steering import GradientModel, PilotSteering
+from .trt_tools import tub_frames
+from .tub import open_tub
 
 DEFAULT_AREA = 0.15
 DEFAULT_FRAMES = 150
@@ -49,7 +61,7 @@ HIGHER_IS_BETTER = dict(salient_over_whole=True, background_over_whole=False, de
 def ranking(mask, sigma=RANK_BLUR_SIGMA):
     """Pixel indexes of an (H, W) mask, most salient first, after a light Gaussian blur (ties:
     row-major order, so a constant mask gives the same order for every method)."""
-    import cv2
+    cv2 = import_cv2()
 
     smooth = cv2.GaussianBlur(np.asarray(mask, np.float32), (0, 0), sigma) if sigma else np.asarray(mask)
     return np.argsort(-smooth.ravel(), kind="stable")
@@ -85,7 +97,7 @@ def shift_region(region, d):
 
 def background_layer(image, region):
     """The image with ``region`` inpainted: the layer behind the salient pixels (uint8 RGB)."""
-    import cv2
+    cv2 = import_cv2()
 
     return cv2.inpaint(np.ascontiguousarray(image), region.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
 
@@ -116,7 +128,7 @@ def fill_in_order(image, other, order, fraction):
 
 
 def blurred(image, sigma=DELETE_BLUR_SIGMA):
-    import cv2
+    cv2 = import_cv2()
 
     return cv2.GaussianBlur(image, (0, 0), sigma)
 
@@ -160,17 +172,12 @@ def paired_intervals(per_frame, reference, draws=BOOTSTRAP_DRAWS, level=INTERVAL
 
 # --- the runner -----------------------------------------------------------------------------------
 def _frames(tub, count, input_shape):
-    from .api import fit_to_model
-    from .trt_tools import tub_frames
-
     return np.stack([fit_to_model(f, input_shape) for f in tub_frames(tub, count)])
 
 
 def method_masks(model_path, frames, steering, backend="auto", gradients=True, default_method="vbp"):
     """{method: (N, H, W) masks} for every method evaluate compares (all of ``methods.METHODS``
     plus the random and tub-mean baselines), and {method: why skipped}."""
-    from . import load, methods
-
     with load(model_path, backend=backend) as saliency:
         graph = saliency.graph
         names = [graph.mask_name] + graph.mean_names
@@ -183,8 +190,6 @@ def method_masks(model_path, frames, steering, backend="auto", gradients=True, d
     masks, skipped = {methods.VBP: outputs[graph.mask_name]}, {}
     others = [m for m in methods.METHODS if m != methods.VBP]
     if gradients and not steering.tflite:
-        from .pilots import load_pilot
-        from .steering import GradientModel
 
         pilot = load_pilot(model_path)
         source = GradientModel(steering, pilot)
@@ -266,10 +271,6 @@ def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_
                  method=None, gradients=True, draws=BOOTSTRAP_DRAWS, progress=True):
     """Evaluate every method on ``frames`` frames of ``tub``; write DIR/evaluate.json and PNGs when
     ``out_dir`` is given. Returns the report (the JSON's content)."""
-    from .methods import DEFAULT_METHOD, check_method
-    from .steering import PilotSteering
-    from .tub import Progress, open_tub
-
     # Everything a user can get wrong is checked before TensorFlow loads.
     if not 0.0 < area <= 0.5:
         raise InputError("--area must be in (0, 0.5]")
@@ -329,10 +330,9 @@ def format_table(report):
         rows = [header]
         for method, figures in table.items():
             rows.append((method,) + tuple(_cell(figures, n, report["default_method"], method) for n in METRICS))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines.append("steering: %s   (^ higher is better, v lower; [90 %% interval of method - %s])" % (
             decoding, report["default_method"]))
-        lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+        lines.extend(table_lines(rows))
     for method, why in sorted(report["skipped"].items()):
         lines.append("skipped %s: %s" % (method, why))
     return "\n".join(lines)
@@ -374,9 +374,7 @@ def curves_png(report):
 def example_png(image, mask, pictures, scale=2):
     """One row: overlay of the mask with the salient region outlined | salient-only shift |
     background-only shift | whole shift (EXAMPLE_SHIFT px)."""
-    import cv2
-
-    from .overlay import overlay, side_by_side
+    cv2 = import_cv2()
 
     region, salient, background, whole = pictures
     marked = overlay(image, mask)
@@ -388,9 +386,6 @@ def example_png(image, mask, pictures, scale=2):
 
 
 def write_outputs(out_dir, report, examples):
-    from .graph import atomic_write
-    from .tub import write_png
-
     os.makedirs(out_dir, exist_ok=True)
     for i, (image, mask, pictures) in enumerate(examples):
         write_png(os.path.join(out_dir, "example_%d.png" % i), example_png(image, mask, pictures))

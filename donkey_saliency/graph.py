@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 
 from . import __version__
 from .errors import ModelError, first_line
+from .fileio import atomic_write, default_cache_dir, file_digest
 from .pilots import load_pilot
+from .pilots.network import TRUNK_END
 from .pilots.trunk import Affine, pad_before, same_padding_totals
 from .vbp import TINY
 
@@ -94,35 +95,6 @@ class SaliencyGraph(object):
             raise
         except Exception as error:
             raise ModelError("cannot read %s as an ONNX graph: %s" % (path, first_line(error)))
-
-
-def default_file_mode():
-    """0o666 less the process umask, as open() would give a new file (read without changing the
-    umask, which is process-wide and not thread-safe to flip)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o644
-
-
-def atomic_write(path, data):
-    """Write to a temp file beside ``path`` and rename: nothing is ever half-written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, default_file_mode())  # mkstemp makes owner-only files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,8 +291,6 @@ def _head(b, trunk, maps):
 def _pilot_layers(b, trunk, network, end):
     """The layers past the trunk (pilots/network.py) from the trunk's last map ``end``; returns
     {tensor name: (onnx tensor, width)} for every layer and input."""
-    from .pilots.network import TRUNK_END
-
     ops, trailing = trunk.after_maps
     for op in ops:
         end = _pointwise(b, end, op)
@@ -430,30 +400,6 @@ def export(pilot, features=False, float_input=False):
 
 # --------------------------------------------------------------------------------------------
 # Cache
-
-def default_cache_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "donkey_saliency")
-
-
-def file_digest(path):
-    """Content hash of a pilot file, or of every file of a SavedModel directory."""
-    sha = hashlib.sha256()
-    if os.path.isdir(path):
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                sha.update(os.path.relpath(full, path).encode())
-                with open(full, "rb") as handle:
-                    for chunk in iter(lambda: handle.read(1 << 20), b""):
-                        sha.update(chunk)
-    else:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(chunk)
-    return sha.hexdigest()
-
 
 def graph_for(model_path, cache_dir=None, features=False, whole=False, float_input=False):
     """The fused graph for a pilot file: a ready ``.onnx`` graph is read as it is; anything else is

@@ -15,6 +15,11 @@ import time
 
 import numpy as np
 
+from . import backends
+from .errors import ModelError
+from .graph import graph_for
+from .pilots import load_pilot
+
 logger = logging.getLogger(__name__)
 
 _CLASS = []  # the class, made once
@@ -52,12 +57,9 @@ class _SharedPass(object):
     # --- donkeycar's Interpreter interface ---------------------------------------------------------
     def load(self, model_path):
         """Read the pilot (.h5/.keras/.tflite; no TensorFlow) and build (or take from the cache) its graph."""
-        from .graph import graph_for
-
         self.model_path = str(model_path)
         graph = graph_for(self.model_path, cache_dir=self.cache_dir, whole=True, float_input=True)
         if not graph.float_input:  # an exported .onnx: the part's graph, without the pilot's outputs
-            from .errors import ModelError
 
             raise ModelError("%s is a saliency graph without the pilot's outputs; give the pilot file (.h5, "
                              ".keras or .tflite)" % self.model_path)
@@ -136,8 +138,6 @@ class _SharedPass(object):
     def _active_backend(self):
         # Activated in the thread that predicts (CUDA contexts are per thread).
         if self.backend is None:
-            from . import backends
-
             self.backend = backends.activate_with_fallback(self.graph, self.backend_name, self.backend_options)
             logger.info("saliency: the pilot runs on %s", self.backend.describe())
         return self.backend
@@ -161,12 +161,8 @@ _PREFIXES = ("tflite_", "tensorrt_")
 def pilot_on_saliency_interpreter(model_path, model_type=None, cfg=None, backend="auto", cache_dir=None,
                                   backend_options=None):
     """donkeycar's pilot for ``model_type`` (None: the type the file says) on a SaliencyInterpreter, loaded."""
-    from .errors import ModelError
-
     interpreter = SaliencyInterpreter(backend=backend, cache_dir=cache_dir, backend_options=backend_options)
     if model_type is None:
-        from .pilots import load_pilot
-
         model_type = load_pilot(model_path).trunk.model_type
     used = str(model_type)
     for prefix in _PREFIXES:

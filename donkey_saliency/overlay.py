@@ -1,10 +1,13 @@
 """Pure functions from a mask to a picture: colour, blend, resize. No state, no I/O."""
 import numpy as np
 
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .errors import InputError
 from .opencv import import_cv2
 
 COLORMAPS = ("jet", "inferno", "magma", "viridis", "turbo", "hot", "plasma", "gray")
+LAYER_DISPLAY_WIDTH = 160  # layer maps are a few cells wide: scale them up (nearest) so cells stay crisp
+FLAT = 1e-12  # a map whose values span less than this is constant: shown black
 
 
 def check_style(alpha, colormap):
@@ -43,7 +46,7 @@ def _rgb_lut(colormap):
     return _LUTS[colormap]
 
 
-def colorize(mask, colormap="jet"):
+def colorize(mask, colormap=DEFAULT_COLORMAP):
     """float mask in [0, 1] (h, w) -> uint8 RGB (h, w, 3)."""
     cv2 = import_cv2()
 
@@ -62,7 +65,7 @@ def resize_to(image, hw):
     return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def blend(frame, colored, alpha=0.5):
+def blend(frame, colored, alpha=DEFAULT_ALPHA):
     """alpha * colored + (1 - alpha) * frame, uint8 RGB of the frame's size."""
     cv2 = import_cv2()
 
@@ -78,7 +81,7 @@ def to_rgb(frame):
     return np.repeat(frame.reshape(frame.shape[0], frame.shape[1], 1), 3, axis=2)
 
 
-def overlay(frame, mask, alpha=0.5, colormap="jet"):
+def overlay(frame, mask, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP):
     """The heat map of ``mask`` over ``frame`` (uint8 RGB, any size): the picture users watch."""
     frame = to_rgb(frame)
     return blend(frame, resize_to(colorize(mask, colormap), frame.shape[:2]), alpha)
@@ -94,3 +97,29 @@ def side_by_side(*images):
     height = max(i.shape[0] for i in images)
     fitted = [resize_to(to_rgb(i), (height, int(round(i.shape[1] * height / float(i.shape[0]))))) for i in images]
     return np.concatenate(fitted, axis=1)
+
+
+def stretch(values):
+    """A map min-max normalised to [0, 1] on its own, for display; and whether it was flat (constant:
+    all zeros then)."""
+    values = np.asarray(values, dtype=np.float32)
+    low, high = float(values.min()), float(values.max())
+    if high - low <= FLAT:
+        return np.zeros(values.shape, dtype=np.float32), True
+    return (values - low) / (high - low), False
+
+
+def layer_picture(level_map, colormap="inferno", width=LAYER_DISPLAY_WIDTH):
+    """One layer's averaged map -> uint8 RGB for display: min-max normalised on its own (a constant
+    map is black), coloured, scaled up by a whole factor with nearest neighbours."""
+    cv2 = import_cv2()
+
+    values = np.nan_to_num(np.asarray(level_map, dtype=np.float32))
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError("a layer map must be a non-empty (h, w) array, not shape %s" % (values.shape,))
+    picture = colorize(stretch(values)[0], colormap)
+    factor = max(1, int(width // max(1, values.shape[1])))
+    if factor > 1:
+        picture = cv2.resize(picture, (values.shape[1] * factor, values.shape[0] * factor),
+                             interpolation=cv2.INTER_NEAREST)
+    return picture

@@ -14,13 +14,18 @@ import time
 
 import numpy as np
 
+from . import backends
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .errors import InputError, SaliencyError
-from .overlay import mask_to_uint8, overlay, to_rgb
+from .frames import as_uint8_image, fit_to_model
+from .graph import graph_for
+from .keys import NO_MASK_LAG_MS
+from .methods import MethodMasks
+from .overlay import check_style, mask_to_uint8, overlay, to_rgb
+from .stats import median
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ["saliency/image_array", "saliency/mask", "saliency/latency_ms", "saliency/lag_ms"]
-NO_MASK_LAG_MS = -1.0  # lag reported until the first mask exists: a value, so no record lacks one
 
 SaliencyResult = collections.namedtuple(
     "SaliencyResult", "seq frame overlay mask means frame_time done_time latency_ms infer_ms")
@@ -83,13 +88,13 @@ class _Faults(object):
 
 class SaliencyPart(object):
     """Threaded part. Inputs: the pilot's image (and optionally a fallback image key).
-    Outputs: see ``OUTPUTS``. Options: alpha, colormap, max_fps, cache_dir, backend_options, method
+    Outputs: see ``keys.OUTPUTS``. Options: alpha, colormap, max_fps, cache_dir, backend_options, method
     (``methods.METHODS``; not ``vbp``: needs TensorFlow, falls back to ``vbp`` with a logged error)."""
 
     shutdown_join_s = 5.0  # how long shutdown() waits for the worker to finish its frame and close the backend
 
-    def __init__(self, model_path, backend="auto", alpha=0.5, colormap="jet", max_fps=0, cache_dir=None,
-                 backend_options=None, method="vbp", sync_ms=0):
+    def __init__(self, model_path, backend="auto", alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, max_fps=0,
+                 cache_dir=None, backend_options=None, method="vbp", sync_ms=0):
         self.model_path = model_path
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})
@@ -119,11 +124,7 @@ class SaliencyPart(object):
         self._timings = collections.deque(maxlen=100)  # (done_time, latency_ms, infer_ms)
         self.method_masks = None
         try:
-            from .methods import MethodMasks
-
             self.method_masks = MethodMasks(method, model_path)
-            from .graph import graph_for
-
             self.graph = graph_for(model_path, cache_dir=cache_dir)
         except (SaliencyError, OSError) as error:
             # Fail loudly in tools, never in the car: log, stay inert, keep driving.
@@ -156,8 +157,8 @@ class SaliencyPart(object):
             fps = (len(timings) - 1) / (timings[-1][0] - timings[0][0])
         return dict(
             fps=round(fps, 2),
-            latency_ms=round(float(np.median([t[1] for t in timings])), 2) if timings else None,
-            infer_ms=round(float(np.median([t[2] for t in timings])), 2) if timings else None,
+            latency_ms=_rounded(median(t[1] for t in timings)),
+            infer_ms=_rounded(median(t[2] for t in timings)),
             received=self._received, processed=self._processed, dropped=self._dropped,
             errors=self._faults.total,
             backend=self.backend_description,
@@ -243,8 +244,6 @@ class SaliencyPart(object):
     def _placeholder(self, frame):
         """Before the first mask (or with no model): the picture itself and an empty mask, so every
         tub record has a value for every key (donkey's tools drop records with missing ones)."""
-        from .api import as_uint8_image
-
         try:
             picture = to_rgb(as_uint8_image(frame))
         except Exception:  # a bad frame: the worker counts and logs it once, not the loop thread too
@@ -304,7 +303,6 @@ class SaliencyPart(object):
     def _ensure_backend(self):
         if self.backend is not None:
             return True
-        from . import backends
 
         try:
             self.backend = backends.activate_with_fallback(self.graph, self.backend_name, self.backend_options)
@@ -317,8 +315,6 @@ class SaliencyPart(object):
 
     def _mask(self, model_frame, outputs):
         """The configured method's mask; on a method that cannot run here, VisualBackProp, logged once."""
-        from .methods import MethodMasks
-
         try:
             return self.method_masks(model_frame[None], outputs, self.graph.mask_name, self.graph.mean_names)[0]
         except Exception as error:
@@ -329,8 +325,6 @@ class SaliencyPart(object):
     def _process(self, frame, arrived):
         if not self._ensure_backend():
             return
-        from .api import as_uint8_image, fit_to_model
-
         try:
             # Our own copy: the car's frame is only borrowed (run_threaded passed its reference).
             picture_base = np.array(as_uint8_image(frame), copy=True)
@@ -424,21 +418,21 @@ class SaliencyPart(object):
                                self.shutdown_join_s)
 
 
+def _rounded(ms):
+    return None if ms is None else round(ms, 2)
+
+
 def _style_or_default(alpha, colormap):
     """A bad SALIENCY_ALPHA / SALIENCY_COLORMAP is logged and replaced by the default: never a stopped car."""
-    from .overlay import check_style
-
     try:
         return check_style(alpha, colormap)
     except InputError as error:
-        logger.error("saliency: %s; using alpha 0.5 and colormap jet", error)
-        return check_style(0.5, "jet")
+        logger.error("saliency: %s; using alpha %s and colormap %s", error, DEFAULT_ALPHA, DEFAULT_COLORMAP)
+        return check_style(DEFAULT_ALPHA, DEFAULT_COLORMAP)
 
 
 def _frame_uint8(frame):
     """uint8 picture of a frame that is uint8 already or the pilot's normalized float image (x / 255)."""
-    from .api import as_uint8_image
-
     array = np.asarray(frame)
     if np.issubdtype(array.dtype, np.floating):
         array = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)

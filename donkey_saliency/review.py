@@ -16,12 +16,22 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 
 import numpy as np
 
+from . import load
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from .console import Progress, table_lines
 from .errors import InputError, ModelError
+from .fileio import default_file_mode
+from .frames import fit_to_model
+from .images import read_rgb, write_png
+from .keys import CAMERA_KEY, LAG_KEY, OVERLAY_KEY
+from .opencv import import_cv2
+from .overlay import check_style, colorize, mask_to_uint8, overlay, side_by_side, stretch, to_rgb
 from .pilots import KERAS_SUFFIXES
-from .tub import CAMERA_KEY, LAG_KEY, OVERLAY_KEY, Progress, open_tub, read_rgb, write_png
+from .tub import open_tub, require_field
 
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 WHITE, GREY, DARK = (255, 255, 255), (150, 150, 150), (30, 30, 30)
@@ -35,14 +45,14 @@ logger = logging.getLogger(__name__)
 
 
 def _text(image, text, org, scale=0.45, color=WHITE, thickness=1):
-    import cv2
+    cv2 = import_cv2()
 
     cv2.putText(image, text, (int(org[0]), int(org[1])), FONT, scale, color, thickness, cv2.LINE_AA)
 
 
 def _label(image, text, x, y, scale=0.3, color=WHITE):
     """Small text on a dark box, readable on any tile; (x, y) is the box's top-left corner."""
-    import cv2
+    cv2 = import_cv2()
 
     (w, h), base = cv2.getTextSize(text, FONT, scale, 1)
     cv2.rectangle(image, (x, y), (x + w + 3, y + h + base + 2), (0, 0, 0), -1)
@@ -60,8 +70,6 @@ def _check_output(path, force, suffixes):
 
 
 def _open_saliency(model, backend, features=False, method="vbp"):
-    from . import load
-
     saliency = load(model, backend=backend, features=features, method=method)
     saliency.__enter__()
     return saliency
@@ -171,8 +179,6 @@ class PilotPredictor(object):
         """[(angle, throttle)] or [None] per frame."""
         if not self.runner.usable or not len(frames):
             return [None] * len(frames)
-        from .api import fit_to_model
-
         x = np.stack([fit_to_model(f, self.runner.input_shape) for f in frames]).astype(np.float32) / 255.0
         return [decode_pilot_outputs(values) for values in self.runner.outputs(x)]
 
@@ -185,7 +191,7 @@ PANEL_HEIGHT = 96
 
 def _bar_row(canvas, top, label, user, pilot, width, value_range):
     """One labelled track with the user's value (upper bar) and the pilot's (lower bar)."""
-    import cv2
+    cv2 = import_cv2()
 
     left, right = 80, width - 170
     low, high = value_range
@@ -209,9 +215,7 @@ def _bar_row(canvas, top, label, user, pilot, width, value_range):
 def compose_frame(camera, overlay_image, index, mode, user, pilot, scale=3, lag_ms=None, note=None):
     """One video frame: camera | overlay (scaled), and under them steering and throttle bars
     (user green, pilot blue), the record index, the drive mode and the mask's lag."""
-    import cv2
-
-    from .overlay import side_by_side, to_rgb
+    cv2 = import_cv2()
 
     camera = to_rgb(camera)
     if overlay_image is None:
@@ -249,15 +253,11 @@ RenderResult = collections.namedtuple("RenderResult", "path frames size fps comp
 
 
 def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, scale=3, backend="auto",
-           batch=32, alpha=0.5, colormap="jet", image_key=CAMERA_KEY, recompute=False, force=False,
+           batch=32, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, image_key=CAMERA_KEY, recompute=False, force=False,
            progress=True, method="vbp"):
     """Write the review video of records ``start <= index < end`` (live records only); computed
     saliency uses ``method`` (``methods.METHODS``)."""
-    import cv2
-
-    from .overlay import overlay
-
-    from .overlay import check_style
+    cv2 = import_cv2()
 
     _check_output(out_path, force, tuple(VIDEO_CODECS))
     alpha, colormap = check_style(alpha, colormap)
@@ -266,9 +266,8 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
     if scale < 1:
         raise InputError("--scale must be at least 1")
     source = open_tub(tub_path)
+    require_field(source, image_key)
     types = source.input_types
-    if image_key not in types:
-        raise InputError("%s has no %s field (its fields: %s)" % (source.path, image_key, ", ".join(source.inputs)))
     recorded = OVERLAY_KEY in types and not recompute
     if not recorded and not model_path:
         raise InputError("%s has no saliency recorded; pass --model to compute it" % source.path)
@@ -364,7 +363,7 @@ def _quiet_stderr():
 def _check_video(path, frames, out_path):
     """InputError unless the file at ``path`` decodes to ``frames`` frames: OpenCV's VideoWriter
     reports no write errors, so a full disk would otherwise give a truncated, unplayable file."""
-    import cv2
+    cv2 = import_cv2()
 
     decoded = 0
     with _quiet_stderr():  # FFmpeg's own complaints about a broken file: our one line says it
@@ -381,10 +380,6 @@ def _check_video(path, frames, out_path):
 
 def _temp_beside(path, suffix):
     """A temp file beside ``path`` (renamed over it when complete), with a new file's usual mode."""
-    import tempfile
-
-    from .graph import default_file_mode
-
     directory, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % name, suffix=".partial" + suffix)
     os.close(fd)
@@ -402,11 +397,8 @@ GAP = 4
 
 def _normalise(array):
     """min-max to uint8; a constant map gives zeros (and is reported as flat)."""
-    array = np.asarray(array, dtype=np.float32)
-    low, high = float(array.min()), float(array.max())
-    if high - low <= 1e-12:
-        return np.zeros(array.shape, dtype=np.uint8), True
-    return np.clip((array - low) / (high - low) * 255.0 + 0.5, 0, 255).astype(np.uint8), False
+    stretched, flat = stretch(array)
+    return mask_to_uint8(stretched), flat
 
 
 def _tile_scale(hw):
@@ -440,7 +432,7 @@ def _stack(blocks):
 
 
 def _scaled(image, factor):
-    import cv2
+    cv2 = import_cv2()
 
     return cv2.resize(image, (image.shape[1] * factor, image.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
 
@@ -448,12 +440,9 @@ def _scaled(image, factor):
 LayerGrid = collections.namedtuple("LayerGrid", "image layers flat")
 
 
-def layer_grid(saliency, rgb, colormap="jet", width=GRID_WIDTH):
+def layer_grid(saliency, rgb, colormap=DEFAULT_COLORMAP, width=GRID_WIDTH):
     """The labelled grid (uint8 RGB) for one frame, from a Saliency opened with ``features=True``.
     Returns LayerGrid(image, [(name, (h, w, C))], {name: [indexes of flat maps]})."""
-    from .api import fit_to_model
-    from .overlay import colorize, overlay, to_rgb
-
     outputs = saliency.infer([rgb])
     names = saliency.graph.layer_names
     if "features_0" not in outputs:
@@ -463,7 +452,7 @@ def layer_grid(saliency, rgb, colormap="jet", width=GRID_WIDTH):
     big = max(1, int(round(2 * TILE_TARGET_HEIGHT * 2 / float(frame.shape[0]))))
     summary = [(_scaled(to_rgb(frame), big), "input %dx%d" % frame.shape[:2], WHITE),
                (_scaled(colorize(mask, colormap), big), "mask", WHITE),
-               (_scaled(overlay(frame, mask, 0.5, colormap), big), "overlay", WHITE)]
+               (_scaled(overlay(frame, mask, DEFAULT_ALPHA, colormap), big), "overlay", WHITE)]
     blocks = [_grid_section("%s: input, VisualBackProp mask, overlay" % os.path.basename(
         str(saliency.graph.source)) if saliency.graph.source else "input, mask, overlay", summary, width)]
     layers, flat = [], {}
@@ -485,11 +474,9 @@ def layer_grid(saliency, rgb, colormap="jet", width=GRID_WIDTH):
     return LayerGrid(_stack(blocks), layers, flat)
 
 
-def write_layer_grid(model_path, image_path, out_path, backend="auto", colormap="jet", force=False):
-    from .overlay import check_style
-
+def write_layer_grid(model_path, image_path, out_path, backend="auto", colormap=DEFAULT_COLORMAP, force=False):
     _check_output(out_path, force, (".png",))
-    check_style(0.5, colormap)
+    check_style(DEFAULT_ALPHA, colormap)
     rgb = read_rgb(image_path)
     saliency = _open_saliency(model_path, backend, features=True)
     try:
@@ -562,8 +549,7 @@ def filter_table(layers, frames, threshold, rare):
     for layer in layers:
         rows.append((layer.name, "%dx%dx%d" % layer.shape, str(len(layer.rates)), str(len(layer.dead)),
                      str(len(layer.rare)), _ranges(layer.dead), _ranges(layer.rare)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = table_lines(rows)
     lines.append("%d frames; a filter fires on a frame when its peak activation is > %g; dead: never fires; "
                  "rare: fires on < %g%% of frames" % (frames, threshold, rare * 100.0))
     return "\n".join(lines)
@@ -571,7 +557,7 @@ def filter_table(layers, frames, threshold, rare):
 
 def filter_chart(layers, frames, threshold, rare, width=GRID_WIDTH):
     """A bar per filter (height = share of frames it fires on): green, orange when rare, red when dead."""
-    import cv2
+    cv2 = import_cv2()
 
     blocks = [np.full((30, width, 3), DARK[0], dtype=np.uint8)]
     _text(blocks[0], "filter activity over %d frames (fires: peak > %g; orange: < %g%% of frames; red: never)"
@@ -611,8 +597,7 @@ def filter_report(tub_path, model_path, out_path=None, threshold=0.0, rare=0.01,
     if not 0.0 <= rare <= 1.0:
         raise InputError("--rare must be a fraction between 0 and 1")
     source = open_tub(tub_path)
-    if image_key not in source.input_types:
-        raise InputError("%s has no %s field (its fields: %s)" % (source.path, image_key, ", ".join(source.inputs)))
+    require_field(source, image_key)
     entries = source.live_entries
     if not entries:
         raise InputError("%s has no live records" % source.path)

@@ -20,7 +20,7 @@ Routes (``PREFIX`` = /saliency/review):
 Nothing from a request reaches the filesystem: indices are digits, bounds-checked against the
 index; file names come from the tub's own records and must lie inside the tub. The page loads the
 timeline once as compact arrays (6 bytes a record); frames are JPEGs fetched by index; the server
-keeps ~40 bytes a record (``tub.TubIndex``) and a bounded LRU of computed pictures.
+keeps ~40 bytes a record (``tub_index.TubIndex``) and a bounded LRU of computed pictures.
 """
 import collections
 import json
@@ -29,8 +29,13 @@ import os
 
 import numpy as np
 
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .errors import InputError
-from .tub import LAG_KEY, MASK_KEY, MODES, OVERLAY_KEY, CAMERA_KEY, TIMELINE_KEYS, TubIndex
+from .images import encode_jpeg, read_rgb
+from .keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
+from .overlay import layer_picture, mask_to_uint8, overlay
+from .tub import require_field
+from .tub_index import MODES, TubIndex, set_deleted
 
 logger = logging.getLogger(__name__)
 
@@ -110,17 +115,15 @@ class Review(object):
     and a bounded LRU of computed pictures. Every method runs on ``executor`` (one thread), so
     the IOLoop never waits on a disk or a model and nothing here needs a lock."""
 
-    def __init__(self, tub_path, saliency=None, writable=False, live=False, alpha=0.5, colormap="jet",
-                 image_key=CAMERA_KEY):
+    def __init__(self, tub_path, saliency=None, writable=False, live=False, alpha=DEFAULT_ALPHA,
+                 colormap=DEFAULT_COLORMAP, image_key=CAMERA_KEY):
         from concurrent.futures import ThreadPoolExecutor
 
         self.index = TubIndex(tub_path)
         if writable and self.index.version != 2:
             raise InputError("%s: --writable needs a v2 tub (donkeycar >= 4 marks deleted records in "
                              "manifest.json); this is a donkeycar 3 tub" % self.index.path)
-        if image_key not in self.index.inputs:
-            raise InputError("%s has no %s field (its fields: %s)" % (self.index.path, image_key,
-                                                                    ", ".join(self.index.inputs)))
+        require_field(self.index, image_key)
         self.saliency = saliency
         self.writable = bool(writable)
         self.live = bool(live)
@@ -233,10 +236,6 @@ class Review(object):
         return self._pictures[key]
 
     def _draw(self, index, view, camera_path):
-        from .overlay import mask_to_uint8, overlay
-        from .tub import encode_jpeg, read_rgb
-        from .web import layer_picture
-
         frame = read_rgb(camera_path)
         mask, means = self._result(index, frame)
         if view == "overlay":
@@ -261,8 +260,6 @@ class Review(object):
         return self._results[index]
 
     def set_deleted(self, index, deleted):
-        from .tub import set_deleted
-
         if not self.writable:
             raise PermissionError("read-only: start 'donkey-saliency review' with --writable to mark records deleted")
         self._check(index)
@@ -305,8 +302,6 @@ class PilotValues(object):
         self._thread.join(30)
 
     def _run(self):
-        from .tub import read_rgb
-
         index, key = self.review.index, self.review.image_key
         try:
             for first in range(0, len(self.angle), self.batch):
@@ -340,7 +335,6 @@ def _json_number(value):
 
 def _jpeg_file(path):
     """A recorded image as JPEG bytes: the file itself when it is one, else re-encoded."""
-    from .tub import encode_jpeg, read_rgb
 
     try:
         with open(path, "rb") as handle:

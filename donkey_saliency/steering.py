@@ -6,16 +6,17 @@ development dependency; nothing on the car imports this module.
 """
 import numpy as np
 
+from .console import quiet_stdout
 from .errors import ModelError, first_line
+from .methods import gradient_relevance
+from .pilots import load_pilot, reference
 
 
 def _decoders(angle_size, categorical):
     """{name: function (N, k) angle output -> (N,) steering}, the primary one first."""
     if not categorical:
         return [("steering", lambda out: out[:, 0])]
-    from .bench import _quiet_stdout
-
-    with _quiet_stdout():  # donkeycar prints its banner on import; stdout is for the table
+    with quiet_stdout():  # donkeycar prints its banner on import; stdout is for the table
         from donkeycar.utils import linear_unbin
 
     bins = np.linspace(-1.0, 1.0, angle_size)
@@ -112,8 +113,6 @@ class GradientModel(object):
     def __init__(self, steering, pilot, batch=32):
         import tensorflow as tf
 
-        from .pilots import reference
-
         if pilot.format != "keras":
             raise ModelError("%s: gradients need a Keras pilot (.h5/.keras); the TFLite interpreter gives none"
                              % pilot.path)
@@ -127,8 +126,6 @@ class GradientModel(object):
 
     @classmethod
     def open(cls, model_path):
-        from .pilots import load_pilot
-
         pilot = load_pilot(model_path)
         return cls(PilotSteering(model_path), pilot), pilot.trunk.steps
 
@@ -153,7 +150,6 @@ class GradientModel(object):
             grad = tape.gradient(total, feeds[self.steering.image_input])
             return np.abs(np.asarray(grad)).sum(axis=-1)
         grad = tape.gradient(total, outputs[level])
-        from .methods import gradient_relevance
 
         return gradient_relevance(np.asarray(outputs[level]), np.asarray(grad))
 

@@ -18,6 +18,8 @@ import logging
 import os
 import struct
 
+from .fileio import atomic_write, default_cache_dir
+
 logger = logging.getLogger(__name__)
 
 MAGIC = b"DSALTRT\x01"
@@ -59,7 +61,6 @@ def cache_key(meta):
 
 def engine_dir(cache_dir=None):
     """Where engines live: ``<cache_dir>/engines``, cache_dir defaulting to the graph cache's."""
-    from .graph import default_cache_dir
 
     return os.path.join(cache_dir or default_cache_dir(), "engines")
 
@@ -149,7 +150,6 @@ def decide(path, expected_meta):
 
 def store(path, meta, engine_bytes):
     """Write header + engine atomically: a crash mid-write leaves no half file behind."""
-    from .graph import atomic_write
 
     atomic_write(path, pack(meta, engine_bytes))
     return path

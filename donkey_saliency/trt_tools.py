@@ -12,15 +12,22 @@ Valid Python 3.6 (JetPack 4.6's Python).
 """
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
 
 import numpy as np
 
-from . import trt_cache
+from . import __version__, backends, trt_cache
+from .backends.onnxruntime import OnnxRuntimeBackend
+from .backends.tensorrt import TensorRTBackend, unavailable_reason
+from .backends.trt_engine import PRECISIONS
 from .errors import BackendUnavailable, InputError, first_line
+from .frames import fit_to_model, prepare_batch
+from .graph import graph_for, IR_VERSION, OPSET, SaliencyGraph
+from .images import read_rgb
+from .stats import median_ms
+from .tub import camera_image_paths
 from .pilots.keras import import_tensorflow
 
 logger = logging.getLogger(__name__)
@@ -92,16 +99,11 @@ def verdict(comparison, tolerance):
     return (not failures), failures
 
 
-def median_ms(seconds):
-    return float(np.median(np.asarray(seconds, dtype=np.float64))) * 1000.0
-
-
 # --- frames --------------------------------------------------------------------------------------
 
 def procedural_frames(count, shape=(120, 160, 3), seed=0):
     """uint8 (count, H, W, C) views along the demo's procedural road (track.py), fitted to the
     model's input: real structure for a conv net to respond to, the same on every run."""
-    from .api import fit_to_model
     from .track import track_frames
 
     return np.stack([fit_to_model(sample.frame, shape) for sample in track_frames(count, seed=seed, step=2.0)])
@@ -113,18 +115,10 @@ def _evenly(items, count):
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, count)]
 
 
-def tub_image_paths(path):
-    """Camera image files of a donkeycar tub (v1 or v2) in record order."""
-    from .tub import camera_image_paths
-
-    return camera_image_paths(path)
-
-
 def tub_frames(path, count=DEFAULT_FRAMES):
     """RGB uint8 frames, ``count`` of them spread evenly over the tub."""
-    from .tub import read_rgb
 
-    return [read_rgb(p) for p in _evenly(tub_image_paths(path), count)]
+    return [read_rgb(p) for p in _evenly(camera_image_paths(path), count)]
 
 
 # --- the runs ------------------------------------------------------------------------------------
@@ -132,8 +126,6 @@ def tub_frames(path, count=DEFAULT_FRAMES):
 def require_tensorrt():
     """BackendUnavailable (one line: what is missing, how to get it on a Jetson) unless TensorRT,
     pycuda and a CUDA device are here. Checked before any model is loaded."""
-    from .backends.tensorrt import unavailable_reason
-
     reason = unavailable_reason()
     if reason:
         raise BackendUnavailable(reason)
@@ -141,8 +133,6 @@ def require_tensorrt():
 
 def check_precision(precision, choices=None):
     """``precision`` if it is one of ``choices`` (default: the engine precisions), else InputError."""
-    from .backends.trt_engine import PRECISIONS
-
     choices = choices or PRECISIONS
     if precision not in choices:
         raise InputError("--precision must be one of %s, not %r" % (", ".join(choices), precision))
@@ -151,8 +141,6 @@ def check_precision(precision, choices=None):
 
 def selftest_precisions(precision):
     """The engines the selftest builds: both by default (fp32 first: fp16 is compared with it)."""
-    from .backends.trt_engine import PRECISIONS
-
     check_precision(precision, PRECISIONS + ("both",))
     return ("fp32", "fp16") if precision == "both" else (precision,)
 
@@ -166,7 +154,6 @@ def default_pilot_graph():
     except Exception as error:
         raise InputError("no MODEL given, and the stand-in pilot needs donkeycar and TensorFlow (%s); "
                          "give a pilot file" % first_line(error, None))
-    from .graph import graph_for
 
     model = default_n_linear(2)
     # Weights from a seeded generator (He scale, zero biases): the same graph every time, so its
@@ -182,8 +169,6 @@ def default_pilot_graph():
 
 def open_engine(graph, precision, cache_dir=None, rebuild=False, workspace_mb=None):
     """An activated TensorRT backend (engine loaded from the cache or built)."""
-    from .backends.tensorrt import TensorRTBackend
-
     options = dict(precision=precision, cache_dir=cache_dir, rebuild=rebuild)
     if workspace_mb:
         options["workspace_mb"] = workspace_mb
@@ -278,8 +263,6 @@ class EngineRun(object):
 def run_engine(graph, batch, precision, cache_dir=None, rebuild=False):
     """In the calling (worker) thread, as the part does it: activate TensorRT with the fallback to
     ONNX Runtime, run every frame one at a time, close. Returns an EngineRun."""
-    from . import backends
-
     run = EngineRun(precision)
     run.thread = threading.current_thread().name
     started = time.monotonic()
@@ -304,8 +287,6 @@ def decoy_graph(graph):
     import onnx
     from onnx import TensorProto, helper
 
-    from .graph import IR_VERSION, OPSET, SaliencyGraph
-
     height, width, channels = graph.input_shape
     nodes = [helper.make_node("Cast", [graph.input_name], ["decoy/float"], name="decoy/Cast", to=TensorProto.FLOAT),
              helper.make_node("ReduceMean", ["decoy/float"], [graph.mask_name], name="decoy/Mean", axes=[3],
@@ -324,8 +305,6 @@ def plant_mismatched_engine(graph, cache_dir):
     """Put into ``cache_dir`` a valid engine file for ``graph`` (right header, right checksum) whose
     engine is the decoy's: TensorRT deserializes it, then activation must refuse it. Runs in the
     worker thread. Returns the planted file's path."""
-    from .backends.tensorrt import TensorRTBackend
-
     with TensorRTBackend(decoy_graph(graph), precision="fp32", cache_dir=cache_dir) as decoy:
         meta = dict(decoy.meta, graph_digest=graph.digest)
         with open(decoy.engine_path, "rb") as handle:
@@ -349,8 +328,6 @@ def forced_fallback(graph, batch, expected_mask):
     """A forced-failure activation, in the calling (worker) thread: a mismatched engine file makes
     TensorRT's activation fail after the runtime, engine and execution context exist - the teardown
     the fallback depends on. Checks that ONNX Runtime then runs and matches. Returns a Check."""
-    from . import backends
-
     recorder = _Recorder()
     logging.getLogger("donkey_saliency.backends").addHandler(recorder)
     try:
@@ -382,9 +359,6 @@ def selftest(graph, frames, precisions=("fp32", "fp16"), cache_dir=None, rebuild
     same frames (mask and every mean_i), fp16 against fp32, a forced-failure activation; returns a
     report dict for :func:`report_lines`."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from .api import prepare_batch
-    from .backends.onnxruntime import OnnxRuntimeBackend
 
     batch = prepare_batch(frames, graph.input_shape)
     with OnnxRuntimeBackend(graph) as reference:
@@ -431,8 +405,6 @@ def _version_of(module_name):
 def versions():
     """Installed versions worth quoting in an issue ('-' where absent)."""
     import platform
-
-    from . import __version__
 
     found = ["donkey-saliency %s" % __version__, "Python %s" % platform.python_version()]
     found.extend("%s %s" % (name, _version_of(name)) for name in ("numpy", "tensorrt", "pycuda", "onnxruntime"))

@@ -7,7 +7,12 @@ inputs/types in place so saliency is recorded with every record.
 import logging
 
 from . import config
-from .part import OUTPUTS, SaliencyPart
+from .interpreter import SaliencyInterpreter
+from .keys import CAMERA_KEY, DRIVE_IMAGE_KEY, OUTPUTS
+from .part import SaliencyPart
+from .review_web import tub_being_written
+from .tub import recording_inputs
+from .web import attach_web
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +28,6 @@ def find_web_controller(V, ctr=None):
         if isinstance(entry["part"], LocalWebController):
             return entry["part"]
     return None
-
-
-DRIVE_IMAGE_KEY = "saliency/drive_image"  # what it shows where the controller read the camera's own key
 
 
 def add_drive_view(V, web_controller, toggle):
@@ -70,15 +72,11 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
         share_pilot_pass(V, part, model_path, s["SALIENCY_BACKEND"], backend_options)
     image_key = config.image_key(cfg)
     # The transformed image exists only when the pilot runs; fall back to the camera's.
-    part_inputs = [image_key] if image_key == "cam/image_array" else [image_key, "cam/image_array"]
+    part_inputs = [image_key] if image_key == CAMERA_KEY else [image_key, CAMERA_KEY]
     V.add(part, inputs=part_inputs, outputs=list(OUTPUTS), threaded=True)
 
     web_controller = find_web_controller(V, ctr) if s["SALIENCY_WEB"] else None
     if web_controller is not None:
-        from .web import attach_web
-
-        from .review_web import tub_being_written
-
         web = attach_web(web_controller, part, jpeg_quality=s["SALIENCY_JPEG_QUALITY"],
                          drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"],
                          max_viewers=s["SALIENCY_MAX_VIEWERS"],
@@ -86,8 +84,6 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
         add_drive_view(V, web_controller, web.drive_view)
 
     if s["SALIENCY_RECORD"] and inputs is not None and types is not None:
-        from .tub import recording_inputs
-
         new_inputs, new_types, message = recording_inputs(
             getattr(cfg, "DATA_PATH", None), list(inputs), list(types), getattr(cfg, "AUTO_CREATE_NEW_TUB", False))
         if message:
@@ -114,8 +110,6 @@ def share_pilot_pass(V, part, model_path, backend, backend_options):
         logger.info("saliency: SALIENCY_SHARE_PILOT is on but the car has no pilot part with a --model file")
         return None
     try:
-        from .interpreter import SaliencyInterpreter
-
         interpreter = SaliencyInterpreter(backend=backend, cache_dir=backend_options.get("cache_dir"),
                                           backend_options=backend_options)
         interpreter.load(model_path)

@@ -27,8 +27,8 @@ a newer frame exists (no polling, no frame sent twice to one client), writes it,
 soon as its client disconnects (``on_connection_close``) - unlike donkeycar's ``VideoAPI``, which
 re-encodes at ~175 JPEG/s per client and never returns. A slow client skips frames, never queues them.
 
-``DriveViewToggle`` is the small vehicle part that puts the overlay into ``ui/image_array`` (what
-/drive's ``<img src="/video">`` shows) while the toggle is on; the pilot's input is never touched.
+``drive_view.DriveViewToggle`` is the small vehicle part that puts the overlay into ``ui/image_array``
+(what /drive's ``<img src="/video">`` shows) while the toggle is on; the pilot's input is never touched.
 """
 import collections
 import json
@@ -38,15 +38,17 @@ import re
 import threading
 import time
 
-from .config import DEFAULTS
-from .opencv import import_cv2
+from .config import DEFAULT_JPEG_QUALITY, DEFAULTS
+from .drive_view import DriveViewToggle
+from .images import encode_jpeg
+from .overlay import layer_picture
+from .review_web import mount
+from .stats import median
 
 logger = logging.getLogger(__name__)
 
 BOUNDARY = "saliencyframe"
 PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_static", "saliency.html")
-LAYER_DISPLAY_WIDTH = 160  # layer maps are a few cells wide: scale them up (nearest) so cells stay crisp
-WEB_BUTTONS = ("w1", "w2", "w3", "w4", "w5")
 MAX_BODY_BYTES = 1024  # /saliency/drive_view needs ~15 bytes
 DRIVE_VIEW_BODY = re.compile(br'^\s*\{\s*"on"\s*:\s*(true|false)\s*\}\s*$')
 STALL_S = 10.0  # a stream client that takes no frame for this long is dropped
@@ -93,117 +95,6 @@ Jpeg = collections.namedtuple("Jpeg", "seq data")
 _thread_time = getattr(time, "thread_time", None) or (lambda: time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID))
 
 
-def jpeg_bytes(rgb, quality=80):
-    """uint8 RGB (or grayscale) -> JPEG bytes."""
-    cv2 = import_cv2()
-    import numpy as np
-
-    image = np.asarray(rgb)
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, data = cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
-    if not ok:
-        raise ValueError("JPEG encoding failed for an image of shape %s" % (image.shape,))
-    return data.tobytes()
-
-
-def layer_picture(level_map, colormap="inferno", width=LAYER_DISPLAY_WIDTH):
-    """One layer's averaged map -> uint8 RGB for display: min-max normalised on its own (a constant
-    map is black), coloured, scaled up by a whole factor with nearest neighbours."""
-    cv2 = import_cv2()
-    import numpy as np
-
-    from .overlay import colorize
-
-    values = np.nan_to_num(np.asarray(level_map, dtype=np.float32))
-    if values.ndim != 2 or values.size == 0:
-        raise ValueError("a layer map must be a non-empty (h, w) array, not shape %s" % (values.shape,))
-    low, high = float(values.min()), float(values.max())
-    normalised = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    picture = colorize(normalised, colormap)
-    factor = max(1, int(width // max(1, values.shape[1])))
-    if factor > 1:
-        picture = cv2.resize(picture, (values.shape[1] * factor, values.shape[0] * factor),
-                             interpolation=cv2.INTER_NEAREST)
-    return picture
-
-
-def _median(values):
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
-
-
-class DriveViewToggle(object):
-    """Vehicle part: while on, /drive's video (``ui/image_array``) shows the overlay.
-
-    Add it after donkeycar's ``UserPilotCondition`` (which writes ``ui/image_array``)::
-
-        V.add(toggle, inputs=toggle.inputs, outputs=toggle.outputs)
-
-    inputs  ['ui/image_array', 'saliency/image_array', 'web/<button>'] (no button input when button is None)
-    outputs ['ui/image_array']
-
-    A press of the web button (donkeycar's ExplodeDict puts ``web/w5`` True in memory for one loop)
-    flips it; so does the /saliency page. ``run`` never raises: on any trouble it passes the UI
-    image through unchanged. It reads and writes only ``ui/image_array`` - the pilot's ``cam/*``
-    images are never touched.
-    """
-
-    def __init__(self, on=False, button="w5"):
-        if not isinstance(on, (bool, int)):  # e.g. DriveViewToggle(web): the page would not reach it
-            raise TypeError("DriveViewToggle(on=...) takes a bool; the toggle the /saliency page controls "
-                            "is attach_web(...).drive_view")
-        if button is not None and button not in WEB_BUTTONS:
-            raise ValueError("SALIENCY_TOGGLE_BUTTON must be one of %s or None, not %r"
-                             % (", ".join(WEB_BUTTONS), button))
-        self.button = button
-        self._on = bool(on)
-        self._was_pressed = False
-        self._lock = threading.Lock()
-        self.inputs = ["ui/image_array", "saliency/image_array"] + (["web/" + button] if button else [])
-        self.outputs = ["ui/image_array"]
-
-    @property
-    def on(self):
-        return self._on
-
-    def set(self, on):
-        with self._lock:
-            self._on = bool(on)
-            return self._on
-
-    def flip(self):
-        with self._lock:
-            self._on = not self._on
-            return self._on
-
-    def run(self, ui_image=None, overlay_image=None, pressed=None):
-        try:
-            pressed = bool(pressed)
-            if pressed and not self._was_pressed:  # a press, not a held button
-                state = self.flip()
-                logger.info("saliency overlay in /drive: %s", "on" if state else "off")
-            self._was_pressed = pressed
-            if self._on and overlay_image is not None:
-                return overlay_image
-        except Exception as error:  # pragma: no cover - never stop the car over a picture
-            logger.warning("saliency drive view: %s", error)
-        return ui_image
-
-    def show_through(self, shown_key, own_key):
-        """For a web controller that shows a key the pilot or the tub also read (donkeycar 4.4's
-        shows ``cam/image_array``): read ``shown_key``, write ``own_key``, never ``shown_key``; the
-        caller points the controller at ``own_key``."""
-        self.inputs[0] = shown_key
-        self.outputs = [own_key]
-
-    def shutdown(self):
-        pass
-
-
 class _Channel(object):
     """One MJPEG stream: the newest JPEG and the events of the handlers waiting for a newer one.
     Everything but ``clients`` (read by the worker) is touched only on the IOLoop thread."""
@@ -227,7 +118,8 @@ class _Channel(object):
 class SaliencyWeb(object):
     """The web side of one ``SaliencyPart``: encodes, counts, and serves. See the module docstring."""
 
-    def __init__(self, ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5", page_file=PAGE_FILE,
+    def __init__(self, ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False,
+                 toggle_button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"], page_file=PAGE_FILE,
                  max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S):
         quality = int(jpeg_quality)
         if not 1 <= quality <= 100:
@@ -283,7 +175,7 @@ class SaliencyWeb(object):
 
     def _encode(self, rgb):
         started = _thread_time()
-        data = jpeg_bytes(rgb, self.jpeg_quality)
+        data = encode_jpeg(rgb, self.jpeg_quality)
         self._encode_ms.append((_thread_time() - started) * 1000.0)
         return data
 
@@ -303,7 +195,7 @@ class SaliencyWeb(object):
                 picture = layer_picture(latest.means[index])
             except ValueError:
                 return None
-            cached = Jpeg(latest.seq, jpeg_bytes(picture, self.jpeg_quality))
+            cached = Jpeg(latest.seq, encode_jpeg(picture, self.jpeg_quality))
             self._layer_cache[index] = cached
         return cached
 
@@ -314,7 +206,7 @@ class SaliencyWeb(object):
         with self._lock:
             figures.update(overlays=self._overlays, unwatched=self._unwatched, encodes=self.overlay.encodes,
                            camera_encodes=self.camera.encodes)
-        encode_ms = _median(list(self._encode_ms))
+        encode_ms = median(self._encode_ms)
         newest = self.overlay.frame
         figures.update(
             seq=latest.seq if latest is not None else 0,
@@ -353,8 +245,9 @@ class SaliencyWeb(object):
             channel.publish(None)
 
 
-def attach_web(ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5",
-               max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S, review_tub=None):
+def attach_web(ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False,
+               toggle_button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"], max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"],
+               stall_s=STALL_S, review_tub=None):
     """Adds the saliency routes to a ``LocalWebController`` (call before ``V.start()``) and returns the
     ``SaliencyWeb``; add its ``drive_view`` part to the vehicle after ``UserPilotCondition``.
     ``review_tub`` (a tub path, or a callable giving the tub being written) also mounts the
@@ -363,7 +256,6 @@ def attach_web(ctr, part, jpeg_quality=80, drive_view=False, toggle_button="w5",
                       max_viewers=max_viewers, stall_s=stall_s)
     ctr.add_handlers(r".*", web.routes())
     if review_tub is not None:
-        from .review_web import mount
 
         mount(ctr, review_tub)
     return web
@@ -394,124 +286,6 @@ def parse_drive_view(body):
     if match is None:
         raise ValueError('expected {"on": true} or {"on": false}, or an empty body to flip')
     return match.group(1) == b"true"
-
-
-def read_mjpeg_part(stream):
-    """One part of a multipart/x-mixed-replace stream (ours, or donkeycar's /video) from a file-like
-    ``stream``: ``(headers with lower-case names, body bytes)``; EOFError when the stream ends."""
-    headers = {}
-    while True:
-        line = stream.readline(4096)
-        if not line:
-            raise EOFError("the stream ended")
-        line = line.strip()
-        if not line:
-            if "content-length" in headers:
-                break
-            continue  # the blank line after a body, before the next boundary
-        if b":" in line:  # boundary lines have no colon
-            name, value = line.split(b":", 1)
-            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-    length = int(headers["content-length"])
-    body = stream.read(length)
-    if len(body) != length:
-        raise EOFError("the stream ended inside a frame")
-    return headers, body
-
-
-class ServerThread(object):
-    """Serves a ``LocalWebController`` from its own IOLoop thread on one address only - what
-    ``ctr.update()`` does on all interfaces. For demos, tests and benchmarks on 127.0.0.1; port 0
-    picks a free port (``.port`` once started). Sets ``ctr.loop`` as ``update()`` does."""
-
-    def __init__(self, ctr, address="127.0.0.1", port=0):
-        self.ctr = ctr
-        self.address = address
-        self.port = port
-        self.loop = None
-        self._server = None
-        self._ready = threading.Event()
-        self._error = None
-        self._thread = threading.Thread(target=self._run, name="saliency-web-server", daemon=True)
-
-    def start(self, timeout=10.0):
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("the web server did not start within %.0f s" % timeout)
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def _run(self):
-        import asyncio
-
-        from tornado.httpserver import HTTPServer
-        from tornado.ioloop import IOLoop
-        from tornado.netutil import bind_sockets
-
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        try:
-            sockets = bind_sockets(self.port, address=self.address)
-            self.port = sockets[0].getsockname()[1]
-            self._server = HTTPServer(self.ctr)
-            self._server.add_sockets(sockets)
-            self.loop = self.ctr.loop = IOLoop.current()
-        except Exception as error:
-            self._error = error
-            self._ready.set()
-            return
-        self._ready.set()
-        self.loop.start()
-        self.loop.close(all_fds=True)
-
-    def call(self, function, timeout=10.0):
-        """``function()`` run on the IOLoop thread; its result here."""
-        import concurrent.futures
-
-        future = concurrent.futures.Future()
-
-        def run():
-            try:
-                future.set_result(function())
-            except Exception as error:
-                future.set_exception(error)
-
-        self.loop.add_callback(run)
-        return future.result(timeout)
-
-    def stop(self, timeout=10.0):
-        """Stops listening, cancels what still runs (donkeycar's /video never returns), ends the thread."""
-        if self.loop is None or not self._thread.is_alive():
-            return
-
-        async def wind_down():
-            import asyncio
-
-            self._server.stop()
-            # asyncio.current_task / all_tasks are 3.7+; Python 3.6 has them on Task
-            current = (getattr(asyncio, "current_task", None) or asyncio.Task.current_task)()
-            every = getattr(asyncio, "all_tasks", None) or asyncio.Task.all_tasks
-            tasks = [task for task in every() if task is not current and not task.done()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.loop.stop()
-
-        quiet = _QuietCancelledHandlers()
-        general_log = logging.getLogger("tornado.general")
-        general_log.addFilter(quiet)
-        try:
-            self.loop.add_callback(wind_down)
-            self._thread.join(timeout)
-        finally:
-            general_log.removeFilter(quiet)
-
-
-class _QuietCancelledHandlers(logging.Filter):
-    """A cancelled streaming handler (ServerThread.stop) makes Tornado log an ERROR that means nothing here."""
-
-    def filter(self, record):
-        return "Cannot send error response after headers written" not in record.getMessage()
 
 
 # --- Tornado handlers (tornado is imported only when attach_web runs) ------------------------------

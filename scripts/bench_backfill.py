@@ -26,7 +26,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from donkey_saliency.tub import default_threads  # noqa: E402 - after the path above
+from donkey_saliency.backfill import default_threads  # noqa: E402 - after the path above
 REALDATA = os.path.join(HERE, "..", "..", "shared", "realdata", "tub_v1_linear")
 
 
@@ -34,7 +34,8 @@ def make_bench_tub(path, source, repeat, count=300):
     """A v2 tub of the source tub's frames, repeated; or of random frames when there is no source."""
     import cv2
 
-    from donkey_saliency.tub import TubV2Writer, image_file_name, open_tub
+    from donkey_saliency.tub import open_tub
+    from donkey_saliency.tub_writer import TubV2Writer, image_file_name
 
     inputs = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
     writer = TubV2Writer(path, inputs, ["image_array", "float", "float", "str"])
@@ -77,7 +78,7 @@ def file_creation_us(directory, count=300):
 
 def time_backfill(tub, model, runs, batch, workers, threads, backend, scratch):
     from donkey_saliency import load
-    from donkey_saliency.tub import backfill
+    from donkey_saliency.backfill import backfill
 
     threads = threads or default_threads()
     walls, cpus, frames = [], [], 0

@@ -3,7 +3,7 @@ the way ``open_tub`` does (every record in memory).
 
     .venv/bin/python scripts/bench_review.py [--records 200000] [--runs 3]
 
-Writes a generated v2 tub (donkeycar's layout via tub.TubV2Writer; every record's camera image is a
+Writes a generated v2 tub (donkeycar's layout via tub_writer.TubV2Writer; every record's camera image is a
 hard link to one of 50 JPEGs, so the disk holds 50 pictures), then per run:
 - starts ``donkey-saliency review TUB --port 0`` and times until it prints its URL (the index scan);
 - opens the page in headless Chromium and times until the timeline is drawn and frame 0 is shown
@@ -29,7 +29,8 @@ CLI = os.path.join(os.path.dirname(sys.executable), "donkey-saliency")
 def make_tub(path, records):
     import numpy as np
 
-    from donkey_saliency.tub import TubV2Writer, encode_jpeg, image_file_name
+    from donkey_saliency.images import encode_jpeg
+    from donkey_saliency.tub_writer import TubV2Writer, image_file_name
 
     inputs = ["cam/image_array", "user/angle", "user/throttle", "user/mode", "pilot/angle", "pilot/throttle"]
     types = ["image_array", "float", "float", "str", "float", "float"]

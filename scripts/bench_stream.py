@@ -52,7 +52,7 @@ class Reader(threading.Thread):
         self.error = None
 
     def run(self):
-        from donkey_saliency.web import read_mjpeg_part
+        from donkey_saliency.testing import read_mjpeg_part
 
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
@@ -74,7 +74,8 @@ def measure(part, frames, path, clients, seconds, quality):
     """One window: returns dict of the figures for this configuration."""
     from donkeycar.parts.web_controller.web import LocalWebController
 
-    from donkey_saliency.web import ServerThread, attach_web
+    from donkey_saliency.testing import ServerThread
+    from donkey_saliency.web import attach_web
 
     ctr = LocalWebController(port=0)
     web = attach_web(ctr, part, jpeg_quality=quality)

@@ -28,12 +28,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from donkey_saliency import backends  # noqa: E402
-from donkey_saliency.part import OUTPUTS, SaliencyPart  # noqa: E402
+from donkey_saliency.keys import CAMERA_KEY, OUTPUTS  # noqa: E402
+from donkey_saliency.part import SaliencyPart  # noqa: E402
+from donkey_saliency.pilots import DEMO_PILOT  # noqa: E402
 from donkey_saliency.track import track_frames  # noqa: E402
 from donkey_saliency.tub import recording_inputs  # noqa: E402
-from donkey_saliency.web import ServerThread, attach_web, read_mjpeg_part  # noqa: E402
+from donkey_saliency.testing import ServerThread, read_mjpeg_part  # noqa: E402
+from donkey_saliency.web import attach_web  # noqa: E402
 
-DEMO_PILOT = os.path.join(os.path.dirname(HERE), "donkey_saliency", "data", "demo_pilot.h5")
 # (first, last) as fractions of the run, and what goes wrong meanwhile.
 FAULTS = [
     ((0.10, 0.12), "backend fails every 3rd call"),
@@ -295,16 +297,16 @@ def main(argv=None):
 
     clock = type("Clock", (), {"started": 0.0})()
     timed_part, timed_ctr, timed_toggle = (Timed(p, schedule, args.loops) for p in (part, ctr, web.drive_view))
-    base_inputs = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
+    base_inputs = [CAMERA_KEY, "user/angle", "user/throttle", "user/mode"]
     inputs, types, _ = recording_inputs(os.path.join(workdir, "tub"), base_inputs,
                                         ["image_array", "float", "float", "str"], False)
     vehicle = Vehicle()
     vehicle.profiler = NoProfiler()
     vehicle.add(LoopStart(clock))
-    vehicle.add(Camera(frames, schedule), outputs=["cam/image_array", "cam/ok"])
-    vehicle.add(timed_ctr, inputs=["cam/image_array", "tub/num_records", "user/mode", "recording"],
+    vehicle.add(Camera(frames, schedule), outputs=[CAMERA_KEY, "cam/ok"])
+    vehicle.add(timed_ctr, inputs=[CAMERA_KEY, "tub/num_records", "user/mode", "recording"],
                 outputs=["user/angle", "user/throttle", "user/mode", "recording", "web/buttons"])
-    vehicle.add(timed_part, inputs=["cam/image_array"], outputs=list(OUTPUTS), threaded=True)
+    vehicle.add(timed_part, inputs=[CAMERA_KEY], outputs=list(OUTPUTS), threaded=True)
     vehicle.add(timed_toggle, inputs=web.drive_view.inputs, outputs=web.drive_view.outputs)
     timed_writer = Timed(TubWriter(os.path.join(workdir, "tub"), inputs=inputs, types=types), schedule, args.loops)
     vehicle.add(timed_writer, inputs=inputs, outputs=["tub/num_records"])

@@ -51,7 +51,7 @@ def decode_jpeg(data):
 
 def read_stream(port, path, count, timeout):
     """Up to ``count`` frames of an MJPEG stream, as (headers, body) pairs, within ``timeout`` s."""
-    from donkey_saliency.web import read_mjpeg_part
+    from donkey_saliency.testing import read_mjpeg_part
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     frames = []
@@ -85,7 +85,7 @@ def drive(args):
     from donkeycar.vehicle import Vehicle
 
     from donkey_saliency import add_saliency
-    from donkey_saliency.web import ServerThread
+    from donkey_saliency.testing import ServerThread
 
     frame = road_frame()
     cfg = SimpleNamespace(DATA_PATH=args.tub, SALIENCY_BACKEND="onnxruntime", SALIENCY_DRIVE_VIEW=True)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from donkey_saliency import track
-from donkey_saliency.demo import DEMO_PILOT, find_images
+from donkey_saliency.demo import find_images
+from donkey_saliency.pilots import DEMO_PILOT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = "demo: loop "

@@ -168,7 +168,7 @@ def categorical_tflite(tmp_path_factory):
 
 def test_evaluate_writes_the_table_json_and_pictures(tiny_pilot_path, track_tub, tmp_path, capsys):
     from donkey_saliency.cli import main
-    from donkey_saliency.tub import read_rgb
+    from donkey_saliency.images import read_rgb
 
     out = str(tmp_path / "eval")
     assert main(["evaluate", track_tub, "--model", tiny_pilot_path, "--frames", "5", "--out", out]) == 0
@@ -223,7 +223,7 @@ def test_evaluate_bad_input_is_one_line_and_exit_2(make_args, words, tiny_pilot_
 
 def test_mask_command_takes_a_method(tiny_pilot_path, tmp_path):
     from donkey_saliency.cli import main
-    from donkey_saliency.tub import write_png
+    from donkey_saliency.images import write_png
 
     image = str(tmp_path / "frame.png")
     write_png(image, textured_image(2, (120, 160)))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import random_frames, real_data_or_skip, real_frames
-from donkey_saliency import backends, graph, vbp
+from donkey_saliency import backends, fileio, graph, vbp
 from donkey_saliency.errors import ModelError
 from donkey_saliency.pilots import load_pilot
 from donkey_saliency.pilots import reference as framework
@@ -261,7 +261,7 @@ def test_atomic_write_gives_a_new_file_the_usual_permissions(tmp_path):
     old = os.umask(0o022)
     try:
         path = tmp_path / "sub" / "out.bin"
-        graph.atomic_write(str(path), b"data")
+        fileio.atomic_write(str(path), b"data")
     finally:
         os.umask(old)
     assert path.read_bytes() == b"data"

@@ -264,7 +264,7 @@ def test_6_nan_masks_are_counted_and_never_recorded(tiny_pilot_path, caplog):
 
 
 def test_7_malformed_layer_maps_are_404_and_counted(tiny_pilot_path):
-    from donkey_saliency.web import layer_picture
+    from donkey_saliency.overlay import layer_picture
 
     live = LiveServer(tiny_pilot_path)
     try:
@@ -350,7 +350,7 @@ def image_of(tub, index):
 
 def test_10_zero_byte_jpeg_is_one_line_and_exit_2(tool_tubs, tiny_pilot_path, tmp_path):
     from donkey_saliency.errors import InputError
-    from donkey_saliency.tub import decode_image
+    from donkey_saliency.images import decode_image
 
     with pytest.raises(InputError):
         decode_image(b"", "empty.jpg")
@@ -429,7 +429,7 @@ def test_16_paths_leading_out_of_the_tub_are_refused(tool_tubs, tiny_pilot_path,
 
 
 def test_15_two_backfills_to_one_output_cannot_collide(tool_tubs, tiny_pilot_path, tmp_path):
-    from donkey_saliency.tub import OutputLock, partial_path
+    from donkey_saliency.backfill import OutputLock, partial_path
 
     out = str(tmp_path / "copy")
     first = OutputLock(out).acquire()  # the first run, holding its lock, with its partial copy

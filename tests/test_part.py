@@ -7,7 +7,8 @@ import pytest
 
 from conftest import random_frames, wait_for
 from donkey_saliency import backends
-from donkey_saliency.part import NO_MASK_LAG_MS, OUTPUTS, SaliencyPart
+from donkey_saliency.keys import NO_MASK_LAG_MS, OUTPUTS
+from donkey_saliency.part import SaliencyPart
 
 PHASE = 25  # loop iterations per phase
 

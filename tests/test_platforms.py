@@ -155,7 +155,7 @@ def test_nano_like_vehicle_on_an_h5_pilot_without_tensorflow(nano, tiny_pilot_pa
 
 def test_nano_like_car_commands_run_and_laptop_tools_refuse_in_one_line(nano, onnx_pilot, tmp_path):
     from car_checks import road_frame
-    from donkey_saliency.tub import write_png
+    from donkey_saliency.images import write_png
 
     image = str(tmp_path / "frame.png")
     write_png(image, road_frame())
@@ -229,8 +229,8 @@ def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_pat
 
     from conftest import wait_for
     from donkey_saliency import add_saliency
-    from donkey_saliency.vehicle import DRIVE_IMAGE_KEY
-    from donkey_saliency.web import ServerThread, read_mjpeg_part
+    from donkey_saliency.keys import DRIVE_IMAGE_KEY
+    from donkey_saliency.testing import ServerThread, read_mjpeg_part
     from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream, request
 
     frame = camera_frame()

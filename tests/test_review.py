@@ -11,7 +11,7 @@ import pytest
 from conftest import real_data_or_skip
 from donkey_saliency import load
 from donkey_saliency.review import compose_frame, filter_report, layer_grid, render, write_layer_grid
-from donkey_saliency.tub import backfill
+from donkey_saliency.backfill import backfill
 from test_tub import make_v2_tub, record_live_tub, synthetic_frame, tree_digest
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]

@@ -14,8 +14,9 @@ import pytest
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
 from conftest import real_data_or_skip, wait_for
 from donkey_saliency.review_web import MAX_POST_BYTES, Review, application, top_disagreements
-from donkey_saliency.tub import OVERLAY_KEY, TubIndex
-from donkey_saliency.web import ServerThread
+from donkey_saliency.keys import OVERLAY_KEY
+from donkey_saliency.tub_index import TubIndex
+from donkey_saliency.testing import ServerThread
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
 COUNT = 120

@@ -20,6 +20,7 @@ from donkey_saliency.backends.onnxruntime import OnnxRuntimeBackend
 from donkey_saliency.backends.tensorrt import GpuSession, TensorRTBackend
 from donkey_saliency.backends.trt_api import TensorSpec
 from donkey_saliency.errors import BackendUnavailable, InputError
+from donkey_saliency.tub import camera_image_paths
 
 
 def tensorrt_usable():
@@ -925,7 +926,7 @@ def test_procedural_frames_are_deterministic_varied_scenes():
 
 def test_frames_from_the_real_v1_tub():
     real_data_or_skip()
-    paths = trt_tools.tub_image_paths(REAL_TUB)
+    paths = camera_image_paths(REAL_TUB)
     assert len(paths) == 300 and os.path.basename(paths[0]) == "2000_cam-image_array_.jpg"
     assert os.path.basename(paths[-1]) == "2299_cam-image_array_.jpg"
     frames = trt_tools.tub_frames(REAL_TUB, 4)

@@ -11,7 +11,9 @@ import pytest
 
 from conftest import real_data_or_skip
 from donkey_saliency import load
-from donkey_saliency.tub import RECORD_KEYS, RECORD_TYPES, backfill, partial_path, recording_inputs
+from donkey_saliency.backfill import backfill, partial_path
+from donkey_saliency.keys import RECORD_KEYS, RECORD_TYPES
+from donkey_saliency.tub import recording_inputs
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
 BASE_INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
@@ -35,7 +37,7 @@ def synthetic_frame(i, shape=(120, 160)):
 
 def tree_digest(path):
     """sha256 over every file name and content under path: 'the source is untouched'."""
-    from donkey_saliency.graph import file_digest
+    from donkey_saliency.fileio import file_digest
 
     return file_digest(path)
 
@@ -126,7 +128,8 @@ def record_live_tub(path, pilot, loops=40, frames=None):
     from donkeycar.parts.tub_v2 import TubWriter
     from donkeycar.vehicle import Vehicle
 
-    from donkey_saliency.part import OUTPUTS, SaliencyPart
+    from donkey_saliency.keys import OUTPUTS
+    from donkey_saliency.part import SaliencyPart
 
     frames = frames if frames is not None else [synthetic_frame(i) for i in range(10)]
     inputs, types, message = recording_inputs(str(path), list(BASE_INPUTS), list(BASE_TYPES), False)

@@ -11,9 +11,12 @@ import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
 from conftest import wait_for
-from donkey_saliency.part import OUTPUTS, SaliencyPart
-from donkey_saliency.web import (STATS_FIELDS, DriveViewToggle, ServerThread, attach_web, layer_picture,
-                                 read_mjpeg_part)
+from donkey_saliency.drive_view import DriveViewToggle
+from donkey_saliency.keys import OUTPUTS
+from donkey_saliency.overlay import layer_picture
+from donkey_saliency.part import SaliencyPart
+from donkey_saliency.testing import ServerThread, read_mjpeg_part
+from donkey_saliency.web import STATS_FIELDS, attach_web
 
 CLIENTS = 8
 FRAMES_PER_CLIENT = 20

@@ -9,6 +9,8 @@ from ..errors import ModelError
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 TFLITE_SUFFIXES = (".tflite",)
+# The linear pilot shipped with the package (scripts/train_demo_pilot.py): demo and bench drive with it.
+DEMO_PILOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "demo_pilot.h5")
 
 
 class Pilot(object):

@@ -15,7 +15,8 @@ import zipfile
 import numpy as np
 
 from ..errors import ModelError, first_line
-from .trunk import SEQUENCE_HINT, TrunkBuilder, activation, batch_norm, model_type_from_names
+from .network import append, dense, Input, Layer, Network, refuse, TRUNK_END
+from .trunk import activation, Affine, batch_norm, model_type_from_names, SEQUENCE_HINT, TrunkBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -306,8 +307,6 @@ def _batch_norm(keras_file, layer, channels):
 
 
 def _rescaling(layer):
-    from .trunk import Affine
-
     config = layer.config
     return Affine(np.float32(config.get("scale", 1.0)), np.float32(config.get("offset", 0.0)))
 
@@ -397,8 +396,6 @@ def _concat_axis(layer):
 
 def keras_network(keras_file, trunk):
     """The layers past the trunk, as a :class:`~.network.Network` (Dense, Flatten, Concatenate, ...)."""
-    from .network import Input, Layer, Network, TRUNK_END, append, dense, refuse
-
     by_name = {l.name: l for l in keras_file.layers}
     image = by_name[trunk.chain_sources[0]]
     if image.kind != "InputLayer":

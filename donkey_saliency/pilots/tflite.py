@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ModelError, first_line
 from .flatbuffer import FlatbufferError, Table
+from .network import append, dense, Input, Layer, Network, refuse, TRUNK_END
 from .trunk import Affine, SEQUENCE_HINT, TrunkBuilder, activation, model_type_from_names
 
 # BuiltinOperator codes (TFLite schema) of the ops a trunk can hold.
@@ -426,8 +427,6 @@ def tflite_trunk(path):
 def tflite_network(path, trunk):
     """The ops past the trunk, as a :class:`~.network.Network`, with the inputs and outputs in the order
     donkeycar's TfLite interpreter gives them (its signature's, which TFLite keeps sorted by name)."""
-    from .network import Input, Layer, Network, TRUNK_END, append, dense, refuse
-
     graph = read_graph(path)
     names, indices = graph.signature_names, graph.signature_tensors
     if not names[0] or not names[1]:
