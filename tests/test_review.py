@@ -43,7 +43,7 @@ def tubs(tmp_path_factory, tiny_pilot_path):
     base = tmp_path_factory.mktemp("review")
     plain = make_v2_tub(base / "plain", count=25, deleted=(3, 4, 17))
     backfilled = backfill(plain, tiny_pilot_path, backend="onnxruntime", progress=False).path
-    live = record_live_tub(base / "live", tiny_pilot_path, loops=30)
+    live = record_live_tub(base / "live", tiny_pilot_path, records=30)
     return dict(plain=plain, backfilled=backfilled, live=live, base=base)
 
 
