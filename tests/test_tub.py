@@ -354,3 +354,76 @@ def test_backfill_cli_bad_inputs_exit_2_with_one_line(v2_tub, tiny_pilot_path, t
             assert not os.path.exists(str(out)) and not os.path.exists(partial_path(str(out))), name
     assert "missing" in run_cli("backfill", broken, "--model", tiny_pilot_path, "--out", tmp_path / "o5").stderr
     assert {str(p): tree_digest(p) for p in (v2_tub, broken, tmp_path / "good")} == digests
+
+
+# --------------------------------------------------------------------------------------------
+# Reading tubs: what is wrong is said, and nothing is written
+
+def make_v1_tub(path, count=3):
+    """A donkeycar 3 tub written by donkeycar's own (v1) Tub."""
+    from donkeycar.parts.datastore import Tub as TubV1
+
+    tub = TubV1(str(path), inputs=list(BASE_INPUTS), types=list(BASE_TYPES))
+    for i in range(count):
+        tub.put_record({"cam/image_array": synthetic_frame(i), "user/angle": 0.1, "user/throttle": 0.2,
+                        "user/mode": "user"})
+    return str(path)
+
+
+def rewrite_json(path, change):
+    """Rewrite the JSON file (or JSON-lines manifest) at ``path``: ``change(lines) -> lines``."""
+    with open(path) as handle:
+        lines = handle.read().splitlines()
+    with open(path, "w") as handle:
+        handle.write("\n".join(change(lines)) + "\n")
+
+
+def v1_meta(change):
+    def rewrite(lines):
+        meta = json.loads("\n".join(lines))
+        change(meta)
+        return [json.dumps(meta)]
+    return rewrite
+
+
+def manifest_line(index, change):
+    def rewrite(lines):
+        lines[index] = json.dumps(change(json.loads(lines[index])))
+        return lines
+    return rewrite
+
+
+TUB_DAMAGE = {
+    "exclude.json not JSON": (1, "exclude.json", lambda lines: ["[1, 2"], "exclude.json is not a list of record numbers"),
+    "exclude.json not numbers": (1, "exclude.json", lambda lines: ['["a"]'], "exclude.json is not a list"),
+    "meta.json not JSON": (1, "meta.json", lambda lines: ["{"], "meta.json is not a donkeycar 3 tub's meta.json"),
+    "meta.json without types": (1, "meta.json", v1_meta(lambda meta: meta.pop("types")), "is not a donkeycar 3"),
+    "meta.json inputs and types differ": (1, "meta.json", v1_meta(lambda meta: meta["types"].pop()),
+                                          "meta.json lists 4 inputs but 3 types"),
+    "manifest inputs and types differ": (2, "manifest.json", manifest_line(1, lambda types: types[:-1]),
+                                         "manifest.json lists 5 inputs but 4 types"),
+    "manifest not a manifest": (2, "manifest.json", manifest_line(4, lambda catalogs: []),
+                                "manifest.json is not a donkeycar tub manifest"),
+    "catalog missing": (2, "catalog_1.catalog", None, "catalog catalog_1.catalog listed in manifest.json is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TUB_DAMAGE))
+def test_a_damaged_tub_is_an_input_error_naming_the_file_and_nothing_is_written(case, tiny_pilot_path, tmp_path):
+    from donkey_saliency.errors import InputError
+    from donkey_saliency.tub import open_tub
+
+    version, name, change, message = TUB_DAMAGE[case]
+    tub = make_v1_tub(tmp_path / "tub") if version == 1 else make_v2_tub(tmp_path / "tub", count=12, deleted=())
+    if name == "exclude.json":
+        open(os.path.join(tub, name), "w").close()
+    if change is None:
+        os.unlink(os.path.join(tub, name))
+    else:
+        rewrite_json(os.path.join(tub, name), change)
+    with pytest.raises(InputError) as raised:
+        open_tub(tub)
+    assert message in str(raised.value) and tub in str(raised.value)
+    with pytest.raises(InputError):
+        backfill(tub, tiny_pilot_path, out_path=str(tmp_path / "out"), backend="onnxruntime", progress=False)
+    assert sorted(os.listdir(str(tmp_path))) == ["tub"]  # no copy, no partial copy, no lock
