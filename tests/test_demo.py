@@ -189,6 +189,7 @@ def stats_json(port):
         return {}
 
 
+@pytest.mark.slow
 def test_demo_runs_for_seconds_serves_drive_and_records(tmp_path):
     port = free_port()
     process, out, err = start_demo(tmp_path, "--seconds", "3", "--port", str(port))
@@ -213,6 +214,7 @@ def test_demo_runs_for_seconds_serves_drive_and_records(tmp_path):
     assert records[-1]["user/mode"] == "local" and isinstance(records[-1]["pilot/angle"], float)
 
 
+@pytest.mark.slow
 def test_demo_stops_cleanly_on_ctrl_c_and_records_the_pilots_masks(tmp_path):
     import cv2
 

@@ -142,6 +142,7 @@ def tub_records(car):
     return records
 
 
+@pytest.mark.slow
 def test_complete_template_with_readme_lines_drives_streams_and_records(car):
     streamed = []
     drive(car, lambda: streamed.append(read_video_frame(car["port"])))
@@ -182,6 +183,7 @@ def replay_frames(folder, count=24):
     return np.stack(frames)
 
 
+@pytest.mark.slow
 def test_shared_pilot_drives_as_the_stock_pilot_and_records_each_frames_own_mask(tmp_path):
     """SALIENCY_SHARE_PILOT = True in a real car driving itself (local mode) on replayed real frames: the
     pilot steers exactly as donkeycar's own KerasInterpreter does on the frame it saw, and every record

@@ -687,6 +687,7 @@ def find_python36():
     return None
 
 
+@pytest.mark.slow
 def test_tensorrt_path_parses_and_imports_on_python_3_6(tmp_path):
     import subprocess
 
