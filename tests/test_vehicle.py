@@ -14,8 +14,8 @@ from conftest import wait_for
 from donkey_saliency import add_saliency
 from donkey_saliency.part import OUTPUTS, SaliencyPart
 from donkey_saliency.tub import RECORD_KEYS, RECORD_TYPES
-from donkey_saliency.web import DriveViewToggle, ServerThread
-from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream, read_mjpeg_part
+from donkey_saliency.web import DriveViewToggle, ServerThread, read_mjpeg_part
+from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream
 
 TUB_INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
 TUB_TYPES = ["image_array", "float", "float", "str"]
@@ -94,16 +94,16 @@ def driving(vehicle, limit_s=120):
 
 
 # --- the switches that leave things out ------------------------------------------------------------
-@pytest.mark.parametrize("settings, model_path", [
-    (dict(SALIENCY_ENABLED=False), "tiny"),  # saliency off
-    (dict(), None),  # no --model and no SALIENCY_MODEL_PATH
+@pytest.mark.parametrize("settings, with_model", [
+    (dict(SALIENCY_ENABLED=False), True),  # saliency off
+    (dict(), False),  # no --model and no SALIENCY_MODEL_PATH
 ])
-def test_saliency_off_or_no_model_leaves_the_car_as_it_was(tiny_pilot_path, settings, model_path):
+def test_saliency_off_or_no_model_leaves_the_car_as_it_was(tiny_pilot_path, settings, with_model):
     vehicle, web_controller = vehicle_with_web(camera_frame())
     parts_before = [entry["part"] for entry in vehicle.parts]
     inputs, types = list(TUB_INPUTS), list(TUB_TYPES)
     part = add_saliency(vehicle, config(**settings), ctr=web_controller, inputs=inputs, types=types,
-                        model_path=tiny_pilot_path if model_path else None)
+                        model_path=tiny_pilot_path if with_model else None)
     assert part is None
     assert [entry["part"] for entry in vehicle.parts] == parts_before
     assert (inputs, types) == (TUB_INPUTS, TUB_TYPES)
