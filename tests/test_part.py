@@ -84,8 +84,8 @@ class PhaseRecorder(object):
         if index % PHASE == PHASE - 1:
             # Let the worker finish this phase's last frame so each phase's effect is observable.
             assert wait_for(lambda: not self.part.busy)
-            self.processed_at_phase_end[index // PHASE] = self.part.stats()["processed"]
             stats = self.part.stats()
+            self.processed_at_phase_end[index // PHASE] = stats["processed"]
             self.faults_at_phase_end.append((stats["errors"], stats["dropped"]))
             worker = self.part._worker
             self.workers.append((worker, worker is not None and worker.is_alive()))
