@@ -232,6 +232,8 @@ def read_v1_meta(path):
         inputs, types = list(meta["inputs"]), list(meta["types"])
     except (ValueError, KeyError, TypeError):
         raise InputError("%s: meta.json is not a donkeycar 3 tub's meta.json" % path)
+    if len(inputs) != len(types):  # as for a v2 manifest: the copy's manifest would pair them wrongly
+        raise InputError("%s: meta.json lists %d inputs but %d types" % (path, len(inputs), len(types)))
     excluded = set()
     exclude_path = os.path.join(path, "exclude.json")
     if os.path.isfile(exclude_path):

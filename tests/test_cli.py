@@ -126,6 +126,7 @@ def find_python38():
     return None
 
 
+@pytest.mark.slow
 def test_every_module_imports_on_python_3_8(tmp_path):
     """JetPack 5's Python: the package (numpy only at import time) must import there."""
     python38 = find_python38()

@@ -1,4 +1,5 @@
 """The demo: the procedural track, the shipped pilot, and ``donkey-saliency demo`` as a user runs it."""
+import json
 import os
 import signal
 import socket
@@ -181,6 +182,15 @@ def read_tub(path):
     return records, images
 
 
+def stats_json(port):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/saliency/stats" % port, timeout=2) as response:
+            return json.loads(response.read().decode("utf-8"))
+    except Exception:
+        return {}
+
+
+@pytest.mark.slow
 def test_demo_runs_for_seconds_serves_drive_and_records(tmp_path):
     port = free_port()
     process, out, err = start_demo(tmp_path, "--seconds", "3", "--port", str(port))
@@ -188,7 +198,7 @@ def test_demo_runs_for_seconds_serves_drive_and_records(tmp_path):
         served = wait_for(lambda: http_status("http://127.0.0.1:%d/drive" % port) == 200, process, STARTUP_LIMIT_S)
         stats = http_status("http://127.0.0.1:%d/saliency/stats" % port) if served else None
     finally:
-        code = finish(process)
+        code = finish(process)  # --seconds ends it: nothing here stops it
     stdout, stderr = out.read_text(), err.read_text()
     assert code == 0, stderr[-2000:]
     assert served, "GET /drive never returned 200 while the demo ran\n" + stdout[-2000:] + stderr[-2000:]
@@ -198,31 +208,50 @@ def test_demo_runs_for_seconds_serves_drive_and_records(tmp_path):
     for field in ("fps", "saliency", "mask latency", "dropped", "pilot angle"):
         assert field in figures[0]
     assert "demo: done:" in stdout
-    # The tub holds the drive, read back with donkeycar's own Tub: pilot values and the overlay.
+    # The tub holds the drive, read back with donkeycar's own Tub (how many loops 3 s give depends
+    # on the machine's load: the test after this one waits for masks instead).
+    records, _ = read_tub(tmp_path / "tub")
+    assert records and all(r.get(k) is not None for r in records for k in ("saliency/image_array", "saliency/mask"))
+    assert records[-1]["user/mode"] == "local" and isinstance(records[-1]["pilot/angle"], float)
+
+
+@pytest.mark.slow
+def test_demo_stops_cleanly_on_ctrl_c_and_records_the_pilots_masks(tmp_path):
     import cv2
 
-    records, images = read_tub(tmp_path / "tub")
-    assert len(records) >= 10
-    last = records[-1]
-    assert last["user/mode"] == "local" and isinstance(last["pilot/angle"], float)
-    overlay = cv2.imread(os.path.join(images, last["saliency/image_array"]))
-    mask = cv2.imread(os.path.join(images, last["saliency/mask"]), cv2.IMREAD_GRAYSCALE)
-    assert overlay.shape == (120, 160, 3)
-    assert mask.max() > 100  # a real mask (min-max normalised), not the blank placeholder
+    from donkey_saliency import load
+    from donkey_saliency.overlay import mask_to_uint8
 
-
-def test_demo_stops_cleanly_on_ctrl_c(tmp_path):
     port = free_port()
     process, out, err = start_demo(tmp_path, "--port", str(port))
     try:
         running = wait_for(lambda: FIGURES in out.read_text(), process, STARTUP_LIMIT_S + 10)
+        masked = running and wait_for(lambda: stats_json(port).get("processed", 0) >= 10, process, 60)
         process.send_signal(signal.SIGINT)
     finally:
         code = finish(process)
     assert running, out.read_text()[-2000:] + err.read_text()[-2000:]
+    assert masked, "fewer than 10 masks in 60 s\n" + out.read_text()[-2000:]
     assert code == 0, err.read_text()[-2000:]
     assert "demo: done:" in out.read_text()
-    assert len(read_tub(tmp_path / "tub")[0]) > 0
+    records, images = read_tub(tmp_path / "tub")
+    assert len(records) >= 10  # recording is on from the first loop, and there were 10 masks
+    last = records[-1]
+    assert last["saliency/lag_ms"] >= 0.0
+    overlay = cv2.imread(os.path.join(images, last["saliency/image_array"]))
+    mask = cv2.imread(os.path.join(images, last["saliency/mask"]), cv2.IMREAD_GRAYSCALE).astype(int)
+    assert overlay.shape == (120, 160, 3)
+    # The recorded mask is the demo pilot's mask of a recent camera frame (it lags by lag_ms): within
+    # JPEG's loss (the frame's and the mask's) of one of the last records' frames. Measured: best
+    # correlation 0.97-0.98 and mean difference 2.3-2.8 levels; the masks of frames elsewhere on the
+    # track correlate 0.79-0.86 and differ by 5-7 levels.
+    with load(DEMO_PILOT, backend="onnxruntime") as saliency:
+        cameras = [cv2.cvtColor(cv2.imread(os.path.join(images, r["cam/image_array"])), cv2.COLOR_BGR2RGB)
+                   for r in records[-20:]]
+        expected = [mask_to_uint8(m).astype(int) for m in saliency.masks(np.stack(cameras))]
+    correlation = max(np.corrcoef(mask.ravel(), m.ravel())[0, 1] for m in expected)
+    difference = min(np.abs(mask - m).mean() for m in expected)
+    assert correlation > 0.95 and difference < 4.0, (correlation, difference)
 
 
 def test_demo_bad_input_is_one_line_and_exit_2(tmp_path):

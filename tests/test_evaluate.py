@@ -166,6 +166,7 @@ def categorical_tflite(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_table_json_and_pictures(tiny_pilot_path, track_tub, tmp_path, capsys):
     from donkey_saliency.cli import main
     from donkey_saliency.images import read_rgb

@@ -76,8 +76,32 @@ def make_car(tmp_path, pilot, config_lines):
     return dict(path=path, port=port, pilot=pilot)
 
 
-def drive(car):
-    """`python manage.py drive --model ...` until saliency runs, recording switched on; the car's output."""
+def read_video_frame(port):
+    """One frame of /saliency/video as served by the car's own web server (donkeycar's ctr.update()):
+    (its headers, the decoded RGB picture)."""
+    import http.client
+
+    import cv2
+
+    from donkey_saliency.web import read_mjpeg_part
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/saliency/video")
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type").startswith("multipart/x-mixed-replace")
+        headers, body = read_mjpeg_part(response)
+    finally:
+        connection.close()
+    picture = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert picture is not None, "not a JPEG"
+    return headers, cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
+
+
+def drive(car, while_driving=None):
+    """`python manage.py drive --model ...` until saliency runs, then ``while_driving()`` (if given),
+    recording switched on; the car's output."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     process = subprocess.Popen([sys.executable, "manage.py", "drive", "--model", car["pilot"]],
                                cwd=str(car["path"]), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -95,6 +119,8 @@ def drive(car):
                 pass
             time.sleep(0.2)
         assert stats and stats["processed"] > 0, "no saliency from the running car"
+        if while_driving is not None:
+            while_driving()
         switch_recording_on(car["port"])
         output, _ = process.communicate(timeout=120)
     finally:
@@ -116,8 +142,13 @@ def tub_records(car):
     return records
 
 
+@pytest.mark.slow
 def test_complete_template_with_readme_lines_drives_streams_and_records(car):
-    drive(car)
+    streamed = []
+    drive(car, lambda: streamed.append(read_video_frame(car["port"])))
+    [(headers, picture)] = streamed
+    assert headers["content-type"] == "image/jpeg" and int(headers["x-saliency-seq"]) >= 1
+    assert picture.shape == (120, 160, 3)
     records = tub_records(car)
     assert len(records) > 10
     for record in records:
@@ -152,6 +183,7 @@ def replay_frames(folder, count=24):
     return np.stack(frames)
 
 
+@pytest.mark.slow
 def test_shared_pilot_drives_as_the_stock_pilot_and_records_each_frames_own_mask(tmp_path):
     """SALIENCY_SHARE_PILOT = True in a real car driving itself (local mode) on replayed real frames: the
     pilot steers exactly as donkeycar's own KerasInterpreter does on the frame it saw, and every record

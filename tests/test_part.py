@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import random_frames, wait_for
-from donkey_saliency import backends
+from donkey_saliency import backends, load
 from donkey_saliency.keys import NO_MASK_LAG_MS, OUTPUTS
+from donkey_saliency.overlay import mask_to_uint8
 from donkey_saliency.part import SaliencyPart
 
 PHASE = 25  # loop iterations per phase
@@ -75,6 +76,8 @@ class PhaseRecorder(object):
         self.part, self.camera = part, camera
         self.rows = []
         self.processed_at_phase_end = {}
+        self.workers = []  # (the part's worker thread, whether it was alive) at each phase's end
+        self.faults_at_phase_end = []  # (errors, dropped)
 
     def run(self, phase, overlay, mask, latency_ms, lag_ms):
         self.rows.append((phase, overlay, mask, latency_ms, lag_ms))
@@ -82,7 +85,11 @@ class PhaseRecorder(object):
         if index % PHASE == PHASE - 1:
             # Let the worker finish this phase's last frame so each phase's effect is observable.
             assert wait_for(lambda: not self.part.busy)
-            self.processed_at_phase_end[index // PHASE] = self.part.stats()["processed"]
+            stats = self.part.stats()
+            self.processed_at_phase_end[index // PHASE] = stats["processed"]
+            self.faults_at_phase_end.append((stats["errors"], stats["dropped"]))
+            worker = self.part._worker
+            self.workers.append((worker, worker is not None and worker.is_alive()))
 
 
 @pytest.fixture
@@ -101,7 +108,7 @@ def vehicle_run(tiny_pilot_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="donkey_saliency")
     loops = len(ScriptedCamera.PHASES) * PHASE
     result = vehicle.start(rate_hz=200, max_loop_count=loops)
-    return dict(result=result, part=part, recorder=recorder, loops=loops, log=caplog)
+    return dict(result=result, part=part, recorder=recorder, loops=loops, log=caplog, pilot=tiny_pilot_path)
 
 
 def test_vehicle_loop_survives_every_fault_and_recovers(vehicle_run):
@@ -119,8 +126,27 @@ def test_vehicle_loop_survives_every_fault_and_recovers(vehicle_run):
     assert overlay.shape == (120, 160, 3) and overlay.dtype == np.uint8
     assert mask.shape == (120, 160) and mask.dtype == np.uint8 and mask.max() > 0
     assert latency_ms > 0 and lag_ms >= 0
-    # The worker was never killed: it is still the one thread processing, and it ends on shutdown.
-    assert part.stats()["errors"] >= 2 * PHASE - 2
+    # ... and the mask the loop got is the pilot's mask of one of the camera's frames.
+    with load(vehicle_run["pilot"], backend="onnxruntime") as saliency:
+        expected = [mask_to_uint8(m) for m in saliency.masks(recorder.camera.frames)]
+    assert min(np.abs(mask.astype(int) - m).max() for m in expected) <= 1
+    # Every faulty frame is counted: None in the loop thread, each one; a frame the worker cannot use
+    # as an error, unless a newer one replaced it first (dropped), however busy the machine is.
+    counts = [(0, 0)] + recorder.faults_at_phase_end
+    for index, phase in enumerate(phases):
+        errors, dropped = (now - then for now, then in zip(counts[index + 1], counts[index]))
+        if phase == "none":
+            assert (errors, dropped) == (PHASE, 0), phase
+        elif phase in ("bad_shape", "backend_fault"):
+            assert errors >= 1 and errors + dropped == PHASE, (phase, errors, dropped)
+        else:
+            assert errors == 0, (phase, errors)
+    # The worker was never killed: one and the same thread, alive at the end of every phase (faults
+    # included), and it ends on shutdown (Vehicle.start ends with it): joined, backend closed.
+    workers = [worker for worker, _ in recorder.workers]
+    assert len(workers) == len(phases) and workers[0] is not None and set(workers) == {workers[0]}
+    assert all(alive for _, alive in recorder.workers), recorder.workers
+    assert not workers[0].is_alive() and part.backend is None
 
 
 def test_each_fault_is_logged_once_per_cause(vehicle_run):

@@ -122,6 +122,7 @@ def pip_check(venv):
 
 
 # --- Jetson Nano: Python 3.6, donkeycar 4.5.1 --------------------------------------------------------
+@pytest.mark.slow
 def test_nano_like_install_changes_nothing_the_car_has(nano):
     assert changed_versions(nano) == {}
     added = sorted(set(nano.after) - set(nano.before))
@@ -144,15 +145,18 @@ def assert_drove(facts, loops=200):
     assert facts["video_vs_overlay"] < facts["video_vs_camera"] / 2
 
 
+@pytest.mark.slow
 def test_nano_like_vehicle_streams_and_records_on_an_exported_graph(nano, onnx_pilot, tmp_path):
     assert_drove(run_check(nano, "drive", onnx_pilot, str(tmp_path / "tub")))
 
 
+@pytest.mark.slow
 def test_nano_like_vehicle_on_an_h5_pilot_without_tensorflow(nano, tiny_pilot_path, tmp_path):
     assert "tensorflow" not in nano.after
     assert_drove(run_check(nano, "drive", tiny_pilot_path, str(tmp_path / "tub")))
 
 
+@pytest.mark.slow
 def test_nano_like_car_commands_run_and_laptop_tools_refuse_in_one_line(nano, onnx_pilot, tmp_path):
     from car_checks import road_frame
     from donkey_saliency.images import write_png
@@ -193,6 +197,7 @@ def test_on_car_modules_are_python36(tmp_path):
 
 
 # --- Raspberry Pi: Python 3.11, donkeycar 5.3, tflite-runtime ----------------------------------------
+@pytest.mark.slow
 def test_pi_like_install_changes_nothing_and_adds_no_second_opencv(pi):
     assert changed_versions(pi) == {}
     assert pi.after["numpy"].startswith("1.")
@@ -201,6 +206,7 @@ def test_pi_like_install_changes_nothing_and_adds_no_second_opencv(pi):
     assert pip_check(pi.venv) == (0, "No broken requirements found.")
 
 
+@pytest.mark.slow
 def test_pi_like_masks_and_the_cars_tflite_pilot_still_runs(pi, onnx_pilot, tflite_pilot):
     facts = run_check(pi, "masks", onnx_pilot, "--car-pilot", tflite_pilot)
     assert facts["tensorflow_importable"] is False and facts["numpy"].startswith("1.")
@@ -210,6 +216,7 @@ def test_pi_like_masks_and_the_cars_tflite_pilot_still_runs(pi, onnx_pilot, tfli
     assert len(facts["car_pilot_outputs"]) == 1 and len(facts["car_pilot_outputs"][0][0]) == 2
 
 
+@pytest.mark.slow
 def test_pi_like_masks_on_a_tflite_pilot_without_tensorflow(pi, tflite_pilot):
     facts = run_check(pi, "masks", tflite_pilot)
     assert facts["tensorflow_importable"] is False

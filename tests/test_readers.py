@@ -77,6 +77,7 @@ def expected_mask(path, frames):
     return vbp.mask_from_feature_maps(pilot.trunk.steps, framework.feature_maps(pilot, frames))
 
 
+@pytest.mark.slow
 def test_every_type_and_format_gives_the_reference_mask_without_tensorflow(pilot_files, tmp_path):
     frames = random_frames(2, seed=5)
     np.save(str(tmp_path / "frames.npy"), frames)
@@ -100,6 +101,7 @@ def test_every_type_and_format_gives_the_reference_mask_without_tensorflow(pilot
         assert difference <= TOLERANCE, (path, difference)
 
 
+@pytest.mark.slow
 def test_cli_mask_summary_and_backfill_work_without_tensorflow(pilot_files, tmp_path):
     from donkeycar.parts.tub_v2 import Tub
 
@@ -144,6 +146,7 @@ def test_cli_mask_summary_and_backfill_work_without_tensorflow(pilot_files, tmp_
             assert len(records) == 5 and all("saliency/mask" in r for r in records)
 
 
+@pytest.mark.slow
 def test_summary_names_the_model_type_read_from_each_format(pilot_files):
     for model_type, by_suffix in pilot_files.items():
         trunks = [load_pilot(path).trunk for path in by_suffix.values()]

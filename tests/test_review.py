@@ -12,7 +12,7 @@ from conftest import real_data_or_skip
 from donkey_saliency import load
 from donkey_saliency.review import compose_frame, filter_report, layer_grid, render, write_layer_grid
 from donkey_saliency.backfill import backfill
-from test_tub import make_v2_tub, record_live_tub, synthetic_frame, tree_digest
+from test_tub import make_v2_tub, read_tub, record_live_tub, rgb_image, synthetic_frame, tree_digest
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
 
@@ -43,7 +43,7 @@ def tubs(tmp_path_factory, tiny_pilot_path):
     base = tmp_path_factory.mktemp("review")
     plain = make_v2_tub(base / "plain", count=25, deleted=(3, 4, 17))
     backfilled = backfill(plain, tiny_pilot_path, backend="onnxruntime", progress=False).path
-    live = record_live_tub(base / "live", tiny_pilot_path, loops=30)
+    live = record_live_tub(base / "live", tiny_pilot_path, records=30)
     return dict(plain=plain, backfilled=backfilled, live=live, base=base)
 
 
@@ -62,6 +62,18 @@ def test_render_backfilled_tub_uses_recorded_saliency(tubs, tmp_path):
     frame = cv2.cvtColor(frames[0], cv2.COLOR_BGR2RGB)
     camera_half, overlay_half = frame[:240, :320].astype(int), frame[:240, 320:].astype(int)
     assert np.abs(camera_half - overlay_half).mean() > 10
+    # It is record 2's own recorded overlay (scaled 2x), not the overlay of a record nearby.
+    tub, records = read_tub(tubs["backfilled"])
+    by_index = {r["_index"]: r for r in records}
+
+    def recorded_overlay(index):
+        image = rgb_image(tub, by_index[index], "saliency/image_array")
+        return cv2.resize(image, (320, 240), interpolation=cv2.INTER_LINEAR).astype(int)
+
+    own = np.abs(overlay_half - recorded_overlay(2)).mean()
+    neighbour = np.abs(overlay_half - recorded_overlay(5)).mean()
+    print("overlay half vs record 2's overlay %.1f, vs record 5's %.1f" % (own, neighbour))
+    assert own < 8 and neighbour > 3 * own  # MPEG-4's loss only (measured: 3.9 and 31.6)
     assert [n for n in os.listdir(str(tmp_path)) if n != "review.mp4"] == []  # no temp files left
 
 
@@ -108,6 +120,20 @@ def test_render_real_tub_with_real_pilot(tmp_path):
                     progress=False)
     count, size, frames = video_facts(out)
     assert result.computed and count == len(frames) == 40 and size == (960, 456)
+    # The first frame's right half is record 100's overlay of the real pilot's mask (scaled 3x).
+    from donkey_saliency.overlay import overlay
+
+    def expected_overlay(number):
+        camera = cv2.cvtColor(cv2.imread(os.path.join(real_tub, "%d_cam-image_array_.jpg" % number)),
+                              cv2.COLOR_BGR2RGB)
+        with load(pilot, backend="onnxruntime") as saliency:
+            picture = overlay(camera, saliency.mask(camera), 0.5, "jet")
+        return cv2.resize(picture, (480, 360), interpolation=cv2.INTER_LINEAR).astype(int)
+
+    shown = cv2.cvtColor(frames[0], cv2.COLOR_BGR2RGB)[:360, 480:].astype(int)
+    own, later = np.abs(shown - expected_overlay(2100)).mean(), np.abs(shown - expected_overlay(2250)).mean()
+    print("real render: record 100's overlay %.1f, record 250's %.1f" % (own, later))
+    assert own < 8 and later > 2 * own  # MPEG-4's loss only
 
 
 def test_render_bad_inputs_exit_2(tubs, tmp_path):
@@ -161,7 +187,9 @@ def test_layer_grid_matches_keras_feature_maps(tiny_pilot_path, tmp_path):
     assert result.stdout.splitlines()[0].startswith("conv2d_1  58x78x8")
     png = cv2.imread(str(out))
     assert png is not None and png.shape[1] == 1280 and png.shape[0] > 300
-    assert png.std() > 10  # a picture, not a blank canvas
+    # The command's picture is the grid of the same frame made here (the PNG is lossless).
+    assert png.shape == grid.image.shape
+    assert np.abs(cv2.cvtColor(png, cv2.COLOR_BGR2RGB).astype(int) - grid.image).max() <= 1
 
 
 def test_layers_real_pilot(tmp_path):
@@ -171,7 +199,7 @@ def test_layers_real_pilot(tmp_path):
                             backend="onnxruntime")
     assert [s for _, s in grid.layers] == [(58, 78, 24), (27, 37, 32), (12, 17, 64), (10, 15, 64), (8, 13, 64)]
     png = cv2.imread(str(out))
-    assert png.shape[:2] == grid.image.shape[:2]
+    assert np.array_equal(cv2.cvtColor(png, cv2.COLOR_BGR2RGB), grid.image)
 
 
 def test_layers_bad_inputs_exit_2(tiny_pilot_path, tmp_path):

@@ -59,6 +59,7 @@ def same(a, b):
                                    rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".h5", ".tflite"])
 @pytest.mark.parametrize("model_type", sorted(donkey_models()))
 def test_donkeycar_pilot_on_the_saliency_interpreter_matches_its_own_interpreter(pilot_files, model_type, suffix):
@@ -87,6 +88,7 @@ def test_donkeycar_pilot_on_the_saliency_interpreter_matches_its_own_interpreter
     standalone.close()
 
 
+@pytest.mark.slow
 def test_input_shapes_are_given_as_each_interpreter_gives_them(pilot_files):
     cfg = donkey_config()
     keras = donkey_saliency.shared_pilot(pilot_files["memory"][".h5"], "memory", cfg=cfg, backend="onnxruntime")
@@ -96,11 +98,13 @@ def test_input_shapes_are_given_as_each_interpreter_gives_them(pilot_files):
     assert tflite.get_input_shape("mem_in").tolist() == [1, 6] and tflite.mem_length == 3
 
 
+@pytest.mark.slow
 def test_model_type_defaults_to_what_the_file_says(pilot_files):
     pilot = donkey_saliency.shared_pilot(pilot_files["categorical"][".tflite"], backend="onnxruntime")
     assert type(pilot).__name__ == "KerasCategorical"
 
 
+@pytest.mark.slow
 def test_whole_pilot_runs_without_tensorflow(pilot_files):
     """The interpreter itself needs no TensorFlow: the whole-pilot graph is read and run in a process
     where TensorFlow cannot be imported (donkeycar's pilot classes import it, so they are left out)."""
@@ -138,6 +142,7 @@ def test_layers_past_the_trunk_outside_donkey_pilots_are_refused_naming_the_laye
     load_pilot(path)  # the trunk alone (the part's own pass) still reads
 
 
+@pytest.mark.slow
 def test_trunk_graph_is_unchanged_by_the_whole_pilot_reader(pilot_files):
     """The part's own pass keeps its graph (and cache key): the whole pilot is a separate graph."""
     from donkey_saliency import backends
@@ -164,6 +169,7 @@ def started_part(model_path, **options):
     return part, thread
 
 
+@pytest.mark.slow
 def test_accepted_mask_is_recorded_with_its_own_frame_and_streamed(pilot_files):
     """What SALIENCY_SHARE_PILOT wires: the interpreter's listener hands each mask to the part, and the
     loop's run_threaded returns that frame's mask with lag 0 without a pass of its own."""
@@ -190,6 +196,7 @@ def test_accepted_mask_is_recorded_with_its_own_frame_and_streamed(pilot_files):
         thread.join(10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sync_ms", [0, 2000])
 def test_sync_ms_records_the_current_frame_when_it_is_ready_in_time(pilot_files, sync_ms):
     """User mode: with SALIENCY_SYNC_MS the loop waits (bounded) for this frame's mask; with 0 it never
@@ -212,6 +219,7 @@ def test_sync_ms_records_the_current_frame_when_it_is_ready_in_time(pilot_files,
         thread.join(10)
 
 
+@pytest.mark.slow
 def test_a_pilot_file_the_interpreter_cannot_read_leaves_the_stock_interpreter(tmp_path, pilot_files, caplog):
     """SALIENCY_SHARE_PILOT with a pilot it cannot share: one warning, the car keeps donkeycar's interpreter."""
     from donkeycar.parts.interpreter import KerasInterpreter
@@ -235,6 +243,7 @@ VENDORED_DONKEYCAR = os.path.join(os.path.dirname(__file__), "..", "..", "shared
                                   "donkeycar-4.5.1.tar.gz")
 
 
+@pytest.mark.slow
 def test_donkeycar_4_5_interface_gives_the_same_outputs(pilot_files, tmp_path):
     """donkeycar 4.5.1 (Jetson Nano cars) calls ``predict(img, other)`` and ``get_input_shapes()``: its own
     KerasLinear / KerasMemory / KerasCategorical run the same on the SaliencyInterpreter as on its
@@ -335,6 +344,7 @@ def test_layers_after_the_last_map_run_in_the_whole_pilot_graph(tmp_path, suffix
             np.testing.assert_allclose(got[name][0], np.asarray(want)[i], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_bench_script_times_today_against_the_shared_pass(pilot_files, capsys):
     """scripts/bench_shared.py runs end to end on real frames and reports every figure (no timing is
     asserted: speed targets live in the bench, not in tests)."""

