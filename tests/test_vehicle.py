@@ -12,9 +12,10 @@ import pytest
 
 from conftest import wait_for
 from donkey_saliency import add_saliency
-from donkey_saliency.part import OUTPUTS, SaliencyPart
-from donkey_saliency.tub import RECORD_KEYS, RECORD_TYPES
-from donkey_saliency.web import DriveViewToggle, ServerThread, read_mjpeg_part
+from donkey_saliency.drive_view import DriveViewToggle
+from donkey_saliency.keys import OUTPUTS, RECORD_KEYS, RECORD_TYPES
+from donkey_saliency.part import SaliencyPart
+from donkey_saliency.testing import ServerThread, read_mjpeg_part
 from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream
 
 TUB_INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
