@@ -13,7 +13,7 @@ On-car module: Python 3.6, NumPy only.
 import numpy as np
 
 from .errors import InputError
-from .vbp import min_max, scale_to_max, to_step_input
+from .vbp import min_max, visual_backprop
 
 VBP = "vbp"
 DEFAULT_METHOD = VBP
@@ -65,30 +65,13 @@ def compute(method, frames, outputs, mask_name, mean_names, steps=None, gradient
     return gradient_variant(method, steps, means, relevance)
 
 
-def conv_step_indexes(steps):
-    """Index in ``steps`` of each conv step, shallow to deep (level i is the i-th conv)."""
-    return [i for i, s in enumerate(steps) if s.kind == "conv"]
-
-
 def back_project(steps, level_maps, start_level=None):
     """VisualBackProp's product, started at ``start_level`` (default: the deepest conv).
 
     ``level_maps``: one (N, h, w) map per conv level, shallow to deep (the graph's ``mean_i``, or
-    some of them replaced by another map of the same size). The map at ``start_level`` is carried
-    to the input through each step's all-ones transposed conv and multiplied point-wise with every
-    shallower level's map on the way, each product divided by its peak (as the graph does); levels
-    deeper than ``start_level`` are not used. With the means and the default start it is exactly
-    ``vbp.visual_backprop``."""
-    level_maps = [np.asarray(m, dtype=np.float32) for m in level_maps]
-    convs = conv_step_indexes(steps)
-    level = len(convs) - 1 if start_level is None else int(start_level)
-    m = scale_to_max(level_maps[level])
-    for index in range(convs[level], -1, -1):
-        m = to_step_input(m, steps[index])
-        if index > 0 and steps[index - 1].kind == "conv":
-            level -= 1
-            m = scale_to_max(m * level_maps[level])
-    return min_max(m).astype(np.float32)
+    some of them replaced by another map of the same size). With the means and the default start it
+    is exactly ``vbp.visual_backprop``, which it is."""
+    return visual_backprop(steps, level_maps, start_level)
 
 
 def gradient_relevance(activations, gradients):

@@ -62,15 +62,18 @@ def to_step_input(m, step):
     raise ValueError("unknown step kind %r" % step.kind)
 
 
-def visual_backprop(steps, averaged):
+def visual_backprop(steps, averaged, start_level=None):
     """steps: the trunk's steps; averaged: one (N, h, w) map per conv step, shallow to deep.
-    Returns the (N, H, W) mask in [0, 1] at the trunk's input size."""
+    Returns the (N, H, W) mask in [0, 1] at the trunk's input size.
+
+    ``start_level`` (default: the deepest conv) is where the product starts; deeper levels are not
+    used (``methods.py`` starts at a middle level with a map of its own there)."""
     averaged = [np.asarray(a, dtype=np.float32) for a in averaged]
-    level = len(averaged) - 1
+    convs = [i for i, s in enumerate(steps) if s.kind == "conv"]
+    level = len(convs) - 1 if start_level is None else int(start_level)
     m = scale_to_max(averaged[level])
-    # Start below the deepest conv; steps after it do not reach the mask.
-    last_conv = max(i for i, s in enumerate(steps) if s.kind == "conv")
-    for index in range(last_conv, -1, -1):
+    # Start below that conv; steps after it do not reach the mask.
+    for index in range(convs[level], -1, -1):
         m = to_step_input(m, steps[index])
         if index > 0 and steps[index - 1].kind == "conv":
             level -= 1

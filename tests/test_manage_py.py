@@ -83,7 +83,7 @@ def read_video_frame(port):
 
     import cv2
 
-    from donkey_saliency.web import read_mjpeg_part
+    from donkey_saliency.testing import read_mjpeg_part
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
