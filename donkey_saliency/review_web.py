@@ -34,6 +34,7 @@ from .errors import InputError
 from .images import encode_jpeg, read_rgb
 from .keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
 from .overlay import layer_picture, mask_to_uint8, overlay
+from .requests_guard import declared_length, same_origin
 from .tub import require_field
 from .tub_index import MODES, TubIndex, set_deleted
 
@@ -534,23 +535,12 @@ def _make_handlers():
 
         def prepare(self):
             self.body = b""
-            if not self.same_origin():
+            # Only the page itself deletes: a request without Origin (curl, another tool) is refused too.
+            if not same_origin(self.request.headers, self.request.host, origin_required=True):
                 self.fail(403, "cross-origin request refused")
                 return
-            try:
-                length = int(self.request.headers.get("Content-Length", "0"))
-            except ValueError:
-                length = MAX_POST_BYTES + 1
-            if length > MAX_POST_BYTES:
+            if declared_length(self.request.headers, MAX_POST_BYTES) > MAX_POST_BYTES:
                 self.fail(413, "body larger than %d bytes" % MAX_POST_BYTES)
-
-        def same_origin(self):
-            origin = self.request.headers.get("Origin")
-            if not origin:
-                return False
-            from urllib.parse import urlsplit
-
-            return urlsplit(origin).netloc.lower() == self.request.host.lower()
 
         def data_received(self, chunk):
             if self._finished:

@@ -14,7 +14,7 @@
 Requests are hostile until checked. /saliency/drive_view refuses a body over ``MAX_BODY_BYTES``
 before reading it (413; it is parsed by one fixed pattern, never by a JSON parser: ``import
 donkeycar`` raises the recursion limit, and a deep body would crash the car's process) and refuses
-a foreign ``Origin``/``Referer`` (403, see ``same_origin``). The streams take at most ``max_viewers``
+a foreign ``Origin``/``Referer`` (403, see ``requests_guard.same_origin``). The streams take at most ``max_viewers``
 clients together (503 beyond) and drop a client that has not taken a frame for ``stall_s`` seconds.
 
 Nothing from a request reaches the filesystem: the page is read from a fixed package file when
@@ -42,6 +42,7 @@ from .config import DEFAULT_JPEG_QUALITY, DEFAULTS
 from .drive_view import DriveViewToggle
 from .images import encode_jpeg
 from .overlay import layer_picture
+from .requests_guard import declared_length, same_origin
 from .review_web import mount
 from .stats import median
 
@@ -261,23 +262,6 @@ def attach_web(ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False,
     return web
 
 
-def same_origin(headers, host):
-    """Whether a request may change the car's state: its ``Origin`` (or, without one, its ``Referer``)
-    names the host:port the request was sent to (``host``: its Host header). A request with neither
-    comes from a script or curl, not from another site's page (browsers send Origin with every
-    cross-site POST), so it is allowed: anyone who can reach the car can already drive it."""
-    from urllib.parse import urlsplit
-
-    claimed = headers.get("Origin") or headers.get("Referer")
-    if not claimed:
-        return True
-    try:
-        parts = urlsplit(claimed)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == (host or "").lower()
-
-
 def parse_drive_view(body):
     """True/False from ``{"on": true|false}``, None for an empty body (flip); ValueError otherwise."""
     if not body.strip():
@@ -351,11 +335,7 @@ def _make_handlers():
             if not same_origin(self.request.headers, self.request.host):
                 self.refuse(403, "cross-origin request refused")
                 return
-            try:
-                length = int(self.request.headers.get("Content-Length", "0"))
-            except ValueError:
-                length = MAX_BODY_BYTES + 1
-            if length > MAX_BODY_BYTES:
+            if declared_length(self.request.headers, MAX_BODY_BYTES) > MAX_BODY_BYTES:
                 self.refuse(413, "body over %d bytes" % MAX_BODY_BYTES)
                 return
             self.request.connection.set_max_body_size(MAX_BODY_BYTES)  # chunked bodies: Tornado cuts them off
