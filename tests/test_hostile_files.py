@@ -302,3 +302,34 @@ def test_12_oversized_tflite_is_refused_unread(tmp_path):
         handle.truncate(GIB + 1)
     with pytest.raises(ModelError, match="over 1 GiB, more than a pilot can be"):
         load_pilot(path)
+
+
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def declared_png(path, side):
+    """A 1-bit grayscale PNG of side x side black pixels: 0.5 MB on disk for 30000, 0.9 GB decoded."""
+    row = bytes(1 + (side + 7) // 8)
+    deflate = zlib.compressobj(1)
+    body = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    with open(str(path), "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", body)
+                     + png_chunk(b"IEND", b""))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_12_images_declaring_or_holding_too_much_are_refused(tiny_pilot_path, tmp_path):
+    huge = declared_png(tmp_path / "huge.png", 30000)  # OpenCV's own default limit lets it through: 1.8 GB
+    result, peak = peak_rss_mb("mask", tiny_pilot_path, huge, "--out", tmp_path / "masks", "--backend", "onnxruntime")
+    line = assert_one_line_exit_2(result, "mask")
+    assert "huge.png: declares more than 67108864 pixels" in line, line
+    assert peak < 600, peak
+    big = str(tmp_path / "big.jpg")
+    with open(big, "wb") as handle:
+        handle.truncate(65 << 20)
+    line = assert_one_line_exit_2(run_cli("mask", tiny_pilot_path, big, "--out", tmp_path / "masks"), "mask")
+    assert "big.jpg: over 64 MiB, more than an image can be" in line, line
+    assert sorted(os.listdir(str(tmp_path))) == ["big.jpg", "huge.png"]
