@@ -68,7 +68,8 @@ def read_limited(path, limit, what, error_class=None):
         too_big = os.fstat(handle.fileno()).st_size > limit  # a regular file says so unread
         data = b"" if too_big else handle.read(limit + 1)  # others (a pipe, /dev/zero) are read up to it
     if too_big or len(data) > limit:
-        raise (error_class or InputError)("%s: over %s, more than %s can be; refusing to read it" % (path, size_text(limit), what))
+        raise (error_class or InputError)("%s: over %s, more than %s can be; refusing to read it"
+                                          % (path, size_text(limit), what))
     return data
 
 

@@ -10,12 +10,12 @@ from ..fileio import size_text
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 TFLITE_SUFFIXES = (".tflite",)
-# The linear pilot shipped with the package (scripts/train_demo_pilot.py): demo and bench drive with it.
 # Bounds on what a pilot file makes us read (a Donkeycar pilot is a few MB; its config some KB): a
 # damaged or hostile file (a zip bomb, a compressed HDF5 dataset of any declared shape) is refused
 # from its declared sizes, before anything is inflated.
 MAX_PILOT_BYTES = 1 << 30
 MAX_CONFIG_BYTES = 16 << 20
+# The linear pilot shipped with the package (scripts/train_demo_pilot.py): demo and bench drive with it.
 DEMO_PILOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "demo_pilot.h5")
 
 
