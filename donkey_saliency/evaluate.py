@@ -21,7 +21,6 @@ Three measures, on the same frames for every method, with the pilot's own steeri
 Pure functions first (they take arrays and return arrays), then the pilot's steering (Keras or the
 TFLite interpreter; TensorFlow is a development dependency, never needed on the car), then the runner.
 """
-import json
 import os
 
 import numpy as np
@@ -29,7 +28,7 @@ import numpy as np
 from . import load, methods
 from .console import Progress, table_lines
 from .errors import InputError, ModelError
-from .fileio import atomic_write
+from .fileio import atomic_write, json_bytes
 from .frames import fit_to_model
 from .images import write_png
 from .methods import check_method, DEFAULT_METHOD
@@ -53,6 +52,10 @@ EXAMPLES = 3
 RANDOM_METHOD = "random-smooth"
 MEAN_METHOD = "tub-mean"
 METRICS = ("salient_over_whole", "background_over_whole", "deletion_auc", "insertion_auc")
+# The shift test moves frames up to max(SHIFTS) px sideways: a frame must be wider than twice that (and
+# as tall) to keep anything of itself in view; a smaller camera frame upscaled to the pilot's input
+# holds no more than its own few pixels (a 1x1 frame: a constant image, every figure undefined).
+MIN_FRAME_SIDE = 2 * max(abs(d) for d in SHIFTS) + 1
 HIGHER_IS_BETTER = dict(salient_over_whole=True, background_over_whole=False, deletion_auc=True,
                         insertion_auc=False)
 
@@ -171,8 +174,19 @@ def paired_intervals(per_frame, reference, draws=BOOTSTRAP_DRAWS, level=INTERVAL
 
 
 # --- the runner -----------------------------------------------------------------------------------
+def check_frame_size(shape, what):
+    """InputError unless an (H, W, ...) frame is large enough for the shift test."""
+    if min(shape[:2]) < MIN_FRAME_SIDE:
+        raise InputError("%s is %dx%d pixels; the shift test moves frames up to %d px sideways, so they must be at "
+                         "least %dx%d" % (what, shape[1], shape[0], max(SHIFTS), MIN_FRAME_SIDE, MIN_FRAME_SIDE))
+
+
 def _frames(tub, count, input_shape):
-    return np.stack([fit_to_model(f, input_shape) for f in tub_frames(tub, count)])
+    check_frame_size(input_shape, "the pilot's input")
+    frames = tub_frames(tub, count)
+    for frame in frames:
+        check_frame_size(frame.shape, "a frame of %s" % tub)
+    return np.stack([fit_to_model(f, input_shape) for f in frames])
 
 
 def method_masks(model_path, frames, steering, backend="auto", gradients=True, default_method="vbp"):
@@ -390,4 +404,4 @@ def write_outputs(out_dir, report, examples):
     for i, (image, mask, pictures) in enumerate(examples):
         write_png(os.path.join(out_dir, "example_%d.png" % i), example_png(image, mask, pictures))
     write_png(os.path.join(out_dir, "curves.png"), curves_png(report))
-    atomic_write(os.path.join(out_dir, "evaluate.json"), (json.dumps(report, indent=1) + "\n").encode("utf-8"))
+    atomic_write(os.path.join(out_dir, "evaluate.json"), json_bytes(report))  # an undefined figure: null

@@ -30,7 +30,7 @@ from .images import read_rgb, write_png
 from .keys import CAMERA_KEY, LAG_KEY, OVERLAY_KEY
 from .opencv import import_cv2
 from .overlay import check_style, colorize, mask_to_uint8, overlay, side_by_side, stretch, to_rgb
-from .pilots import KERAS_SUFFIXES
+from .pilots import check_pilot_file, KERAS_SUFFIXES
 from .tub import open_tub, require_field
 
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
@@ -163,6 +163,7 @@ class PilotPredictor(object):
 
     @classmethod
     def for_model(cls, model_path):
+        check_pilot_file(model_path)  # before TensorFlow (Lite) sees it: ModelError for a damaged file
         path = str(model_path).lower().rstrip("/")
         if path.endswith(KERAS_SUFFIXES):
             return cls(KerasPilotPredictor(model_path))

@@ -9,7 +9,7 @@ import numpy as np
 from .console import quiet_stdout
 from .errors import ModelError, first_line
 from .methods import gradient_relevance
-from .pilots import load_pilot, reference
+from .pilots import check_pilot_file, load_pilot, reference
 
 
 def _decoders(angle_size, categorical):
@@ -35,6 +35,7 @@ class PilotSteering(object):
         self.path = path
         self.batch = batch
         self.tflite = path.lower().endswith(".tflite")
+        check_pilot_file(path)  # TensorFlow Lite's loader does not verify files: a damaged one can crash it
         try:
             input_shapes, output_sizes = self._load(path)
         except (OSError, ValueError, RuntimeError, TypeError) as error:
