@@ -53,6 +53,11 @@ class _SharedPass(object):
         self._listeners = []
         self._tflite = False
 
+    @property
+    def graph(self):
+        """The whole-pilot graph it runs (None before ``load``)."""
+        return self.saliency.graph if self.saliency is not None else None
+
     # --- donkeycar's Interpreter interface ---------------------------------------------------------
     def load(self, model_path):
         """Read the pilot (.h5/.keras/.tflite; no TensorFlow) and build (or take from the cache) its graph."""
