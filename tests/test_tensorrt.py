@@ -648,8 +648,8 @@ def test_a_savedmodel_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_p
 # What runs on a Jetson Nano's Python 3.6 with TensorRT 8.0/8.2: the backend, its builder and
 # version shims, the engine cache and the selftest's tools.
 TRT_PATH_FILES = ["backends/__init__.py", "backends/base.py", "backends/onnxruntime.py", "backends/tensorrt.py",
-                  "backends/trt_api.py", "backends/trt_engine.py", "trt_cache.py", "trt_tools.py", "errors.py",
-                  "pilots/__init__.py", "pilots/keras.py", "pilots/trunk.py"]
+                  "backends/trt_api.py", "backends/trt_engine.py", "backends/trt_fp16.py", "api.py", "trt_cache.py",
+                  "trt_tools.py", "errors.py", "pilots/__init__.py", "pilots/keras.py", "pilots/trunk.py"]
 PY36_CHECK = """
 import importlib, sys
 for name in sys.argv[1:]:
