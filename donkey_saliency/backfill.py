@@ -274,7 +274,7 @@ def _backfill_locked(source, model_path, out_path, batch, backend, image_key, al
             shutil.rmtree(work)
         os.makedirs(work)
         metadata = dict(source.metadata)
-        metadata[MODEL_META_KEY] = os.path.basename(str(model_path or saliency.source or ""))
+        metadata[MODEL_META_KEY] = os.path.basename(str(model_path or getattr(saliency, "source", None) or ""))
         metadata[BACKFILLED_FROM_META_KEY] = source.path
         writer = TubV2Writer(work, source.inputs + RECORD_KEYS, source.types + RECORD_TYPES, metadata,
                              source.manifest_metadata, source.max_len)
