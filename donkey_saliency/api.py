@@ -17,8 +17,6 @@ from .methods import DEFAULT_METHOD, MethodMasks
 
 logger = logging.getLogger(__name__)
 
-FALLBACK_BACKEND = "onnxruntime"
-
 
 class Saliency(object):
     """A pilot's saliency graph running on one backend.
@@ -129,20 +127,20 @@ class Saliency(object):
                 raise
             failed = self.backend
             logger.warning("saliency backend %s failed while running (%s); running the same graph on %s from now on",
-                           failed.name, first_line(error, None), FALLBACK_BACKEND)
+                           failed.name, first_line(error, None), backends.FALLBACK)
         self.backend = None
         try:
             failed.close()
         except Exception as error:  # a broken engine must not keep its replacement from starting
             logger.warning("saliency: closing the failed backend %s: %s", failed.name, first_line(error, None))
-        self.backend = backends.backend_class(FALLBACK_BACKEND)(self.graph, **self.backend_options).activate()
+        self.backend = backends.backend_class(backends.FALLBACK)(self.graph, **self.backend_options).activate()
         return self.backend.infer(batch, extra) if extra else self.backend.infer(batch)
 
     def _falls_back_from(self, backend):
         """Only a registered backend other than ONNX Runtime is replaced (a wrapper that injects faults
         in a test has no registered name, and ONNX Runtime has nothing to fall back to)."""
         name = getattr(backend, "name", None)
-        return self.fallback and name in backends.names() and name not in ("auto", FALLBACK_BACKEND)
+        return self.fallback and name in backends.names() and name not in ("auto", backends.FALLBACK)
 
     # --- reading the outputs ---------------------------------------------------------------------
     def mask_of(self, outputs):
