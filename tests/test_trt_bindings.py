@@ -89,13 +89,21 @@ sys.path.insert(0, sys.argv[1])
 import tensorrt_bindings as trt
 from donkey_saliency.backends import trt_api, trt_engine
 
-def has(dotted):
+MISSING = object()
+
+def resolve(dotted):
     value = trt
     for part in dotted.split("."):
-        if not hasattr(value, part):
-            return False
-        value = getattr(value, part)
-    return True
+        value = getattr(value, part, MISSING)
+        if value is MISSING:
+            break
+    return value
+
+def has(dotted):
+    return resolve(dotted) is not MISSING
+
+def bit(dotted):
+    return None if resolve(dotted) is MISSING else int(resolve(dotted))
 
 names = json.loads(sys.argv[2])
 route = trt_engine.fp16_route(trt.BuilderFlag, trt.ILayer)
@@ -106,8 +114,8 @@ print(json.dumps(dict(
     route="weak" if route == trt_engine.WEAK else "strong",
     attempts=trt_engine.constraint_attempts(trt.BuilderFlag, "fp16", route),
     flags=trt_engine.network_flags(trt.NetworkDefinitionCreationFlag, trt.Builder, route == trt_engine.STRONG),
-    explicit_bit=int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if has("NetworkDefinitionCreationFlag.EXPLICIT_BATCH") else None,
-    strong_bit=int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if has("NetworkDefinitionCreationFlag.STRONGLY_TYPED") else None,
+    explicit_bit=bit("NetworkDefinitionCreationFlag.EXPLICIT_BATCH"),
+    strong_bit=bit("NetworkDefinitionCreationFlag.STRONGLY_TYPED"),
     tensor_api=trt_api.uses_tensor_api(trt.ICudaEngine, trt.IExecutionContext),
     uint8=trt_api.supports_uint8_input(trt),
     dtypes={name: str(trt_api.numpy_dtype(getattr(trt.DataType, name)))
@@ -149,7 +157,8 @@ def _make_stand_ins(module, directory):
     source = os.path.join(directory, "stand_in.c")
     with open(source, "w") as handle:
         for index, name in enumerate(missing):
-            handle.write('void *stub_%d(void) __asm__("%s");\nvoid *stub_%d(void) { return 0; }\n' % (index, name, index))
+            handle.write('void *stub_%d(void) __asm__("%s");\n' % (index, name))
+            handle.write('void *stub_%d(void) { return 0; }\n' % index)
     for soname in needed:
         target = os.path.join(directory, soname)
         if not os.path.exists(target):

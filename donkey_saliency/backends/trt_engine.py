@@ -6,8 +6,9 @@ the bindings have (:func:`fp16_route`): weakly typed networks (8.x, 10) get the 
 layers pinned to fp32 (OBEY_PRECISION_CONSTRAINTS from 8.2 and, if a pinned layer has no fp32
 kernel, one retry with PREFER_PRECISION_CONSTRAINTS; STRICT_TYPES on 8.0 and 8.1); TensorRT with
 only strongly typed networks (11) builds the graph's fp16 variant (``trt_fp16.fp16_variant``) as a
-strongly typed network. TF32 is off in every build. The decisions are pure functions over what they are given (a ``BuilderFlag``
-namespace, a config, a parsed network), so they are tested without TensorRT.
+strongly typed network. TF32 is off in every build. The decisions are pure functions over what
+they are given (a ``BuilderFlag`` namespace, a config, a parsed network), so they are tested
+without TensorRT; ``tests/test_trt_bindings.py`` checks the names against the real bindings.
 
 The loader half (:class:`EngineLoader`): cache first (``trt_cache``: keyed by graph, TensorRT
 version, GPU, precision, shape), else build and store. TensorRT objects made here are dropped
@@ -57,6 +58,7 @@ def network_flags(creation_flag, builder, strongly_typed):
             raise BackendUnavailable("this TensorRT has neither a weakly typed fp16 build nor strongly typed networks")
         flags |= 1 << int(creation_flag.STRONGLY_TYPED)
     return flags
+
 
 def effective_precision(requested, has_fast_fp16):
     """(precision actually built, reason)."""
