@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import real_frames
+from conftest import real_frames, wait_for
 import donkey_saliency
 from donkey_saliency import cli
 from donkey_saliency.api import Saliency
@@ -233,3 +233,24 @@ def test_shared_pilot_records_no_mask_for_a_nan_mask(linear_pilot_path, tmp_path
     assert all(not np.asarray(record[MASK_KEY]).any() for record in records)
     assert part.stats()["errors"] >= 1
     assert any("NaN" in w for w in _warnings(caplog))
+
+
+def test_the_part_runs_on_onnxruntime_after_its_engine_fails(tiny_pilot_path, monkeypatch, caplog):
+    """The part holds an api.Saliency too: its worker's engine fails on the first frame, the frame is
+    run again on ONNX Runtime, and /saliency/stats names the backend that really runs."""
+    _engine_that_fails_on_frames(monkeypatch)
+    part = donkey_saliency.SaliencyPart(tiny_pilot_path, backend="tensorrt")
+    worker = threading.Thread(target=part.update, daemon=True)
+    worker.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            for frame in real_frames(3):
+                part.run_threaded(frame)
+                assert wait_for(lambda: not part.busy)
+        stats = part.stats()
+        assert stats["processed"] == 3 and stats["errors"] == 0
+        assert stats["backend"].startswith("onnxruntime")
+        assert len([w for w in _warnings(caplog) if "failed while running" in w]) == 1
+    finally:
+        part.shutdown()
+        worker.join(10)
