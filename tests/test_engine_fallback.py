@@ -181,7 +181,6 @@ def _records(tub_path):
     return records
 
 
-@pytest.mark.slow
 def test_shared_pilot_keeps_driving_when_its_engine_fails(linear_pilot_path, tmp_path, monkeypatch, caplog):
     """The engine fails on the first frame: one warning, the same graph on ONNX Runtime gives the pilot
     its outputs (equal to donkeycar's own interpreter's), every loop runs, every record has its mask."""
@@ -205,7 +204,6 @@ def test_shared_pilot_keeps_driving_when_its_engine_fails(linear_pilot_path, tmp
     assert len(warnings) == 1 and "failed while running" in warnings[0]
 
 
-@pytest.mark.slow
 def test_shared_pilot_stops_the_car_when_onnxruntime_fails_too(linear_pilot_path, tmp_path, monkeypatch):
     """What the README says happens when even the fallback fails: the pilot raises, and donkeycar's
     Vehicle stops its loop, exactly as with a failing stock interpreter (no outputs to drive on)."""
@@ -218,7 +216,6 @@ def test_shared_pilot_stops_the_car_when_onnxruntime_fails_too(linear_pilot_path
     assert camera.index == 1  # the loop ended at the first frame's pilot, before the TubWriter
 
 
-@pytest.mark.slow
 def test_shared_pilot_records_no_mask_for_a_nan_mask(linear_pilot_path, tmp_path, caplog):
     """A NaN mask from the pilot's pass is counted and recorded as no mask (lag NO_MASK_LAG_MS, zero
     mask), never as an all-zero mask with lag 0."""
