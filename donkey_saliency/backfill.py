@@ -268,13 +268,13 @@ def _backfill_locked(source, model_path, out_path, batch, backend, image_key, al
     writer = None
     try:
         if own:
-            saliency.__enter__()
+            saliency.activate()
         if os.path.lexists(work):
             logger.info("removing %s, left by an interrupted backfill", work)
             shutil.rmtree(work)
         os.makedirs(work)
         metadata = dict(source.metadata)
-        metadata[MODEL_META_KEY] = os.path.basename(str(model_path or getattr(saliency.graph, "source", "")))
+        metadata[MODEL_META_KEY] = os.path.basename(str(model_path or getattr(saliency, "source", None) or ""))
         metadata[BACKFILLED_FROM_META_KEY] = source.path
         writer = TubV2Writer(work, source.inputs + RECORD_KEYS, source.types + RECORD_TYPES, metadata,
                              source.manifest_metadata, source.max_len)

@@ -17,13 +17,12 @@ import time
 
 import numpy as np
 
-from . import backends
+from .api import Saliency
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .demo import ReplayCamera
 from .console import quiet_stdout, table_lines
 from .errors import InputError, ModelError, first_line
 from .frames import prepare_frame
-from .graph import graph_for
 from .images import read_rgb
 from .keys import CAMERA_KEY, OUTPUTS
 from .overlay import overlay
@@ -83,19 +82,19 @@ def load_frames(count, input_shape, tub=None, seed=0):
 
 
 # --- our pipeline ---------------------------------------------------------------------------------
-def time_ours(graph, backend, frames, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP):
-    """Per-frame ms of each stage, and the masks (to check (b) against)."""
+def time_ours(saliency, frames, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP):
+    """Per-frame ms of each stage on an active ``api.Saliency``, and the masks (to check (b) against)."""
     for index in range(WARMUP_OURS):
         frame = frames[index % len(frames)]
-        overlay(frame, backend.infer(prepare_frame(frame, graph.input_shape)[None])[graph.mask_name][0],
+        overlay(frame, saliency.mask_of(saliency.infer_frame(prepare_frame(frame, saliency.input_shape))),
                 alpha, colormap)
     stages = dict(preprocess=[], infer=[], overlay=[], mask=[], total=[])
     masks = []
     for frame in frames:
         t0 = time.perf_counter()
-        x = prepare_frame(frame, graph.input_shape)
+        x = prepare_frame(frame, saliency.input_shape)
         t1 = time.perf_counter()
-        mask = backend.infer(x[None])[graph.mask_name][0]
+        mask = saliency.mask_of(saliency.infer_frame(x))
         t2 = time.perf_counter()
         overlay(frame, mask, alpha, colormap)
         t3 = time.perf_counter()
@@ -326,19 +325,16 @@ def run_bench(model_path, frames=100, tub=None, backend="auto", loops=200, hz=20
         import donkeycar  # noqa: F401
     report = dict(model=os.fspath(model_path), cpus=os.cpu_count(), warmup=dict(ours=WARMUP_OURS, tf=WARMUP_TF))
 
-    graph = graph_for(model_path, cache_dir=cache_dir)
-    pictures, source = load_frames(frames, graph.input_shape, tub)
-    model_frames = [prepare_frame(f, graph.input_shape) for f in pictures]
-    report.update(frames=len(pictures), source=source, input_shape=list(graph.input_shape),
-                  frame_shape=list(pictures[0].shape), conv_layers=len(graph.layer_names))
+    saliency = Saliency.open(model_path, backend, cache_dir=cache_dir)
+    pictures, source = load_frames(frames, saliency.input_shape, tub)
+    model_frames = [prepare_frame(f, saliency.input_shape) for f in pictures]
+    report.update(frames=len(pictures), source=source, input_shape=list(saliency.input_shape),
+                  frame_shape=list(pictures[0].shape), conv_layers=len(saliency.layer_names))
 
     say("timing our pipeline on %d frames" % len(pictures))
-    runner = backends.activate_with_fallback(graph, backend)
-    try:
-        report["backend"] = runner.describe()
-        stages, our_masks = time_ours(graph, runner, pictures)
-    finally:
-        runner.close()
+    with saliency:
+        report["backend"] = saliency.describe()
+        stages, our_masks = time_ours(saliency, pictures)
     report["ours"] = {name: summarize(values) for name, values in stages.items()}
     report["memory"] = dict(peak_rss_mb_after_ours=_peak_rss_mb(),
                             tensorflow_loaded_then="tensorflow" in sys.modules)

@@ -373,7 +373,7 @@ def cmd_review(args):
         if args.model:
             if not os.path.exists(args.model):
                 raise ModelError("model file not found: %s" % args.model)
-            review.saliency = load(args.model, backend=args.backend).__enter__()
+            review.saliency = load(args.model, backend=args.backend).activate()
             if not review.has_pilot_keys:
                 from .review import PilotPredictor
 

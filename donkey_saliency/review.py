@@ -70,9 +70,7 @@ def _check_output(path, force, suffixes):
 
 
 def _open_saliency(model, backend, features=False, method="vbp"):
-    saliency = load(model, backend=backend, features=features, method=method)
-    saliency.__enter__()
-    return saliency
+    return load(model, backend=backend, features=features, method=method).activate()
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,17 +443,17 @@ def layer_grid(saliency, rgb, colormap=DEFAULT_COLORMAP, width=GRID_WIDTH):
     """The labelled grid (uint8 RGB) for one frame, from a Saliency opened with ``features=True``.
     Returns LayerGrid(image, [(name, (h, w, C))], {name: [indexes of flat maps]})."""
     outputs = saliency.infer([rgb])
-    names = saliency.graph.layer_names
+    names = saliency.layer_names
     if "features_0" not in outputs:
         raise ModelError("the saliency graph has no feature outputs; export it with --features, or pass the pilot file")
-    frame = fit_to_model(rgb, saliency.graph.input_shape)
-    mask = outputs[saliency.graph.mask_name][0]
+    frame = fit_to_model(rgb, saliency.input_shape)
+    mask = saliency.mask_of(outputs)[0]
     big = max(1, int(round(2 * TILE_TARGET_HEIGHT * 2 / float(frame.shape[0]))))
     summary = [(_scaled(to_rgb(frame), big), "input %dx%d" % frame.shape[:2], WHITE),
                (_scaled(colorize(mask, colormap), big), "mask", WHITE),
                (_scaled(overlay(frame, mask, DEFAULT_ALPHA, colormap), big), "overlay", WHITE)]
     blocks = [_grid_section("%s: input, VisualBackProp mask, overlay" % os.path.basename(
-        str(saliency.graph.source)) if saliency.graph.source else "input, mask, overlay", summary, width)]
+        str(saliency.source)) if saliency.source else "input, mask, overlay", summary, width)]
     layers, flat = [], {}
     for i, name in enumerate(names):
         features = outputs["features_%d" % i][0]  # (C, h, w)
@@ -502,7 +500,7 @@ dead        filter indexes that never fired; rare: fired on fewer than ``rare`` 
 
 def filter_activity(saliency, frames_iter, threshold=0.0, rare=0.01):
     """[FilterLayer] over batches of frames (an iterable of lists/arrays of RGB frames)."""
-    names = saliency.graph.layer_names
+    names = saliency.layer_names
     fired = None
     peaks_sum = None
     count = 0

@@ -254,8 +254,7 @@ class Review(object):
     def _result(self, index, frame):
         if index not in self._results:
             outputs = self.saliency.infer([frame])
-            graph = self.saliency.graph
-            self._results[index] = (outputs[graph.mask_name][0], [outputs[n][0] for n in graph.mean_names])
+            self._results[index] = (self.saliency.mask_of(outputs)[0], [m[0] for m in self.saliency.means_of(outputs)])
             while len(self._results) > CACHE_PICTURES // 4:
                 self._results.popitem(last=False)
         return self._results[index]
