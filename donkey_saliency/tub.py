@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image_array", "gray16_array", "image")
 CATALOG_MAX_LEN = 1000  # donkeycar's default records per catalog file
+MANIFEST_READS = 20  # reads of a manifest that does not parse before it counts as broken (a torn read is retried)
+MANIFEST_RETRY_S = 0.005
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,20 +175,35 @@ def _read_v2(path):
 def read_v2_manifest(path):
     """A v2 tub's manifest.json as its five parts (inputs, types, metadata, manifest metadata,
     catalog metadata with ``paths``, ``max_len``, ``deleted_indexes``), or InputError."""
-    try:
-        with open(os.path.join(path, "manifest.json"), "r") as handle:
-            lines = [line for line in handle.read().split("\n") if line.strip()]
-        inputs, types, metadata, manifest_metadata, catalogs = [json.loads(line) for line in lines[:5]]
-        catalogs["paths"] = [str(name) for name in catalogs["paths"]]
-        catalogs["deleted_indexes"] = [int(i) for i in catalogs.get("deleted_indexes", [])]
-        catalogs["max_len"] = int(catalogs.get("max_len", CATALOG_MAX_LEN))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise InputError("%s: manifest.json is not a donkeycar tub manifest" % path)
+    for attempt in range(MANIFEST_READS):
+        try:
+            inputs, types, metadata, manifest_metadata, catalogs = _parse_manifest(_manifest_text(path))
+            break
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # donkeycar's writer rewrites the manifest's last line in place (truncate, then write)
+            # on every record: a read in between sees it torn; the next one sees it whole.
+            if attempt + 1 == MANIFEST_READS:
+                raise InputError("%s: manifest.json is not a donkeycar tub manifest" % path)
+            time.sleep(MANIFEST_RETRY_S)
     if catalogs["max_len"] < 1:
         raise InputError("%s: manifest.json's max_len is %d; records per catalog must be at least 1"
                          % (path, catalogs["max_len"]))
     if len(inputs) != len(types):
         raise InputError("%s: manifest.json lists %d inputs but %d types" % (path, len(inputs), len(types)))
+    return inputs, types, metadata, manifest_metadata, catalogs
+
+
+def _manifest_text(path):
+    with open(os.path.join(path, "manifest.json"), "r") as handle:
+        return handle.read()
+
+
+def _parse_manifest(text):
+    lines = [line for line in text.split("\n") if line.strip()]
+    inputs, types, metadata, manifest_metadata, catalogs = [json.loads(line) for line in lines[:5]]
+    catalogs["paths"] = [str(name) for name in catalogs["paths"]]
+    catalogs["deleted_indexes"] = [int(i) for i in catalogs.get("deleted_indexes", [])]
+    catalogs["max_len"] = int(catalogs.get("max_len", CATALOG_MAX_LEN))
     return inputs, types, metadata, manifest_metadata, catalogs
 
 
