@@ -33,9 +33,14 @@ def read_mjpeg_part(stream):
 class ServerThread(object):
     """Serves a ``LocalWebController`` from its own IOLoop thread on one address only - what
     ``ctr.update()`` does on all interfaces. For demos, tests and benchmarks on 127.0.0.1; port 0
-    picks a free port (``.port`` once started). Sets ``ctr.loop`` as ``update()`` does."""
+    picks a free port (``.port`` once started). Sets ``ctr.loop`` as ``update()`` does. The server
+    has the time limits ``attach_web`` gives the car's (``requests_guard.SERVER_LIMITS``) unless
+    ``server_options`` says otherwise."""
 
-    def __init__(self, ctr, address="127.0.0.1", port=0):
+    def __init__(self, ctr, address="127.0.0.1", port=0, server_options=None):
+        from .requests_guard import SERVER_LIMITS
+
+        self.server_options = dict(SERVER_LIMITS if server_options is None else server_options)
         self.ctr = ctr
         self.address = address
         self.port = port
@@ -64,7 +69,7 @@ class ServerThread(object):
         try:
             sockets = bind_sockets(self.port, address=self.address)
             self.port = sockets[0].getsockname()[1]
-            self._server = HTTPServer(self.ctr)
+            self._server = HTTPServer(self.ctr, **self.server_options)
             self._server.add_sockets(sockets)
             self.loop = self.ctr.loop = IOLoop.current()
         except Exception as error:
