@@ -484,19 +484,12 @@ def limited_server(app, limit):
     from tornado.httpserver import HTTPServer
 
     class LimitedServer(HTTPServer):
-        open_connections = 0
-
         def handle_stream(self, stream, address):
-            if self.open_connections >= limit:
+            if len(self._connections) >= limit:  # HTTPServer's own set of open connections
                 REFUSALS.refused("connections", "a connection: %d open already" % limit)
                 stream.close()
                 return
-            self.open_connections += 1
-            stream.set_close_callback(self._closed)
             super(LimitedServer, self).handle_stream(stream, address)
-
-        def _closed(self):
-            self.open_connections -= 1
 
     return LimitedServer(app, max_body_size=64 * 1024, **SERVER_LIMITS)
 
