@@ -249,11 +249,12 @@ class PilotOnCameraFrames(object):
 class ReviewClient(threading.Thread):
     """The review page on the car, scrubbing the tub being written: meta and timeline every
     ``poll_s`` (the page: every 5 s), and between polls a record and its camera and overlay frames
-    at a random index, as fast as they come (the page fetches the newest index while scrubbing)."""
+    at a random index ``hz`` times a second (playing or dragging: the page shows the newest index)."""
 
-    def __init__(self, port, stop, poll_s=1.0, seed=0):
+    def __init__(self, port, stop, hz, poll_s=1.0, seed=0):
         super().__init__(daemon=True)
         self.port, self.stop, self.poll_s, self.rng = port, stop, poll_s, random.Random(seed)
+        self.period = 1.0 / hz
         self.requests = self.failed = 0
         self.statuses = set()
         self.count = 0
@@ -292,10 +293,12 @@ class ReviewClient(threading.Thread):
             if not self.count:
                 time.sleep(0.05)
                 continue
+            started = time.monotonic()
             index = self.rng.randrange(self.count)
             self.get("/record/%d" % index)
             self.get("/frame/%d/camera.jpg" % index)
             self.get("/frame/%d/overlay.jpg" % index)  # 404 where the part had no overlay yet
+            self.stop.wait(max(0.0, self.period - (time.monotonic() - started)))
 
 
 def hostile_requests(port):
@@ -327,7 +330,8 @@ def main(argv=None):
     parser.add_argument("--model", default=DEMO_PILOT)
     parser.add_argument("--share-pilot", action="store_true",
                         help="the pilot drives and its pass gives the masks (SALIENCY_SHARE_PILOT)")
-    parser.add_argument("--no-review", action="store_true", help="without the review-page client")
+    parser.add_argument("--review-hz", type=float, default=20.0,
+                        help="records the review client scrubs through per second (0: no review client)")
     args = parser.parse_args(argv)
     import logging
 
@@ -366,7 +370,7 @@ def main(argv=None):
     stop = threading.Event()
     viewers = [Viewer(server.port, "/saliency/video" if i % 2 == 0 else "/saliency/camera", stop, i)
                for i in range(args.viewers)]
-    review_client = None if args.no_review else ReviewClient(server.port, stop)
+    review_client = ReviewClient(server.port, stop, args.review_hz) if args.review_hz > 0 else None
     snapshots = {}
     rss_series = []
     hostile = []
