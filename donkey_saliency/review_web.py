@@ -17,7 +17,10 @@ Routes (``PREFIX`` = /saliency/review):
     GET  PREFIX/frame/<i>/<view>.jpg   view: camera | overlay | mask | layer<k>
     POST PREFIX/deleted                body {"index": i, "deleted": bool}; --writable only, same Origin
 
-Nothing from a request reaches the filesystem: indices are digits, bounds-checked against the
+Every route answers only a Host that is this machine (``requests_guard.AllowedHosts``); the delete
+is refused with 409 while the tub is being recorded (``tub_index.live_writer``). Nothing that reads
+the tub runs on the IOLoop: each request's work runs on its source's one thread (``CarReview``,
+``FixedReview``). Nothing from a request reaches the filesystem: indices are digits, bounds-checked against the
 index; file names come from the tub's own records and must lie inside the tub. The page loads the
 timeline once as compact arrays (6 bytes a record); frames are JPEGs fetched by index; the server
 keeps ~40 bytes a record (``tub_index.TubIndex``) and a bounded LRU of computed pictures.
