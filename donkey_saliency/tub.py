@@ -174,7 +174,8 @@ def _read_v2(path):
 
 def read_v2_manifest(path):
     """A v2 tub's manifest.json as its five parts (inputs, types, metadata, manifest metadata,
-    catalog metadata with ``paths``, ``max_len``, ``deleted_indexes``), or InputError."""
+    catalog metadata with ``paths``, ``max_len``, ``deleted_indexes``), or InputError. A read that
+    does not parse is read again (``MANIFEST_READS`` times): donkeycar's writer may be mid-rewrite."""
     for attempt in range(MANIFEST_READS):
         try:
             inputs, types, metadata, manifest_metadata, catalogs = _parse_manifest(_manifest_text(path))

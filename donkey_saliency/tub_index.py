@@ -1,5 +1,6 @@
 """A tub for the review page: the drive as compact arrays (``TubIndex``), read with tub.py's readers
-record by record, never holding the records; and donkeycar's delete marks (``set_deleted``)."""
+record by record, never holding the records; and donkeycar's delete marks (``set_deleted``), never
+written beside a live writer (``live_writer``)."""
 import array
 import json
 import os
@@ -154,7 +155,8 @@ def set_deleted(tub_path, indexes, deleted=True):
     """Mark records deleted (or restore them) as donkeycar's ``Manifest.delete_records`` /
     ``restore_records`` do: their indexes in ``deleted_indexes`` of manifest.json's catalog line.
     The manifest is read again under a lock on the tub directory (two writers never lose each
-    other's marks) and replaced atomically; the other lines are kept byte for byte. v2 tubs only.
+    other's marks) and replaced atomically; the other lines are kept byte for byte. v2 tubs only;
+    TubBeingWritten while a writer holds the tub (``live_writer``).
     Returns the sorted deleted indexes now stored."""
 
     path = os.path.abspath(os.fspath(tub_path))

@@ -13,6 +13,7 @@ share), missed deadlines, the review client's requests.
     .venv/bin/python scripts/soak.py                      # 10,000 loops at 50 Hz, 8 viewers
     .venv/bin/python scripts/soak.py --loops 2000 --hz 20
     .venv/bin/python scripts/soak.py --share-pilot
+    .venv/bin/python scripts/soak.py --loops 2000 --review-records 200000   # the review of a long drive
 
 Figures (this machine) are in README.md. Loopback only; the tub goes to a temp dir, removed after.
 """
@@ -39,7 +40,7 @@ from donkey_saliency.review_web import tub_being_written  # noqa: E402
 from donkey_saliency.pilots import DEMO_PILOT  # noqa: E402
 from donkey_saliency.track import track_frames  # noqa: E402
 from donkey_saliency.tub import recording_inputs  # noqa: E402
-from donkey_saliency.testing import ServerThread, read_mjpeg_part  # noqa: E402
+from donkey_saliency.testing import ServerThread, read_mjpeg_part, write_catalog_tub  # noqa: E402
 from donkey_saliency.web import attach_web  # noqa: E402
 
 # (first, last) as fractions of the run, and what goes wrong meanwhile.
@@ -332,6 +333,9 @@ def main(argv=None):
                         help="the pilot drives and its pass gives the masks (SALIENCY_SHARE_PILOT)")
     parser.add_argument("--review-hz", type=float, default=20.0,
                         help="records the review client scrubs through per second (0: no review client)")
+    parser.add_argument("--review-records", type=int, default=0,
+                        help="records already in the tub when the car starts writing it (e.g. 200000: a "
+                             "3-hour drive the car's review indexes while the car drives; written cheaply)")
     args = parser.parse_args(argv)
     import logging
 
@@ -393,6 +397,8 @@ def main(argv=None):
     base_inputs = [CAMERA_KEY, "user/angle", "user/throttle", "user/mode"]
     inputs, types, _ = recording_inputs(os.path.join(workdir, "tub"), base_inputs,
                                         ["image_array", "float", "float", "str"], False)
+    if args.review_records:
+        write_catalog_tub(os.path.join(workdir, "tub"), args.review_records, inputs, types, frames[:4])
     vehicle.profiler = NoProfiler()
     vehicle.add(LoopStart(clock))
     vehicle.add(Camera(frames, schedule), outputs=[CAMERA_KEY, "cam/ok"])

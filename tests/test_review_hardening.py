@@ -22,42 +22,11 @@ from test_review_page import CLI, COUNT, DELETED, Served, camera, donkey_deleted
 from donkey_saliency import requests_guard, tub, tub_index
 from donkey_saliency.errors import InputError
 from donkey_saliency.review_web import Review, application, limited_server
-from donkey_saliency.testing import ServerThread
+from donkey_saliency.testing import ServerThread, write_catalog_tub
 
 BIG = 200000
-CATALOG_LEN = 1000
 INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
 TYPES = ["image_array", "float", "float", "str"]
-
-
-def big_tub(path, count=BIG, images=4):
-    """A v2 tub of ``count`` records written cheaply: catalog lines from one template, pointing at
-    ``images`` JPEGs; a manifest as donkeycar writes it (its TubWriter then carries on from here)."""
-    import cv2
-
-    os.makedirs(os.path.join(path, "images"))
-    for k in range(images):
-        cv2.imwrite(os.path.join(path, "images", "%d.jpg" % k), camera(k))
-    line = ('{"_index": %d, "_session_id": "26-12-05_0", "_timestamp_ms": %d, "cam/image_array": "%d.jpg", '
-            '"user/angle": %.3f, "user/throttle": 0.3, "user/mode": "user"}\n')
-    paths = []
-    for number in range(0, count, CATALOG_LEN):
-        name = "catalog_%d.catalog" % (number // CATALOG_LEN)
-        paths.append(name)
-        last = min(count, number + CATALOG_LEN)
-        lengths = []
-        with open(os.path.join(path, name), "w") as handle:
-            for i in range(number, last):
-                text = line % (i, 1700000000000 + 50 * i, i % images, ((i % 200) - 100) / 100.0)
-                lengths.append(len(text))
-                handle.write(text)
-        with open(os.path.join(path, name + "_manifest"), "w") as handle:
-            handle.write(json.dumps({"path": name, "created_at": 0, "line_lengths": lengths, "start_index": number}))
-            handle.write("\n")
-    catalogs = {"paths": paths, "current_index": count, "max_len": CATALOG_LEN, "deleted_indexes": []}
-    with open(os.path.join(path, "manifest.json"), "w") as handle:
-        handle.write("\n".join(json.dumps(part) for part in (INPUTS, TYPES, {}, {"created_at": 0}, catalogs)) + "\n")
-    return path
 
 
 def get(port, path, host=None, headers=None, method="GET", body=None, timeout=60):
@@ -95,7 +64,7 @@ def test_car_review_of_a_200000_record_tub_never_works_on_the_ioloop(tmp_path, m
     from donkey_saliency.review_web import tub_being_written
     from donkey_saliency.web import attach_web
 
-    path = big_tub(str(tmp_path / "tub"))
+    path = write_catalog_tub(str(tmp_path / "tub"), BIG, INPUTS, TYPES, [camera(k) for k in range(4)])
     parsed_on, started, release = [], threading.Event(), threading.Event()
     real_parse = tub_index.parse_v2_line
 
@@ -436,6 +405,8 @@ def test_review_server_closes_connections_beyond_its_limit(v2_tub):
             self.loop.close(all_fds=True)
 
     server = Limited(None).start()
+    assert server._server.conn_params.header_timeout == requests_guard.IDLE_S  # the slow-client limits too
+    assert server._server.conn_params.body_timeout == requests_guard.BODY_S
     try:
         held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
         extra = socket.create_connection(("127.0.0.1", server.port))
