@@ -632,5 +632,5 @@ def _make_handlers():
                 logger.info("review: record %d marked %s", index, "deleted" if state else "live")
                 self.reply_json({"index": index, "deleted": state})
 
-    return dict(redirect=GuardedRedirect, page=PageHandler, meta=MetaHandler, timeline=TimelineHandler, record=RecordHandler,
-                frame=FrameHandler, deleted=DeletedHandler)
+    return dict(redirect=GuardedRedirect, page=PageHandler, meta=MetaHandler, timeline=TimelineHandler,
+                record=RecordHandler, frame=FrameHandler, deleted=DeletedHandler)

@@ -13,10 +13,10 @@
 
 Requests are hostile until checked. Every route answers only a Host that is this car (403
 otherwise: DNS rebinding; ``requests_guard.AllowedHosts`` with ``SALIENCY_ALLOWED_HOSTS``), and the
-server donkeycar creates gets ``requests_guard.SERVER_LIMITS`` (``limit_slow_connections``). /saliency/drive_view refuses a body over ``MAX_BODY_BYTES``
-before reading it (413; it is parsed by one fixed pattern, never by a JSON parser: ``import
-donkeycar`` raises the recursion limit, and a deep body would crash the car's process) and refuses
-a foreign ``Origin``/``Referer`` (403, see ``requests_guard.same_origin``). The streams take at most ``max_viewers``
+server donkeycar creates gets ``requests_guard.SERVER_LIMITS`` (``limit_slow_connections``).
+/saliency/drive_view refuses a body over ``MAX_BODY_BYTES`` before reading it (413; it is parsed
+by one fixed pattern, never by a JSON parser: ``import donkeycar`` raises the recursion limit, and
+a deep body would crash the car's process) and refuses a foreign ``Origin``/``Referer`` (403, see ``requests_guard.same_origin``). The streams take at most ``max_viewers``
 clients together (503 beyond) and drop a client that has not taken a frame for ``stall_s`` seconds.
 
 Nothing from a request reaches the filesystem: the page is read from a fixed package file when

@@ -9,9 +9,7 @@ import os
 import socket
 import subprocess
 import threading
-import time
 
-import numpy as np
 import pytest
 
 from browser import DevTools, chromium_or_skip
