@@ -165,3 +165,15 @@ class RefusalLog(object):
 
 
 REFUSALS = RefusalLog(logging.getLogger("donkey_saliency.web"))
+
+
+def log_request(handler):
+    """A Tornado ``log_function``: answered requests as Tornado logs them (INFO, tornado.access),
+    refused and failed ones (4xx, 5xx: one WARNING line each in Tornado's own) through ``REFUSALS``."""
+    status = handler.get_status()
+    request = handler.request
+    line = "%d %s %s (%s)" % (status, request.method, request.uri[:200], request.remote_ip)
+    if status < 400:
+        logging.getLogger("tornado.access").info("%s %.2fms", line, 1000.0 * request.request_time())
+    else:
+        REFUSALS.refused("status %d" % status, line)

@@ -37,7 +37,8 @@ from .errors import InputError
 from .images import encode_jpeg, read_rgb
 from .keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
 from .overlay import layer_picture, mask_to_uint8, overlay
-from .requests_guard import REFUSALS, SERVER_LIMITS, AllowedHosts, declared_length, refuse_foreign_host, same_origin
+from .requests_guard import (REFUSALS, SERVER_LIMITS, AllowedHosts, declared_length, log_request, refuse_foreign_host,
+                             same_origin)
 from .tub import require_field
 from .tub_index import MODES, TubBeingWritten, TubIndex, refuse_live_writer, set_deleted
 
@@ -439,7 +440,7 @@ def application(review, allowed_hosts=()):
 
     hosts = allowed_hosts if isinstance(allowed_hosts, AllowedHosts) else AllowedHosts(allowed_hosts)
     return Application([(r"/", _handlers()["redirect"], dict(url=PREFIX, hosts=hosts))]
-                       + routes(FixedReview(review), hosts), compress_response=True)
+                       + routes(FixedReview(review), hosts), compress_response=True, log_function=log_request)
 
 
 def connection_limit():

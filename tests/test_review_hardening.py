@@ -425,6 +425,22 @@ def test_review_server_closes_connections_beyond_its_limit(v2_tub):
         review.close()
 
 
+def test_review_server_logs_refusals_rate_limited(v2_tub, caplog):
+    server = Served(v2_tub)
+    requests_guard.REFUSALS._last.clear()
+    try:
+        with caplog.at_level("INFO"):
+            for i in range(40):
+                assert get(server.port, "/saliency/review/record/%d" % (COUNT + i))[0] == 404
+                assert get(server.port, "/saliency/review/meta", host="evil.example")[0] == 403
+            assert get(server.port, "/saliency/review/meta")[0] == 200
+    finally:
+        server.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3, warnings  # one line each: 404, the foreign Host, its 403
+    assert sum("200 GET /saliency/review/meta" in r.getMessage() for r in caplog.records) == 1
+
+
 # --- 8: a tub opened through a symlink -------------------------------------------------------------------
 def test_a_tub_opened_through_a_symlink_shows_its_images(tmp_path):
     path = write_tub(tmp_path / "real", count=3, deleted=())
