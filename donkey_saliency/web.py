@@ -44,7 +44,8 @@ from .config import DEFAULT_JPEG_QUALITY, DEFAULTS
 from .drive_view import DriveViewToggle
 from .images import encode_jpeg
 from .overlay import layer_picture
-from .requests_guard import SERVER_LIMITS, AllowedHosts, declared_length, refuse_foreign_host, same_origin
+from .requests_guard import (SERVER_LIMITS, AllowedHosts, declared_length, log_request, refuse_foreign_host,
+                             same_origin)
 from .review_web import mount
 from .stats import median
 
@@ -264,6 +265,7 @@ def attach_web(ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False,
     if review_tub is not None:
         mount(ctr, review_tub, web.allowed_hosts)
     limit_slow_connections(ctr)
+    ctr.settings.setdefault("log_function", log_request)  # a flood of refused requests: one line a minute
     return web
 
 
