@@ -429,7 +429,7 @@ def test_review_server_logs_refusals_rate_limited(v2_tub, caplog):
     server = Served(v2_tub)
     requests_guard.REFUSALS._last.clear()
     try:
-        with caplog.at_level("INFO"):
+        with caplog.at_level("INFO"), caplog.at_level("INFO", logger="tornado.access"):
             for i in range(40):
                 assert get(server.port, "/saliency/review/record/%d" % (COUNT + i))[0] == 404
                 assert get(server.port, "/saliency/review/meta", host="evil.example")[0] == 403
