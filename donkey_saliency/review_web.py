@@ -20,8 +20,8 @@ Routes (``PREFIX`` = /saliency/review):
 Every route answers only a Host that is this machine (``requests_guard.AllowedHosts``); the delete
 is refused with 409 while the tub is being recorded (``tub_index.live_writer``). Nothing that reads
 the tub runs on the IOLoop: each request's work runs on its source's one thread (``CarReview``,
-``FixedReview``). Nothing from a request reaches the filesystem: indices are digits, bounds-checked against the
-index; file names come from the tub's own records and must lie inside the tub. The page loads the
+``FixedReview``). Nothing from a request reaches the filesystem: indices are digits, bounds-checked
+against the index; file names come from the tub's own records and must lie inside the tub. The page loads the
 timeline once as compact arrays (6 bytes a record); frames are JPEGs fetched by index; the server
 keeps ~40 bytes a record (``tub_index.TubIndex``) and a bounded LRU of computed pictures.
 """
@@ -436,7 +436,7 @@ def mount(ctr, tub, allowed_hosts):
 def application(review, allowed_hosts=()):
     """The CLI's Tornado application: the review routes, and / sends you to the page; hosts as in
     ``requests_guard.AllowedHosts`` (names beyond loopback and this machine's own)."""
-    from tornado.web import Application, RedirectHandler
+    from tornado.web import Application
 
     hosts = allowed_hosts if isinstance(allowed_hosts, AllowedHosts) else AllowedHosts(allowed_hosts)
     return Application([(r"/", _handlers()["redirect"], dict(url=PREFIX, hosts=hosts))]
@@ -511,34 +511,31 @@ def _make_handlers():
     from tornado.ioloop import IOLoop
     from tornado.web import RedirectHandler, RequestHandler, stream_request_body
 
-    class GuardedRedirect(RedirectHandler):
+    class Guarded(object):
+        """Every route: the Host must be one this machine is reached by (``self.hosts``)."""
+
+        def prepare(self):
+            refuse_foreign_host(self, self.hosts)
+
+    class GuardedRedirect(Guarded, RedirectHandler):
         def initialize(self, url, hosts):
             super(GuardedRedirect, self).initialize(url)
             self.hosts = hosts
 
-        def prepare(self):
-            refuse_foreign_host(self, self.hosts)
-
-    class PageHandler(RequestHandler):
+    class PageHandler(Guarded, RequestHandler):
         def initialize(self, page, hosts):
             self.page = page
             self.hosts = hosts
-
-        def prepare(self):
-            refuse_foreign_host(self, self.hosts)
 
         def get(self):
             self.set_header("Content-Type", "text/html; charset=utf-8")
             self.set_header("Cache-Control", "no-cache")
             self.write(self.page)
 
-    class ReviewHandler(RequestHandler):
+    class ReviewHandler(Guarded, RequestHandler):
         def initialize(self, source, hosts):
             self.source = source
             self.hosts = hosts
-
-        def prepare(self):
-            refuse_foreign_host(self, self.hosts)
 
         async def run(self, method, *args):
             """``method(review, *args)`` on the source's thread (opening the review there too: nothing
