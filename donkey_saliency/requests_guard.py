@@ -88,6 +88,7 @@ class AllowedHosts(object):
     server the browser really connected to, a name the attacker's DNS answers for does not."""
 
     def __init__(self, extra=()):
+        extra = [extra] if isinstance(extra, str) else extra  # one name given without a list
         extra = [str(name).strip().lower().rstrip(".") for name in (extra or ()) if str(name).strip()]
         self.any = "*" in extra
         self.suffixes = tuple(name for name in extra if name.startswith("."))

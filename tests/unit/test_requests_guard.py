@@ -54,6 +54,7 @@ def test_allowed_hosts_are_loopback_this_machine_and_the_allow_list():
     assert hosts.allows("10.1.2.3:8887", local_address="10.1.2.3")
     assert hosts.allows("10.1.2.3", local_address="::ffff:10.1.2.3")  # a dual-stack socket's name for it
     assert AllowedHosts(["*"]).allows("anything.example")
+    assert AllowedHosts("mycar.lan").allows("mycar.lan") and not AllowedHosts("mycar.lan").allows("m")
 
 
 def test_refusals_are_logged_at_most_once_a_period_with_the_count(caplog):
