@@ -360,7 +360,11 @@ def _add_review(sub, shared):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8890, help="port (default 8890; 0 picks a free one)")
     p.add_argument("--writable", action="store_true",
-                   help="let the d key mark records deleted/restored (in manifest.json, as donkeycar does)")
+                   help="let the d key mark records deleted/restored (in manifest.json, as donkeycar does); "
+                        "refused for a tub being recorded")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests sent to this host name (repeatable; localhost, this machine's "
+                        "names and addresses are always answered; '.lan' allows its subdomains)")
 
 
 def cmd_review(args):
@@ -384,7 +388,7 @@ def cmd_review(args):
         def ready(url):
             print("review of %s (%d records): %s" % (review.index.path, len(review.index), url), flush=True)
 
-        serve(review, host=args.host, port=args.port, ready=ready)
+        serve(review, host=args.host, port=args.port, ready=ready, allowed_hosts=args.allow_host)
     finally:
         review.close()
     return 0

@@ -24,6 +24,7 @@ DEFAULTS = dict(
     SALIENCY_MAX_FPS=0,              # 0: as fast as frames arrive
     SALIENCY_WEB=True,               # routes /saliency, /saliency/video, /saliency/stats on the web UI
     SALIENCY_JPEG_QUALITY=DEFAULT_JPEG_QUALITY,
+    SALIENCY_ALLOWED_HOSTS=(),       # names the car is reached by beyond its own (requests_guard.AllowedHosts)
     SALIENCY_MAX_VIEWERS=16,         # /saliency/video + /saliency/camera clients at once (more get 503)
     SALIENCY_DRIVE_VIEW=False,       # start with the overlay in /drive's video
     SALIENCY_TOGGLE_BUTTON="w5",     # web button that toggles it (w1..w5), None for none

@@ -33,6 +33,8 @@ CATALOG_MAX_LEN = 1000  # donkeycar's default records per catalog file
 # hundred bytes, a manifest grows by ~7 bytes per deleted record.
 MAX_RECORD_BYTES = 1 << 20
 MAX_MANIFEST_BYTES = 64 << 20
+MANIFEST_READS = 20  # reads of a manifest that does not parse before it counts as broken (a torn read is retried)
+MANIFEST_RETRY_S = 0.005
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,21 +179,37 @@ def _read_v2(path):
 
 def read_v2_manifest(path):
     """A v2 tub's manifest.json as its five parts (inputs, types, metadata, manifest metadata,
-    catalog metadata with ``paths``, ``max_len``, ``deleted_indexes``), or InputError."""
-    text = read_limited(os.path.join(path, "manifest.json"), MAX_MANIFEST_BYTES, "a tub's manifest.json")
-    try:
-        lines = [line for line in text.decode("utf-8").split("\n") if line.strip()]
-        inputs, types, metadata, manifest_metadata, catalogs = [json.loads(line) for line in lines[:5]]
-        catalogs["paths"] = [str(name) for name in catalogs["paths"]]
-        catalogs["deleted_indexes"] = [int(i) for i in catalogs.get("deleted_indexes", [])]
-        catalogs["max_len"] = int(catalogs.get("max_len", CATALOG_MAX_LEN))
-    except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError is a ValueError
-        raise InputError("%s: manifest.json is not a donkeycar tub manifest" % path)
+    catalog metadata with ``paths``, ``max_len``, ``deleted_indexes``), or InputError. A read that
+    does not parse is read again (``MANIFEST_READS`` times): donkeycar's writer may be mid-rewrite."""
+    for attempt in range(MANIFEST_READS):
+        try:
+            inputs, types, metadata, manifest_metadata, catalogs = _parse_manifest(_manifest_text(path))
+            break
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # donkeycar's writer rewrites the manifest's last line in place (truncate, then write)
+            # on every record: a read in between sees it torn; the next one sees it whole.
+            if attempt + 1 == MANIFEST_READS:
+                raise InputError("%s: manifest.json is not a donkeycar tub manifest" % path)
+            time.sleep(MANIFEST_RETRY_S)
     if catalogs["max_len"] < 1:
         raise InputError("%s: manifest.json's max_len is %d; records per catalog must be at least 1"
                          % (path, catalogs["max_len"]))
     if len(inputs) != len(types):
         raise InputError("%s: manifest.json lists %d inputs but %d types" % (path, len(inputs), len(types)))
+    return inputs, types, metadata, manifest_metadata, catalogs
+
+
+def _manifest_text(path):
+    return read_limited(os.path.join(path, "manifest.json"), MAX_MANIFEST_BYTES,
+                        "a tub's manifest.json").decode("utf-8")
+
+
+def _parse_manifest(text):
+    lines = [line for line in text.split("\n") if line.strip()]
+    inputs, types, metadata, manifest_metadata, catalogs = [json.loads(line) for line in lines[:5]]
+    catalogs["paths"] = [str(name) for name in catalogs["paths"]]
+    catalogs["deleted_indexes"] = [int(i) for i in catalogs.get("deleted_indexes", [])]
+    catalogs["max_len"] = int(catalogs.get("max_len", CATALOG_MAX_LEN))
     return inputs, types, metadata, manifest_metadata, catalogs
 
 

@@ -79,7 +79,7 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     if web_controller is not None:
         web = attach_web(web_controller, part, jpeg_quality=s["SALIENCY_JPEG_QUALITY"],
                          drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"],
-                         max_viewers=s["SALIENCY_MAX_VIEWERS"],
+                         max_viewers=s["SALIENCY_MAX_VIEWERS"], allowed_hosts=s["SALIENCY_ALLOWED_HOSTS"],
                          review_tub=lambda: tub_being_written(V))  # the TubWriter is added after us
         add_drive_view(V, web_controller, web.drive_view)
 

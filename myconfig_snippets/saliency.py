@@ -22,6 +22,8 @@ SALIENCY_COLORMAP = "jet"         # jet | inferno | magma | viridis | turbo | ho
 SALIENCY_MAX_FPS = 0              # cap the mask rate (0: every frame the loop gives, newest first)
 SALIENCY_WEB = True               # /saliency page, /saliency/video and /saliency/stats on the web UI
 SALIENCY_JPEG_QUALITY = 80        # quality of the streamed overlay (encoded once per frame)
+SALIENCY_ALLOWED_HOSTS = ()       # names the web UI answers beyond localhost and the car's own (e.g.
+                                  # ["mycar.lan"]; ".lan" also allows subdomains; ["*"] turns the check off)
 SALIENCY_MAX_VIEWERS = 16         # stream viewers at once, all saliency streams together (more get 503)
 SALIENCY_DRIVE_VIEW = False       # start with the overlay instead of the camera in /drive
 SALIENCY_TOGGLE_BUTTON = "w5"     # web button (w1..w5) that toggles the /drive view; None: no button
