@@ -10,7 +10,8 @@ arrays (no files, no pilots), NumPy only and valid Python 3.6, so the car's live
   drive's mean image: it removes what differs from frame to frame and adds no edge or colour the
   pilot never saw; donkeycar's own CROP writes black, which a pilot trained without it never met).
 - ``mean_interval``: the mean of per-frame values with a bootstrap interval over frames;
-  ``paired_ratio_interval`` the same for a ratio of two per-frame series resampled together.
+  ``paired_shift_equivalent``: a steering change as "an N px shift of the whole frame", with the
+  change and the shift curve resampled on the same frames.
 - ``recommend``: the advice and its evidence from the dependence curve (see its docstring).
 """
 import numpy as np
@@ -77,15 +78,31 @@ def mean_interval(values, indexes, level=INTERVAL):
     return float(values.mean()), _tails(values[indexes].mean(axis=1), level)
 
 
-def paired_ratio_interval(numerator, denominator, indexes, level=INTERVAL):
-    """(ratio of means, [low, high]) with both series resampled on the same frames."""
-    numerator = np.asarray(numerator, np.float64)
-    denominator = np.asarray(denominator, np.float64)
-    den = denominator[indexes].mean(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.where(den > 0, numerator[indexes].mean(axis=1) / den, np.nan)
-    whole = denominator.mean()
-    return (float(numerator.mean() / whole) if whole > 0 else float("nan")), _tails(ratios, level)
+def shift_equivalent(change, shift_px, shift_change):
+    """The whole-frame shift (px) that moves the steering as much as ``change``, read off the mean
+    |change| per shift curve (``shift_px`` ascending; made non-decreasing, through 0 at 0 px); past
+    its last point, in proportion. None when the pilot does not react to shifts at all."""
+    px = np.concatenate([[0.0], np.asarray(shift_px, np.float64)])
+    curve = np.maximum.accumulate(np.concatenate([[0.0], np.asarray(shift_change, np.float64)]))
+    if curve[-1] <= 0:
+        return None
+    if change >= curve[-1]:
+        return float(px[-1] * change / curve[-1])
+    return float(np.interp(change, curve, px))
+
+
+def paired_shift_equivalent(changes, shift_changes, shift_px, indexes, level=INTERVAL):
+    """(px, [low, high]): ``shift_equivalent`` of the mean of per-frame ``changes`` (N,) against the
+    mean shift curve of ``shift_changes`` (N, len(shift_px)), and its interval with both resampled
+    on the same frames. None (and [None, None]) when the pilot does not react to shifts."""
+    changes = np.asarray(changes, np.float64)
+    shift_changes = np.asarray(shift_changes, np.float64)
+    value = shift_equivalent(changes.mean(), shift_px, shift_changes.mean(axis=0))
+    if value is None:
+        return None, [None, None]
+    draws = [shift_equivalent(c, shift_px, curve) for c, curve in
+             zip(changes[indexes].mean(axis=1), shift_changes[indexes].mean(axis=1))]
+    return value, _tails([np.nan if d is None else d for d in draws], level)
 
 
 def top_area_regions(masks, area=TOP_AREA):
@@ -114,31 +131,31 @@ def largest(values, count):
     return [int(i) for i in np.argsort(-values, kind="stable")[:count]]
 
 
-def recommend(height, shares, dependence, reaction, px_per_steering):
+def recommend(height, shares, dependence, shift_px, shift_change):
     """The advice from the crop dependence curve.
 
     ``shares``: {k: share of attention above row k}; ``dependence``: {k: (mean |change of
-    steering| when rows 0..k-1 are filled, [low, high])}; ``reaction``: the mean |change| of a
-    REACTION_PX whole-frame shift; ``px_per_steering``: 1 / the mean |steering change per pixel of
-    whole-frame shift| (converts a change into "as much as an N px shift"; None when the pilot does
-    not react to shifts).
+    steering| when rows 0..k-1 are filled, [low, high])}; ``shift_px``, ``shift_change``: the mean
+    |change| of whole-frame shifts by those pixels (the scale of a real steering reaction, and what
+    "as much as an N px shift" is read from, ``shift_equivalent``).
 
     The rules (in this order):
     1. *uses*: the smallest k within the upper third of the image whose interval's low end reaches
-       ``reaction`` (replacing rows 0..k-1 moves the steering at least as much as a REACTION_PX
-       shift of the whole frame): the pilot steers by what is up there; crop k and retrain.
-    2. *safe*: the largest k for which every k' <= k has its interval's high end below a
-       1 px shift's change (at least NEGLIGIBLE_FLOOR): cropping it changes nothing and makes the
+       the change of a REACTION_PX whole-frame shift (and twice the negligible level below): the
+       pilot steers by what is up there; crop k and retrain.
+    2. *safe*: the largest k for which every k' <= k has its interval's high end below a 1 px
+       shift's change (at least NEGLIGIBLE_FLOOR): cropping it changes nothing and makes the
        network smaller.
     3. *keep*: otherwise (the top rows matter a little): no crop advised, 0.
     Returns dict(recommended_roi_crop_top, verdict, advice)."""
+    reaction = float(np.interp(REACTION_PX, np.concatenate([[0.0], shift_px]), np.concatenate([[0.0], shift_change])))
     candidates = sorted(dependence)
     negligible = max(reaction / float(REACTION_PX), NEGLIGIBLE_FLOOR)
     strong = max(reaction, 2 * negligible)
 
     def as_shift(value):
-        return "" if not px_per_steering else " - as much as a %.0f px shift of the whole frame" % (
-            value * px_per_steering)
+        px = shift_equivalent(value, shift_px, shift_change)
+        return "" if px is None else " - as much as a %.0f px shift of the whole frame" % px
 
     uses = [k for k in candidates if k <= upper_third(height) and dependence[k][1][0] >= strong]
     if uses:

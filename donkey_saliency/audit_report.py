@@ -91,7 +91,7 @@ def dependence_svg(pilot, width=420, height=190):
     rows = pilot["crop_dependence"]
     reference = pilot["shift_reference"]
     ks = [r["k"] for r in rows]
-    highs = [r["interval_90"][1] for r in rows] + [reference["interval_90"][1]]
+    highs = [r["interval_90"][1] for r in rows] + [reference[0]["interval_90"][1]]
     top = max(max(highs), 1e-6) * 1.1
     left, bottom, right, upper = 46, height - 28, width - 10, 10
 
@@ -109,10 +109,13 @@ def dependence_svg(pilot, width=420, height=190):
              '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#888"/>' % (left, upper, left, bottom),
              '<polygon points="%s" fill="#1f77b433"/>' % band,
              '<polyline points="%s" fill="none" stroke="#1f77b4" stroke-width="2"/>' % curve,
-             '<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#d62728" stroke-dasharray="5,4"/>' % (
-                 left, y(reference["mean_abs_change"]), right, y(reference["mean_abs_change"])),
-             '<text x="%d" y="%.1f" text-anchor="end">%d px shift</text>' % (
-                 right, y(reference["mean_abs_change"]) - 4, reference["px"])]
+             ]
+    for shift in reference:  # the whole-frame shifts that fit in the chart, as dashed lines
+        level = y(shift["mean_abs_change"])
+        if level >= upper:
+            parts.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#d62728" stroke-dasharray="5,4"/>'
+                         '<text x="%d" y="%.1f" text-anchor="end">%d px shift</text>' % (
+                             left, level, right, level, right, level - 3, shift["px"]))
     for k in ks:
         parts.append('<text x="%.1f" y="%d" text-anchor="middle">%d</text>' % (x(k), bottom + 14, k))
     for v in (0.0, top / 2, top / 1.1):
@@ -142,7 +145,8 @@ def _thumb(name, pictures, alt):
 
 
 def _pilot_column(number, pilot, report, pictures):
-    reference = pilot["shift_reference"]
+    shifts = " / ".join("%d" % r["px"] for r in pilot["shift_reference"])
+    changes = " / ".join("%.3f" % r["mean_abs_change"] for r in pilot["shift_reference"])
     parts = ['<section class="pilot" style="--c: %s" data-pilot="%d">' % (PILOT_COLORS[number], number),
              "<h2>%s</h2>" % _e(os.path.basename(pilot["path"])),
              '<p class="dim">%s; input %s; %d frames for the dependence test</p>' % (
@@ -156,9 +160,8 @@ def _pilot_column(number, pilot, report, pictures):
                  "ROI_CROP_TOP = %d" % pilot["recommended_roi_crop_top"] if pilot["recommended_roi_crop_top"]
                  else "none advised"),
              "<h3>How much the steering depends on the top rows</h3>", dependence_svg(pilot),
-             '<p class="dim">Rows 0..k-1 replaced by %s; a whole-frame shift of %d px changes the steering by '
-             '%.4f (%.4f&#8211;%.4f).</p>' % (_e(report["fill"]), reference["px"], reference["mean_abs_change"],
-                                             reference["interval_90"][0], reference["interval_90"][1]),
+             '<p class="dim">Rows 0..k-1 replaced by %s; dashed: a whole-frame shift sideways of %s px changes '
+             'the steering by %s.</p>' % (_e(report["fill"]), shifts, changes),
              _dependence_table(pilot),
              "<h3>Where the attention leaves the track</h3>",
              '<p class="dim">Records with the largest share of attention above row %d.</p>' % pilot["off_track_line"],

@@ -18,7 +18,7 @@ import numpy as np
 from . import audit, backends
 from .console import Progress
 from .errors import InputError, ModelError
-from .evaluate import SHIFTS, shift_image, slopes
+from .evaluate import SHIFTS, shift_image
 from .frames import prepare_batch
 from .graph import graph_for
 from .images import read_rgb
@@ -201,8 +201,9 @@ def _pilot_summary(pilot, drive, entries, progress):
     candidates = audit.crop_candidates(height)
     shares = {k: float(audit.share_above(row_share, k)) for k in [0] + candidates}
     test = _dependence(pilot, drive.kept, drive.mean_image, candidates, progress)
-    advice = audit.recommend(height, shares, {k: test["crop"][k] for k in candidates}, test["reaction"][0],
-                             test["px_per_steering"])
+    shift_change = [mean for mean, _ in test["shift"]]
+    advice = audit.recommend(height, shares, {k: test["crop"][k] for k in candidates}, test["shift_px"],
+                             shift_change)
     line = advice["recommended_roi_crop_top"] or audit.upper_third(height)
     scores = audit.share_above(drive.row_shares, line)
     off_track = [dict(index=int(entries[i].index), share_above=round(float(scores[i]), 4),
@@ -218,9 +219,8 @@ def _pilot_summary(pilot, drive, entries, progress):
                 row_share=[round(float(v), 6) for v in row_share],
                 share_above={str(k): round(v, 4) for k, v in shares.items()},
                 dependence_frames=len(drive.kept), crop_dependence=dependence,
-                shift_reference=dict(px=audit.REACTION_PX, mean_abs_change=round(test["reaction"][0], 5),
-                                     interval_90=[round(v, 5) for v in test["reaction"][1]],
-                                     steering_per_px=round(test["steering_per_px"], 6)),
+                shift_reference=[dict(px=px, mean_abs_change=round(mean, 5), interval_90=[round(v, 5) for v in interval])
+                                 for px, (mean, interval) in zip(test["shift_px"], test["shift"])],
                 recommended_roi_crop_top=advice["recommended_roi_crop_top"], verdict=advice["verdict"],
                 advice=advice["advice"], off_track_line=line, off_track_records=off_track,
                 steering_mean=round(float(drive.steering.mean()), 4),
@@ -245,15 +245,14 @@ def _dependence(pilot, frames, fill, candidates, progress):
         shifted.append(pilot.steering(np.stack([shift_image(f, d) for f in frames])) - base)
         bar.update(1)
     bar.close()
-    shifted = np.stack(shifted, axis=1)  # (n, shifts)
-    per_px = np.abs(slopes(shifted))
-    reaction = np.abs(shifted[:, [SHIFTS.index(-audit.REACTION_PX), SHIFTS.index(audit.REACTION_PX)]]).mean(axis=1)
+    shifted = np.abs(np.stack(shifted, axis=1))  # (n, shifts)
+    # |change| per shift size: left and right shifts of d pixels averaged
+    sizes = sorted(set(abs(d) for d in SHIFTS))
+    curve = np.stack([shifted[:, [SHIFTS.index(-d), SHIFTS.index(d)]].mean(axis=1) for d in sizes], axis=1)
     indexes = audit.bootstrap_indexes(len(frames))
-    steering_per_px = float(per_px.mean())
     return dict(crop={k: audit.mean_interval(v, indexes) for k, v in crop.items()},
-                as_shift={k: audit.paired_ratio_interval(v, per_px, indexes) for k, v in crop.items()},
-                reaction=audit.mean_interval(reaction, indexes), steering_per_px=steering_per_px,
-                px_per_steering=1.0 / steering_per_px if steering_per_px > 1e-9 else None)
+                as_shift={k: audit.paired_shift_equivalent(v, curve, sizes, indexes) for k, v in crop.items()},
+                shift_px=sizes, shift=[audit.mean_interval(curve[:, j], indexes) for j in range(len(sizes))])
 
 
 def _comparison(sums, ious, entries):
