@@ -164,7 +164,9 @@ def _pilot_column(number, pilot, report, pictures):
              'the steering by %s.</p>' % (_e(report["fill"]), shifts, changes),
              _dependence_table(pilot),
              "<h3>Where the attention leaves the track</h3>",
-             '<p class="dim">Records with the largest share of attention above row %d.</p>' % pilot["off_track_line"],
+             '<p class="dim">%s</p>' % (
+                 ("Records with the largest share of attention above row %d." if pilot["off_track_records"] else
+                  "No frame puts any attention above row %d.") % pilot["off_track_line"]),
              '<div class="thumbs">']
     for record in pilot["off_track_records"]:
         parts.append('<a href="%s">%s#%d &#183; %.0f %% above</a>' % (

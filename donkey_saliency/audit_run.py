@@ -207,7 +207,8 @@ def _pilot_summary(pilot, drive, entries, progress):
     line = advice["recommended_roi_crop_top"] or audit.upper_third(height)
     scores = audit.share_above(drive.row_shares, line)
     off_track = [dict(index=int(entries[i].index), share_above=round(float(scores[i]), 4),
-                      steering=round(float(drive.steering[i]), 4)) for i in audit.largest(scores, OFF_TRACK_COUNT)]
+                      steering=round(float(drive.steering[i]), 4)) for i in audit.largest(scores, OFF_TRACK_COUNT)
+                 if scores[i] > 0]  # a pilot that never looks above the line has none
     dependence = []
     for k in [0] + candidates:
         mean, interval = test["crop"][k]

@@ -43,7 +43,7 @@ def check_pilot_fields(pilot, tub):
     assert pilot["verdict"] in ("uses", "safe", "keep") and (k == 0) == (pilot["verdict"] == "keep")
     live = set(entry.index for entry in open_tub(tub).live_entries)
     records = pilot["off_track_records"]
-    assert records and all(r["index"] in live for r in records)
+    assert all(r["index"] in live and r["share_above"] > 0 for r in records)
     assert [r["share_above"] for r in records] == sorted((r["share_above"] for r in records), reverse=True)
 
 
@@ -58,7 +58,7 @@ def test_audit_two_real_tflite_pilots_on_the_real_pi_tub(tmp_path, capsys):
     report = json.load(open(os.path.join(out, "audit.json")))
     assert report["frames"] == 60 and report["method"] == "vbp" and len(report["pilots"]) == 2
     for number, pilot in enumerate(report["pilots"]):
-        assert pilot["dependence_frames"] == 30
+        assert pilot["dependence_frames"] == 30 and pilot["off_track_records"]
         check_pilot_fields(pilot, PI_TUB)
         assert os.path.isfile(os.path.join(out, "attention_%d.png" % number))
         for record in pilot["off_track_records"]:
@@ -165,6 +165,7 @@ def test_the_advice_switches_between_a_pilot_reading_the_top_rows_and_one_blind_
     assert sees_nothing["verdict"] == "safe" and sees_nothing["recommended_roi_crop_top"] == 60, sees_nothing["advice"]
     assert all(row["mean_abs_change"] < 1e-6 for row in sees_nothing["crop_dependence"])
     assert sees_nothing["share_above"]["60"] < 1e-6  # the cropping layer's rows get no attention
+    assert reads["off_track_records"] and not sees_nothing["off_track_records"]
     assert reads["share_above"]["10"] > 0.05
     assert report["comparison"]["steering_correlation"] > 0.5  # both read the same steering, each its own band
 
