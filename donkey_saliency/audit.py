@@ -1,11 +1,11 @@
 """The attention audit's arithmetic: where the attention mass sits by image row, how much the
 steering depends on the top rows, and the ROI_CROP_TOP advice that follows. Pure functions on
 arrays (no files, no pilots), NumPy only and valid Python 3.6, so the car's live page can use
-``share_above`` on its own masks.
+``mask_share_above(mask, watch_line(recommended, height))`` on its own masks.
 
 - ``row_share``: a mask's mass per image row, summing to 1 (a blank mask spreads evenly).
-- ``share_above``: the share of the mass in rows ``0 .. line-1`` (what a ROI_CROP_TOP of ``line``
-  removes).
+- ``share_above`` / ``mask_share_above``: the share of the mass in rows ``0 .. line-1`` (what a
+  ROI_CROP_TOP of ``line`` removes); ``watch_line``: the recommended line, or the upper third.
 - ``fill_top``: a frame with rows ``0 .. k-1`` replaced by a neutral fill (``audit_run`` passes the
   drive's mean image: it removes what differs from frame to frame and adds no edge or colour the
   pilot never saw; donkeycar's own CROP writes black, which a pilot trained without it never met).
@@ -18,7 +18,7 @@ import numpy as np
 
 CROP_STEP = 10                 # candidate ROI_CROP_TOP values: 10, 20, ... up to half the height
 REACTION_PX = 3                # a whole-frame shift this large is "a real steering reaction"
-NEGLIGIBLE_FLOOR = 0.01        # steering units: below this a change is nothing, however still the pilot
+NEGLIGIBLE_FLOOR = 0.01        # steering units: a change below this is nothing, even for a pilot that barely reacts
 INTERVAL = 0.90
 BOOTSTRAP_DRAWS = 2000
 TOP_AREA = 0.15                # the salient region two pilots are compared on
@@ -51,6 +51,12 @@ def crop_candidates(height, step=CROP_STEP):
 
 def upper_third(height):
     return int(height) // 3
+
+
+def watch_line(recommended, height):
+    """The line whose share above it tells the attention has left the track: the recommended
+    ROI_CROP_TOP, or the upper third when no crop is advised (the audit's list, the live page)."""
+    return int(recommended) or upper_third(height)
 
 
 def fill_top(frames, k, fill):

@@ -27,7 +27,7 @@ from .methods import DEFAULT_METHOD, MethodMasks, check_method
 from .overlay import overlay, resize_to
 from .tub import open_tub, require_field
 
-BATCH = 64
+BATCH = 32   # frames per inference: 64 costs ~160 MiB more of ONNX Runtime buffers for two pilots, no faster
 DEPENDENCE_FRAMES = 400   # the dependence test's frames: the 90 % interval says what this many give
 OFF_TRACK_COUNT = 12
 DISAGREE_COUNT = 12
@@ -95,7 +95,7 @@ class DriveSums(object):
         self.frame_sum += x.sum(axis=0)
         self.row_shares.append(audit.row_share(masks).astype(np.float32))
         self.steering.append(steering)
-        self.kept.extend(x[i] for i in keep)
+        self.kept.extend(x[i].copy() for i in keep)  # a copy: a view would keep the whole batch alive
         self.count += len(x)
 
     def done(self):
@@ -204,7 +204,7 @@ def _pilot_summary(pilot, drive, entries, progress):
     shift_change = [mean for mean, _ in test["shift"]]
     advice = audit.recommend(height, shares, {k: test["crop"][k] for k in candidates}, test["shift_px"],
                              shift_change)
-    line = advice["recommended_roi_crop_top"] or audit.upper_third(height)
+    line = audit.watch_line(advice["recommended_roi_crop_top"], height)
     scores = audit.share_above(drive.row_shares, line)
     off_track = [dict(index=int(entries[i].index), share_above=round(float(scores[i]), 4),
                       steering=round(float(drive.steering[i]), 4)) for i in audit.largest(scores, OFF_TRACK_COUNT)

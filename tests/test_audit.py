@@ -10,6 +10,7 @@ import pytest
 from browser import ARTIFACTS, DevTools, chromium_or_skip
 from conftest import real_data_or_skip, REALDATA, wait_for
 from donkey_saliency.cli import main
+from donkey_saliency.methods import DEFAULT_METHOD
 from donkey_saliency.tub import open_tub
 
 PI_DATA = os.path.join(REALDATA, "..", "tub_v2_pi_linear")
@@ -56,7 +57,7 @@ def test_audit_two_real_tflite_pilots_on_the_real_pi_tub(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ROI_CROP_TOP" in printed and printed.strip().endswith("audit.html")
     report = json.load(open(os.path.join(out, "audit.json")))
-    assert report["frames"] == 60 and report["method"] == "vbp" and len(report["pilots"]) == 2
+    assert report["frames"] == 60 and report["method"] == DEFAULT_METHOD and len(report["pilots"]) == 2
     for number, pilot in enumerate(report["pilots"]):
         assert pilot["dependence_frames"] == 30 and pilot["off_track_records"]
         check_pilot_fields(pilot, PI_TUB)

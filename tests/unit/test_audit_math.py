@@ -38,6 +38,7 @@ def test_crop_candidates_and_upper_third():
     assert audit.crop_candidates(120) == [10, 20, 30, 40, 50, 60]
     assert audit.crop_candidates(66) == [10, 20, 30]
     assert audit.upper_third(120) == 40
+    assert audit.watch_line(0, 120) == 40 and audit.watch_line(30, 120) == 30
 
 
 def test_top_regions_and_their_overlap():
