@@ -48,7 +48,7 @@ def attention_picture(mean_image, average_mask, row_share, line, scale=PICTURE_S
         cv2.rectangle(profile, (0, row * scale), (length, row * scale + scale - 1), tuple(int(c) for c in color), -1)
     joined = np.concatenate([picture, profile], axis=1)
     if line:
-        cv2.line(joined, (0, line * scale), (joined.shape[1] - 1, line * scale), LINE_COLOR, 1)
+        cv2.line(joined, (0, line * scale), (joined.shape[1] - 1, line * scale), LINE_COLOR, 2)
         cv2.putText(joined, "ROI_CROP_TOP %d" % line, (4, max(line * scale - 4, 10)), 0, 0.4, LINE_COLOR, 1,
                     cv2.LINE_AA)
     return joined

@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from . import audit, backends
+from .audit_report import attention_picture, record_picture_name, REVIEW_URL, write_outputs
 from .console import Progress
 from .errors import InputError, ModelError
 from .evaluate import SHIFTS, shift_image
@@ -49,8 +50,6 @@ class PilotPass(object):
     Inputs besides the image (a memory pilot's) get zeros: donkeycar's start memory."""
 
     def __init__(self, model_path, backend="auto", method=DEFAULT_METHOD):
-        if not os.path.exists(model_path):
-            raise ModelError("model file not found: %s" % model_path)
         graph = graph_for(model_path, whole=True)
         if graph.pilot is None:
             raise ModelError("%s is an exported saliency graph without the pilot's outputs; audit needs the "
@@ -134,8 +133,6 @@ def run_audit(tub, models, frames=None, out_dir=None, backend="auto", method=Non
               dependence_frames=DEPENDENCE_FRAMES, image_key=CAMERA_KEY, review_url=None, progress=True):
     """Audit ``models`` (one or two pilot files) over ``tub``; the report (audit.json's content),
     and DIR/audit.json, PNGs and audit.html when ``out_dir`` is given."""
-    from .audit_report import REVIEW_URL, write_outputs
-
     check_arguments(models, frames, dependence_frames, out_dir)
     method = check_method(method or DEFAULT_METHOD)
     source = open_tub(tub)
@@ -143,6 +140,7 @@ def run_audit(tub, models, frames=None, out_dir=None, backend="auto", method=Non
     entries = [e for e in source.live_entries if image_key in e.images]
     if not entries:
         raise InputError("%s has no live records with a %s image" % (source.path, image_key))
+    source.check_images([image_key])  # a missing file fails now, not minutes in
     entries = [entries[i] for i in spread(len(entries), frames or len(entries))]
     pilots = []
     try:
@@ -285,8 +283,6 @@ def _records(entries, wanted, image_key):
 
 
 def _pilot_pictures(number, pilot, drive, summary, entries, image_key):
-    from .audit_report import attention_picture, record_picture_name
-
     average = drive.mask_sum / max(drive.count, 1)
     pictures = {"attention_%d.png" % number: attention_picture(drive.mean_image, average, summary["row_share"],
                                                                summary["recommended_roi_crop_top"])}
@@ -299,8 +295,6 @@ def _pilot_pictures(number, pilot, drive, summary, entries, image_key):
 
 
 def _comparison_pictures(pilots, comparison, entries, image_key):
-    from .audit_report import record_picture_name
-
     wanted = [d["index"] for d in comparison["disagreements"]]
     pictures = {}
     if wanted:

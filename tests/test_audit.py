@@ -247,3 +247,17 @@ def test_audit_refuses_an_exported_graph_in_one_line(tiny_pilot_path, tmp_path, 
     assert main(["audit", str(tmp_path / "tub"), "--model", graph, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "without the pilot's outputs" in err[0]
+
+
+def test_audit_a_tub_with_a_missing_image_fails_before_any_pilot_runs(tiny_pilot_path, tmp_path, capsys):
+    from donkeycar.parts.tub_v2 import Tub
+
+    tub = Tub(str(tmp_path / "tub"), inputs=["cam/image_array"], types=["image_array"])
+    for _ in range(3):
+        tub.write_record({"cam/image_array": np.zeros((120, 160, 3), np.uint8)})
+    tub.close()
+    images = tmp_path / "tub" / "images"
+    os.unlink(str(images / sorted(os.listdir(str(images)))[1]))
+    assert main(["audit", str(tmp_path / "tub"), "--model", tiny_pilot_path, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is missing" in err[0], err
