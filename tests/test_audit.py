@@ -76,7 +76,6 @@ def test_audit_two_real_tflite_pilots_on_the_real_pi_tub(tmp_path, capsys):
     assert "/saliency/review#record=%d" % first in page and "http" not in page.replace(report["review_url"], "")
 
 
-@pytest.mark.slow
 def test_audit_the_real_keras_pilot_on_the_real_v1_tub(tmp_path):
     pilot_path, tub = real_data_or_skip()
     out = str(tmp_path / "audit")
