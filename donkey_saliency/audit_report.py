@@ -206,7 +206,7 @@ def page(report, pictures):
     comparison = _comparison_section(report, pictures) if "comparison" in report else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Attention audit</title>"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>%s</style></head><body>"
-            "<h1>Attention audit</h1><p class=\"dim\">%s &#183; %d frames &#183; method %s &#183; record links open "
-            "<code>donkey-saliency review TUB</code> at %s</p><div class=\"columns\">%s</div>%s</body></html>\n" % (
-                STYLE, _e(report["tub"]), report["frames"], _e(report["method"]), _e(report["review_url"]), columns,
-                comparison))
+            "<h1>Attention audit</h1><p class=\"dim\">%s &#183; %d frames &#183; method %s &#183; the record links open "
+            "%s: start <code>donkey-saliency review %s</code> first</p><div class=\"columns\">%s</div>%s</body></html>\n"
+            % (STYLE, _e(report["tub"]), report["frames"], _e(report["method"]), _e(report["review_url"]),
+               _e(report["tub"]), columns, comparison))
