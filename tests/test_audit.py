@@ -260,3 +260,14 @@ def test_audit_a_tub_with_a_missing_image_fails_before_any_pilot_runs(tiny_pilot
     assert main(["audit", str(tmp_path / "tub"), "--model", tiny_pilot_path, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is missing" in err[0], err
+
+
+def test_the_steering_of_categorical_and_linear_outputs():
+    from donkey_saliency.audit_run import expected_steering
+
+    bins = np.zeros((3, 15), np.float32)
+    bins[0, 14] = 1.0  # all on the rightmost bin
+    bins[1, 7] = 1.0   # the middle one
+    bins[2] = 1.0 / 15
+    assert np.allclose(expected_steering(bins), [1.0, 0.0, 0.0], atol=1e-6)
+    assert np.allclose(expected_steering(np.array([[0.25, 0.5], [-0.5, 0.1]])), [0.25, -0.5])
