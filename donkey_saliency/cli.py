@@ -27,7 +27,7 @@ from .keys import CAMERA_KEY
 from .methods import DEFAULT_METHOD, METHODS
 from .overlay import check_style, overlay
 from .pilots import DEMO_PILOT, load_pilot
-from .review_web import Review, serve
+from .review_web import DEFAULT_PORT, Review, serve
 
 EXIT_BAD_INPUT = 2
 # Laptop tools that need Python 3.8+ (TensorFlow, the simulated track). A Jetson Nano's JetPack 4.6
@@ -358,7 +358,7 @@ def _add_review(sub, shared):
     p.add_argument("tub", help="tub directory (v2, or a donkeycar 3 v1 tub)")
     p.add_argument("--model", help="pilot file: computes the overlay and layer maps when the tub has none")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8890, help="port (default 8890; 0 picks a free one)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %d; 0 picks a free one)" % DEFAULT_PORT)
     p.add_argument("--writable", action="store_true",
                    help="let the d key mark records deleted/restored (in manifest.json, as donkeycar does); "
                         "refused for a tub being recorded")
@@ -423,6 +423,41 @@ def cmd_evaluate(args):
     return 0
 
 
+# --- audit (audit_run.py, audit.py, audit_report.py) --------------------------------------------------
+def _add_audit(sub, shared):
+    from .audit_run import DEPENDENCE_FRAMES
+
+    p = sub.add_parser("audit", help="where one or two pilots look over a drive, how much their steering "
+                                     "depends on the top rows, and whether to set ROI_CROP_TOP",
+                       parents=[shared.backend, shared.image_key, shared.method])
+    p.add_argument("tub", help="tub directory (v2, or a donkeycar 3 v1 tub)")
+    p.add_argument("--model", action="append", required=True,
+                   help="pilot file (.h5 .keras .tflite); give it twice to compare two pilots")
+    p.add_argument("--frames", type=int, help="frames spread evenly over the tub's live records (default: all)")
+    p.add_argument("--dependence-frames", type=int, default=DEPENDENCE_FRAMES,
+                   help="of those, the frames the crop and shift test runs on (default %d)" % DEPENDENCE_FRAMES)
+    p.add_argument("--out", default="audit", help="output directory for audit.json, audit.html and PNGs "
+                                                  "(default ./audit)")
+    p.add_argument("--review-url", help="the review page the record links open (default: `donkey-saliency "
+                                        "review TUB` on this machine)")
+
+
+def cmd_audit(args):
+    from .audit_run import run_audit
+
+    report = run_audit(args.tub, args.model, frames=args.frames, out_dir=args.out, backend=args.backend,
+                       method=args.method, dependence_frames=args.dependence_frames, image_key=args.image_key,
+                       review_url=args.review_url)
+    for pilot in report["pilots"]:
+        print("%s: ROI_CROP_TOP %d - %s" % (pilot["path"], pilot["recommended_roi_crop_top"], pilot["advice"]))
+    if "comparison" in report:
+        comparison = report["comparison"]
+        print("steering mean |difference| %.3f, top-area IoU %.2f" % (comparison["steering_mean_abs_difference"],
+                                                                      comparison["top_area_iou"]))
+    print(os.path.join(args.out, "audit.html"))
+    return 0
+
+
 # Sub-commands in the order `--help` lists them: (name, declares its arguments, runs it).
 COMMANDS = (
     ("mask", _add_mask, cmd_mask),
@@ -438,6 +473,7 @@ COMMANDS = (
     ("filters", _add_filters, cmd_filters),
     ("review", _add_review, cmd_review),
     ("evaluate", _add_evaluate, cmd_evaluate),
+    ("audit", _add_audit, cmd_audit),
 )
 HANDLERS = dict((name, run) for name, _, run in COMMANDS)
 

@@ -45,6 +45,7 @@ from .tub_index import MODES, TubBeingWritten, TubIndex, refuse_live_writer, set
 logger = logging.getLogger(__name__)
 
 PREFIX = "/saliency/review"
+DEFAULT_PORT = 8890  # `donkey-saliency review`'s port; the page opens at a record with PREFIX#record=N
 PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_static", "review.html")
 TIMELINE_LAYOUT = ("user/angle", "user/throttle", "pilot/angle", "pilot/throttle", "mode", "deleted")
 QUANT = 127  # values in [-1, 1] travel as round(v * 127); ABSENT where there is none
