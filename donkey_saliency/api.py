@@ -10,10 +10,10 @@ model's input size.
 import logging
 
 from . import backends
-from .errors import first_line
+from .errors import InputError, first_line
 from .frames import prepare_batch, prepare_frame
 from .graph import graph_for
-from .methods import DEFAULT_METHOD, MethodMasks
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, MethodMasks, check_output
 
 logger = logging.getLogger(__name__)
 
@@ -22,35 +22,52 @@ class Saliency(object):
     """A pilot's saliency graph running on one backend.
 
     ``backend``: a backend name (``backends.names()``), or a backend instance to run as it is.
-    ``method`` (``methods.METHODS``): ``vbp`` is the graph's own mask. Another method is computed
-    after inference from the graph's outputs and the pilot's gradients (TensorFlow, a Keras pilot:
-    ``steering.GradientModel``), until the graph computes it itself.
+    ``method`` (``methods.METHODS``): ``vbp`` is the graph's own mask; the others are computed from the
+    graph's backward pass of ``output`` (steering | throttle), in the same run. ``level``: Grad-CAM's
+    conv level (default the deepest).
 
     The fallback (``activate(fallback=True)``, the default, and what ``with`` does): a backend other
     than ONNX Runtime that fails to activate, or whose engine fails while running a frame, is
     replaced by ONNX Runtime on the same graph - one warning each time - and the frame is run again
     there. ONNX Runtime's own failures are raised."""
 
-    def __init__(self, graph, backend="auto", backend_options=None, method=DEFAULT_METHOD, model_path=None):
+    def __init__(self, graph, backend="auto", backend_options=None, method=DEFAULT_METHOD, model_path=None,
+                 level=None):
         self.graph = graph
         self.backend_name = backend if isinstance(backend, str) else getattr(backend, "name", "custom")
         self.backend_options = dict(backend_options or {})
         self.backend = None if isinstance(backend, str) else backend
         self.fallback = True
-        self.method_masks = MethodMasks(method, model_path)
+        self.method_masks = MethodMasks(method, model_path, level)
 
     @classmethod
-    def open(cls, model_path, backend="auto", cache_dir=None, features=False, method=DEFAULT_METHOD, whole=False,
-             float_input=False, **backend_options):
-        """The graph for a pilot file (built, or from the cache), on ``backend``; not yet activated."""
-        MethodMasks(method, model_path)  # an unknown method fails before the graph is built
-        graph = graph_for(model_path, cache_dir=cache_dir, features=features, whole=whole, float_input=float_input)
-        return cls(graph, backend, backend_options, method, model_path)
+    def open(cls, model_path, backend="auto", cache_dir=None, features=False, method=DEFAULT_METHOD,
+             output=DEFAULT_OUTPUT, level=None, whole=False, float_input=False, head=True, strict=True,
+             backend_options=None, **more_backend_options):
+        """The graph for a pilot file (built, or from the cache), on ``backend``; not yet activated.
+        ``whole``: the pilot's own outputs too; ``head=False``: the pilot alone (``vbp``, no mask).
+        ``strict=False``: a graph that cannot compute the method (an exported graph without the backward
+        pass) is taken anyway; its masks then fail, and the part falls back to ``vbp``."""
+        backend_options = dict(backend_options or {}, **more_backend_options)
+        methods = MethodMasks(method, model_path, level)  # an unknown method fails before the graph is built
+        check_output(output)
+        graph = graph_for(model_path, cache_dir=cache_dir, features=features, whole=whole, float_input=float_input,
+                          head=head, output=output if methods.output_needed else None,
+                          keep=methods.needed_outputs(features) if methods.output_needed else None)
+        if strict and methods.output_needed and graph.output is None:
+            raise InputError("method %s needs the pilot file or a graph exported with --output, not %s"
+                             % (method, model_path))
+        return cls(graph, backend, backend_options, method, model_path, level)
 
     # --- what the graph is ----------------------------------------------------------------------
     @property
     def method(self):
         return self.method_masks.method
+
+    @property
+    def output(self):
+        """The output the masks explain (steering | throttle); None for ``vbp``, which reads no output."""
+        return self.graph.output
 
     @property
     def input_shape(self):
@@ -107,9 +124,8 @@ class Saliency(object):
         """Every graph output for a batch: ``mask``, ``mean_i`` (and ``features_i``, and a whole
         pilot's outputs), each (N, ...). ``frames``: uint8 (N, H, W, C) frames of any size, or the
         pilot's float images (a whole-pilot graph); ``extra``: its other inputs by name."""
-        if self.graph.float_input:
-            return self._run(frames, extra)
-        return self._run(prepare_batch(frames, self.graph.input_shape), extra)
+        batch = frames if self.graph.float_input else prepare_batch(frames, self.graph.input_shape)
+        return self._run(batch, extra)
 
     def infer_frame(self, frame, extra=None):
         """Every graph output for one frame at the model's input size (and ``extra``, a whole pilot's
@@ -118,6 +134,11 @@ class Saliency(object):
         return {name: value[0] for name, value in self._run(frame[None], extra).items()}
 
     def _run(self, batch, extra=None):
+        # a whole-pilot graph's other inputs default to zeros (donkeycar's start memory, no behaviour,
+        # a still IMU): what a mask of the image alone holds them at
+        feeds = self.graph.default_feeds(len(batch))
+        feeds.update(extra or {})
+        extra = feeds
         if self.backend is None:
             self.activate(self.fallback)
         try:
@@ -151,19 +172,15 @@ class Saliency(object):
         """Each conv layer's channel-averaged map in ``outputs``, shallow to deep."""
         return [outputs[name] for name in self.graph.mean_names]
 
-    def method_masks_of(self, frames, outputs, method_masks=None):
-        """(N, H, W) masks of the configured method (or of ``method_masks``) for model-sized ``frames``
-        and the graph's ``outputs`` for them."""
-        return (method_masks or self.method_masks)(frames, outputs, self.graph.mask_name, self.graph.mean_names)
+    def method_masks_of(self, outputs, method_masks=None):
+        """(N, H, W) masks of the configured method (or of ``method_masks``) from the graph's ``outputs``
+        for a batch."""
+        return (method_masks or self.method_masks)(outputs)
 
     def masks(self, frames):
         """float32 (N, H, W) masks of ``self.method``."""
-        x = prepare_batch(frames, self.graph.input_shape)
-        return self.method_masks_of(x, self._run(x))
+        return self.method_masks_of(self.infer(frames))
 
     def mask(self, rgb):
         """float32 (H, W) in [0, 1] at the model's input size, for one frame."""
-        frame = prepare_frame(rgb, self.graph.input_shape)
-        if self.method != DEFAULT_METHOD:
-            return self.method_masks_of(frame[None], self._run(frame[None]))[0]
-        return self.mask_of(self.infer_frame(frame))
+        return self.masks(prepare_frame(rgb, self.graph.input_shape)[None])[0]

@@ -1,7 +1,7 @@
 """``donkey-saliency audit``: one or two pilots over a drive, with the attention arithmetic of
 ``audit.py``, written out by ``audit_report.py``.
 
-Each pilot runs as the project's whole-pilot graph (``graph_for(..., whole=True)``: the pilot's
+Each pilot runs as the project's whole-pilot graph (``api.Saliency`` with ``whole=True``: the pilot's
 outputs and the mask from one pass, no TensorFlow), so an audit needs no car and no TensorFlow for
 the default method. Two passes over the tub:
 1. every audited frame (``--frames``: spread evenly over the live records, default all): the mask and
@@ -15,16 +15,16 @@ import os
 
 import numpy as np
 
-from . import audit, backends
+from . import audit
+from .api import Saliency
 from .audit_report import attention_picture, record_picture_name, REVIEW_URL, write_outputs
 from .console import Progress
 from .errors import InputError, ModelError
 from .evaluate import SHIFTS, shift_image
 from .frames import prepare_batch
-from .graph import graph_for
 from .images import read_rgb
 from .keys import CAMERA_KEY
-from .methods import DEFAULT_METHOD, MethodMasks, check_method
+from .methods import DEFAULT_METHOD, check_method
 from .overlay import overlay, resize_to
 from .tub import open_tub, require_field
 
@@ -46,36 +46,30 @@ def expected_steering(angle):
 
 
 class PilotPass(object):
-    """One pilot's whole graph on a backend: masks of ``method`` and steering for uint8 frames.
-    Inputs besides the image (a memory pilot's) get zeros: donkeycar's start memory."""
+    """One pilot's whole graph on a backend (api.Saliency): masks of ``method`` and steering for uint8
+    frames. Inputs besides the image (a memory pilot's) get zeros: donkeycar's start memory."""
 
     def __init__(self, model_path, backend="auto", method=DEFAULT_METHOD):
-        graph = graph_for(model_path, whole=True)
-        if graph.pilot is None:
+        self.saliency = Saliency.open(model_path, backend, method=method, whole=True)
+        if self.saliency.pilot is None:
             raise ModelError("%s is an exported saliency graph without the pilot's outputs; audit needs the "
                              "pilot file (.h5, .keras or .tflite)" % model_path)
+        self.saliency.activate()
         self.path = model_path
-        self.graph = graph
-        self.input_shape = graph.input_shape
-        self.method_masks = MethodMasks(method, model_path)
-        self.backend = backends.activate_with_fallback(graph, backend)
-        self._angle = graph.pilot["outputs"][0]
-
-    def _outputs(self, x):
-        extra = {name: np.zeros([len(x)] + list(shape), np.float32) for name, shape in self.graph.pilot["inputs"]}
-        return self.backend.infer(x, extra)
+        self.input_shape = self.saliency.input_shape
+        self._angle = self.saliency.pilot["outputs"][0]
 
     def masks_and_steering(self, x):
-        outputs = self._outputs(x)
-        masks = self.method_masks(x, outputs, self.graph.mask_name, self.graph.mean_names)
+        outputs = self.saliency.infer(x)
+        masks = self.saliency.method_masks_of(outputs)
         return np.asarray(masks, np.float32), expected_steering(outputs[self._angle])
 
     def steering(self, x):
-        return np.concatenate([expected_steering(self._outputs(x[i:i + BATCH])[self._angle])
+        return np.concatenate([expected_steering(self.saliency.infer(x[i:i + BATCH])[self._angle])
                                for i in range(0, len(x), BATCH)])
 
     def close(self):
-        self.backend.close()
+        self.saliency.close()
 
 
 class DriveSums(object):
@@ -214,7 +208,7 @@ def _pilot_summary(pilot, drive, entries, progress):
         dependence.append(dict(k=k, share_above=round(shares[k], 4), mean_abs_change=round(mean, 5),
                                interval_90=[round(v, 5) for v in interval],
                                as_shift_px=_rounded(px), as_shift_px_90=[_rounded(v) for v in px_interval]))
-    return dict(path=pilot.path, input_shape=list(pilot.input_shape), method=pilot.method_masks.method,
+    return dict(path=pilot.path, input_shape=list(pilot.input_shape), method=pilot.saliency.method,
                 row_share=[round(float(v), 6) for v in row_share],
                 share_above={str(k): round(v, 4) for k, v in shares.items()},
                 dependence_frames=len(drive.kept), crop_dependence=dependence,

@@ -34,15 +34,18 @@ def interpreter_class():
     return _CLASS[0]
 
 
-def SaliencyInterpreter(backend="auto", cache_dir=None, backend_options=None):  # noqa: N802 - makes that class
-    return interpreter_class()(backend=backend, cache_dir=cache_dir, backend_options=backend_options)
+def SaliencyInterpreter(backend="auto", cache_dir=None, backend_options=None, head=True):  # noqa: N802 - makes that class
+    return interpreter_class()(backend=backend, cache_dir=cache_dir, backend_options=backend_options, head=head)
 
 
 class _SharedPass(object):
     """What ``SaliencyInterpreter`` adds to donkeycar's ``Interpreter`` (see the module docstring)."""
 
-    def __init__(self, backend="auto", cache_dir=None, backend_options=None):
+    def __init__(self, backend="auto", cache_dir=None, backend_options=None, head=True):
         super(_SharedPass, self).__init__()
+        # head=False: the pilot alone (no mask in the pass; a gradient method's mask is computed by the
+        # part's worker on its own graph, off the drive loop).
+        self.head = head
         self.backend_name = backend
         self.cache_dir = cache_dir
         self.backend_options = dict(backend_options or {})
@@ -62,9 +65,8 @@ class _SharedPass(object):
     def load(self, model_path):
         """Read the pilot (.h5/.keras/.tflite; no TensorFlow) and build (or take from the cache) its graph."""
         self.model_path = str(model_path)
-        graph = graph_for(self.model_path, cache_dir=self.cache_dir, whole=True, float_input=True)
+        graph = graph_for(self.model_path, cache_dir=self.cache_dir, whole=True, float_input=True, head=self.head)
         if not graph.float_input:  # an exported .onnx: the part's graph, without the pilot's outputs
-
             raise ModelError("%s is a saliency graph without the pilot's outputs; give the pilot file (.h5, "
                              ".keras or .tflite)" % self.model_path)
         self.close()  # a new model: activated again on the next predict
@@ -118,6 +120,9 @@ class _SharedPass(object):
         infer_ms = (time.monotonic() - started) * 1000.0
         if activating:
             logger.info("saliency: the pilot runs on %s", self.saliency.describe())
+        if not self.head:  # the pilot alone: the part's worker computes the mask on its own graph
+            values = [outputs[name] for name in self.output_keys]
+            return values if len(values) > 1 else values[0]
         self.latest_mask = self.saliency.mask_of(outputs)
         self.latest_means = self.saliency.means_of(outputs)
         for callback in list(self._listeners):

@@ -18,9 +18,8 @@ from .api import Saliency
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .errors import InputError, SaliencyError
 from .frames import as_uint8_image, fit_to_model
-from .graph import graph_for
 from .keys import NO_MASK_LAG_MS
-from .methods import MethodMasks
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, VBP, MethodMasks, degrid, describe
 from .overlay import check_style, mask_to_uint8, overlay, to_rgb
 from .stats import median
 
@@ -89,12 +88,13 @@ class _Faults(object):
 class SaliencyPart(object):
     """Threaded part. Inputs: the pilot's image (and optionally a fallback image key).
     Outputs: see ``keys.OUTPUTS``. Options: alpha, colormap, max_fps, cache_dir, backend_options, method
-    (``methods.METHODS``; not ``vbp``: needs TensorFlow, falls back to ``vbp`` with a logged error)."""
+    (``methods.METHODS``), output (steering | throttle: what a gradient method explains), level (Grad-CAM's)."""
 
     shutdown_join_s = 5.0  # how long shutdown() waits for the worker to finish its frame and close the backend
 
     def __init__(self, model_path, backend="auto", alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, max_fps=0,
-                 cache_dir=None, backend_options=None, method="vbp", sync_ms=0):
+                 cache_dir=None, backend_options=None, method=DEFAULT_METHOD, sync_ms=0, output=DEFAULT_OUTPUT,
+                 level=None):
         self.model_path = model_path
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})
@@ -122,8 +122,9 @@ class SaliencyPart(object):
         self._timings = collections.deque(maxlen=100)  # (done_time, latency_ms, infer_ms)
         self.method_masks = None
         try:
-            self.method_masks = MethodMasks(method, model_path)
-            self.saliency = Saliency(graph_for(model_path, cache_dir=cache_dir), backend, self.backend_options)
+            self.saliency = Saliency.open(model_path, backend, cache_dir=cache_dir, method=method, output=output,
+                                          level=level, strict=False, backend_options=self.backend_options)
+            self.method_masks = self.saliency.method_masks
         except (SaliencyError, OSError) as error:
             # Fail loudly in tools, never in the car: log, stay inert, keep driving.
             self.error = str(error)
@@ -180,6 +181,10 @@ class SaliencyPart(object):
             backend=self.backend_description,
             model=os.path.basename(str(self.model_path).rstrip("/")),
             layers=self.layer_names,
+            method=self.method_masks.method if self.method_masks else None,
+            output=self.graph.output if self.graph else None,
+            explains=describe(self.method_masks.method, self.graph.output) if self.method_masks and self.graph
+            else None,
             status="disabled: " + self.error if self.error else ("running" if self.latest else "starting"),
         )
 
@@ -257,6 +262,7 @@ class SaliencyPart(object):
         if self._wait_for_result(arrived, self.sync_s):
             overlay_image, mask_u8, latency_ms, _ = self._state[1]
             return overlay_image, mask_u8, latency_ms, 0.0
+        mask = degrid(mask[None])[0]
         picture = overlay(_frame_uint8(frame), mask, self.alpha, self.colormap)
         return picture, mask_to_uint8(mask), round((time.monotonic() - arrived) * 1000.0, 2), 0.0
 
@@ -333,11 +339,11 @@ class SaliencyPart(object):
     def _mask(self, model_frame, outputs):
         """The configured method's mask; on a method that cannot run here, VisualBackProp, logged once."""
         try:
-            return self.saliency.method_masks_of(model_frame[None], outputs, self.method_masks)[0]
+            return self.saliency.method_masks_of(outputs, self.method_masks)[0]
         except Exception as error:
             logger.error("saliency method %s failed (%s); using vbp", self.method_masks.method, error)
-            self.method_masks = MethodMasks()
-            return self.saliency.mask_of(outputs)[0]
+            self.method_masks = MethodMasks(VBP)
+            return self.saliency.method_masks_of(outputs, self.method_masks)[0]
 
     def _process(self, frame, arrived):
         if not self._ensure_backend():
@@ -367,7 +373,7 @@ class SaliencyPart(object):
         except InputError as error:
             self._faults.report("input", "bad frame: %s", error)
             return
-        self._publish(picture_base, mask, means, arrived, infer_ms)
+        self._publish(picture_base, degrid(mask[None])[0], means, arrived, infer_ms)
 
     def _publish(self, picture_base, mask, means, arrived, infer_ms):
         """Overlay, newest result and outputs, then the listeners (the stream)."""

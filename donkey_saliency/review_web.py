@@ -36,6 +36,7 @@ from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .errors import InputError
 from .images import encode_jpeg, read_rgb
 from .keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
+from .methods import describe
 from .overlay import layer_picture, mask_to_uint8, overlay
 from .requests_guard import (REFUSALS, SERVER_LIMITS, AllowedHosts, declared_length, log_request, refuse_foreign_host,
                              same_origin)
@@ -191,6 +192,8 @@ class Review(object):
             pilot=("recorded" if self.has_pilot_keys else "none" if self.pilot is None else
                    "computed" if not computing else "computing %d/%d" % (self.pilot.done, len(index))),
             overlay=("recorded" if self.recorded_saliency else "computed" if self.saliency is not None else None),
+            explains=(describe(self.saliency.method, self.saliency.output) if self.saliency is not None
+                      and not self.recorded_saliency else None),
             mask=(MASK_KEY in index.inputs) or self.saliency is not None,
             layers=self.layer_names, writable=self.writable, live=self.live, poll_ms=self.poll_ms,
             disagreements=[dict(index=i, score=s) for i, s in self._top])
@@ -265,7 +268,8 @@ class Review(object):
     def _result(self, index, frame):
         if index not in self._results:
             outputs = self.saliency.infer([frame])
-            self._results[index] = (self.saliency.mask_of(outputs)[0], [m[0] for m in self.saliency.means_of(outputs)])
+            self._results[index] = (self.saliency.method_masks_of(outputs)[0],
+                                    [m[0] for m in self.saliency.means_of(outputs)])
             while len(self._results) > CACHE_PICTURES // 4:
                 self._results.popitem(last=False)
         return self._results[index]

@@ -70,6 +70,9 @@ STATS_FIELDS = collections.OrderedDict([
     ("backend", "the backend running, e.g. 'onnxruntime (CPU)'"),
     ("model", "the pilot file's name"),
     ("layers", "conv layer names, shallow to deep (index i is /saliency/layer/<i>.jpg)"),
+    ("method", "the saliency method (methods.METHODS)"),
+    ("output", "the pilot output a gradient method explains ('steering' | 'throttle'), null for vbp"),
+    ("explains", "what the picture explains, e.g. 'input-gradient of steering'"),
     # from this module
     ("seq", "sequence number of the newest overlay (0: none yet)"),
     ("layer_shapes", "[h, w] of each layer's averaged map in the newest result"),

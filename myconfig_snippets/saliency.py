@@ -7,10 +7,11 @@ SALIENCY_MODEL_PATH = None        # None: the pilot given to `python manage.py d
                                   # made by `donkey-saliency export` (needs no TensorFlow on the car)
 SALIENCY_BACKEND = "auto"         # auto: TensorRT on a Jetson with tensorrt+pycuda, else ONNX Runtime;
                                   # or "tensorrt" / "onnxruntime"
-SALIENCY_METHOD = "vbp"           # vbp: VisualBackProp as published, computed inside the graph (the
-                                  # only method a car without TensorFlow can run). Others (see README
-                                  # "Saliency methods", `donkey-saliency evaluate`) need TensorFlow and
-                                  # a .h5/.keras pilot for now; the part falls back to vbp if they fail
+SALIENCY_METHOD = "input-gradient" # |d output / d pixel| (chosen with `evaluate`); vbp, input-x-gradient,
+                                  # grad-cam, vbp-gxa-mid, ... (README "Saliency methods"): all computed
+                                  # inside the graph from its backward pass, no TensorFlow needed
+SALIENCY_OUTPUT = "steering"      # steering | throttle: the decision a gradient method explains
+SALIENCY_LEVEL = None             # grad-cam's conv level (0 = shallowest); None: the deepest
 SALIENCY_ORT_PROVIDERS = None     # ONNX Runtime providers, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]
 SALIENCY_THREADS = 1              # ONNX Runtime CPU threads: leave the other cores to the car
 SALIENCY_TRT_PRECISION = "fp16"   # TensorRT engine precision: fp16 (default where the GPU has it) | fp32

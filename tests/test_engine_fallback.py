@@ -157,7 +157,8 @@ def _shared_car(model_path, tub_path, backend, loops):
     vehicle.add(_Camera(real_frames(4)), outputs=["cam/image_array"])
     pilot = KerasLinear(interpreter=KerasInterpreter())
     vehicle.add(pilot, inputs=["cam/image_array"], outputs=["pilot/angle", "pilot/throttle"])
-    part = donkey_saliency.SaliencyPart(model_path, backend="onnxruntime")
+    # vbp: the mask comes from the pilot's own pass (a gradient method computes it in the worker instead)
+    part = donkey_saliency.SaliencyPart(model_path, backend="onnxruntime", method="vbp")
     assert share_pilot_pass(vehicle, part, model_path, backend, {}) is not None
     vehicle.add(part, inputs=["cam/image_array"], outputs=list(OUTPUTS), threaded=True)
     inputs = ["cam/image_array", "pilot/angle", "pilot/throttle"] + RECORD_KEYS
