@@ -67,7 +67,8 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     part = SaliencyPart(model, backend=s["SALIENCY_BACKEND"], alpha=s["SALIENCY_ALPHA"],
                         colormap=s["SALIENCY_COLORMAP"], max_fps=s["SALIENCY_MAX_FPS"],
                         cache_dir=s["SALIENCY_CACHE_DIR"], backend_options=backend_options,
-                        method=s["SALIENCY_METHOD"], sync_ms=s["SALIENCY_SYNC_MS"])
+                        method=s["SALIENCY_METHOD"], sync_ms=s["SALIENCY_SYNC_MS"],
+                        watch_line=s["SALIENCY_WATCH_LINE"])
     if s["SALIENCY_SHARE_PILOT"]:
         share_pilot_pass(V, part, model_path, s["SALIENCY_BACKEND"], backend_options)
     image_key = config.image_key(cfg)
