@@ -470,7 +470,8 @@ def routes(source, allowed_hosts):
         (PREFIX + r"/meta", handlers["meta"], options),
         (PREFIX + r"/timeline", handlers["timeline"], options),
         (PREFIX + r"/record/([0-9]{1,9})", handlers["record"], options),
-        (PREFIX + r"/frame/([0-9]{1,9})/(camera|overlay|mask|pilotA|pilotB|layer[0-9]{1,3})\.jpg", handlers["frame"], options),
+        (PREFIX + r"/frame/([0-9]{1,9})/(camera|overlay|mask|pilotA|pilotB|layer[0-9]{1,3})\.jpg", handlers["frame"],
+         options),
         (PREFIX + r"/deleted", handlers["deleted"], options),
     ]
 

@@ -417,7 +417,8 @@ PAGE_STATE = """JSON.stringify((function () {
            stats: document.body.dataset.stats, overlayBox: box("overlay"), cameraBox: box("camera"),
            overlayWidth: document.getElementById("overlay").naturalWidth,
            fps: text("fps"), latency: text("latency"), dropped: text("dropped"), backend: text("backend"),
-           model: text("model"), status: text("status"), watch: text("watch"), watchLabel: text("watch-label"), driveView: text("drive-view"), viewers: text("viewers"),
+           model: text("model"), status: text("status"),
+           watch: text("watch"), watchLabel: text("watch-label"), driveView: text("drive-view"), viewers: text("viewers"),
            layersLoaded: Array.prototype.filter.call(document.querySelectorAll(".layers img"),
                                                      function (i) { return i.naturalWidth > 0; }).length,
            pageWidth: document.documentElement.scrollWidth, viewportWidth: window.innerWidth };
