@@ -183,7 +183,7 @@ class Review(object):
         if self.pair is None:
             return None
         count = len(self.index)
-        progress = (self.pair.done, self.pair.finished, self.index.deleted().sum())
+        progress = (self.pair.done, self.pair.finished)
         if self._pair_top[0] != progress:
             angles = self.pair.angles[:, :count]
             none = np.full(count, np.nan)
@@ -258,36 +258,30 @@ class Review(object):
             raise NotFound("no view %r" % view)
         record = self.index.record(index)
         images = self.index.images(index, record)
-        if view in PAIR_VIEWS:
-            return self._pair_picture(index, view, images)
         recorded_key = dict(camera=self.image_key, overlay=OVERLAY_KEY, mask=MASK_KEY).get(view)
         if recorded_key in images:
             return _jpeg_file(images[recorded_key])
         if view == "camera":
             raise NotFound("record %d has no %s image" % (index, self.image_key))
-        if self.saliency is None:
+        if view in PAIR_VIEWS and self.pair is None:
+            raise NotFound("one pilot: start 'donkey-saliency review' with two --model to compare two")
+        if view not in PAIR_VIEWS and self.saliency is None:
             raise NotFound("no saliency recorded for record %d; start 'donkey-saliency review' with --model "
                            "to compute it" % index)
-        key = (index, view)
-        if key not in self._pictures:
-            if self.image_key not in images:
-                raise NotFound("record %d has no %s image to compute saliency from" % (index, self.image_key))
-            self._pictures[key] = self._draw(index, view, images[self.image_key])
-            while len(self._pictures) > CACHE_PICTURES:
-                self._pictures.popitem(last=False)
-        self._pictures.move_to_end(key)
-        return self._pictures[key]
-
-    def _pair_picture(self, index, view, images):
-        if self.pair is None:
-            raise NotFound("one pilot: start 'donkey-saliency review' with two --model to compare two")
         if self.image_key not in images:
             raise NotFound("record %d has no %s image to compute saliency from" % (index, self.image_key))
-        key = (index, view)
+        draw = self._draw_pilot if view in PAIR_VIEWS else self._draw
+        return self._cached((index, view), lambda: draw(index, view, images[self.image_key]))
+
+    def _draw_pilot(self, index, view, camera_path):
+        """One of the two pilots' overlays (``pilotA``/``pilotB``)."""
+        frame = read_rgb(camera_path)
+        return encode_jpeg(overlay(frame, self.pair.mask(PAIR_VIEWS.index(view), frame), self.alpha, self.colormap))
+
+    def _cached(self, key, draw):
+        """The JPEG of ``key`` from the LRU, ``draw()`` into it when absent."""
         if key not in self._pictures:
-            frame = read_rgb(images[self.image_key])
-            mask = self.pair.mask(PAIR_VIEWS.index(view), frame)
-            self._pictures[key] = encode_jpeg(overlay(frame, mask, self.alpha, self.colormap))
+            self._pictures[key] = draw()
             while len(self._pictures) > CACHE_PICTURES:
                 self._pictures.popitem(last=False)
         self._pictures.move_to_end(key)
@@ -323,6 +317,7 @@ class Review(object):
         set_deleted(self.index.path, [index], deleted)
         self.index.refresh()
         self._top = None
+        self._pair_top = (None, None)
         return self.index.is_deleted(index)
 
     def close(self):

@@ -148,3 +148,16 @@ def test_review_two_real_pilots_served_and_in_chromium(tmp_path):
     orange = (timeline[..., 0] > 200) & (timeline[..., 1] > 120) & (timeline[..., 1] < 190) & (timeline[..., 2] < 80)
     magenta = (timeline[..., 0] > 180) & (timeline[..., 1] < 120) & (timeline[..., 2] > 200)
     assert orange.sum() > 100 and magenta.sum() > 100  # both pilots' curves drawn
+
+
+def test_one_pilot_has_no_pilot_pictures():
+    pi_data_or_skip()
+    from donkey_saliency.review_web import NotFound, Review
+
+    review = Review(PI_TUB)
+    try:
+        assert review.meta()["pair"] is None and review.layout()[-1] == "deleted"
+        with pytest.raises(NotFound, match="two --model"):
+            review.picture(0, "pilotB")
+    finally:
+        review.close()
