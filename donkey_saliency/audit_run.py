@@ -24,7 +24,7 @@ from .evaluate import SHIFTS, shift_image
 from .frames import prepare_batch
 from .images import read_rgb
 from .keys import CAMERA_KEY
-from .methods import DEFAULT_METHOD, check_method
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, check_method
 from .overlay import overlay, resize_to
 from .tub import open_tub, require_field
 
@@ -49,8 +49,8 @@ class PilotPass(object):
     """One pilot's whole graph on a backend (api.Saliency): masks of ``method`` and steering for uint8
     frames. Inputs besides the image (a memory pilot's) get zeros: donkeycar's start memory."""
 
-    def __init__(self, model_path, backend="auto", method=DEFAULT_METHOD):
-        self.saliency = Saliency.open(model_path, backend, method=method, whole=True)
+    def __init__(self, model_path, backend="auto", method=DEFAULT_METHOD, output=DEFAULT_OUTPUT, level=None):
+        self.saliency = Saliency.open(model_path, backend, method=method, output=output, level=level, whole=True)
         if self.saliency.pilot is None:
             raise ModelError("%s is an exported saliency graph without the pilot's outputs; audit needs the "
                              "pilot file (.h5, .keras or .tflite)" % model_path)

@@ -369,7 +369,9 @@ def _add_review(sub, shared):
                                       "steering and throttle, where pilot and user disagree",
                        parents=[shared.backend, shared.image_key, shared.style, shared.method])
     p.add_argument("tub", help="tub directory (v2, or a donkeycar 3 v1 tub)")
-    p.add_argument("--model", help="pilot file: computes the overlay and layer maps when the tub has none")
+    p.add_argument("--model", action="append", default=[],
+                   help="pilot file: computes the overlay and layer maps when the tub has none; twice "
+                        "(--model A --model B): camera | A | B, both pilots' steering, where they disagree most")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %d; 0 picks a free one)" % DEFAULT_PORT)
     p.add_argument("--writable", action="store_true",
@@ -387,14 +389,31 @@ def cmd_review(args):
     review = Review(args.tub, writable=args.writable, alpha=args.alpha, colormap=args.colormap,
                     image_key=args.image_key)  # a bad tub fails before the model loads
     try:
-        if args.model:
-            if not os.path.exists(args.model):
-                raise ModelError("model file not found: %s" % args.model)
-            review.saliency = load(args.model, backend=args.backend, **method_choice(args)).activate()
+        if len(args.model) > 2:
+            raise InputError("review compares at most two pilots (--model given %d times)" % len(args.model))
+        for model in args.model:
+            if not os.path.exists(model):
+                raise ModelError("model file not found: %s" % model)
+        if len(args.model) == 2:
+            from .audit_run import PilotPass
+            from .review_pair import PilotPair
+
+            passes = []
+            try:
+                for model in args.model:
+                    passes.append(PilotPass(model, args.backend, **method_choice(args)))
+            except BaseException:
+                for one in passes:
+                    one.close()
+                raise
+            review.compare(PilotPair(passes, args.model, review.index, review.image_key))
+        elif args.model:
+            model = args.model[0]
+            review.saliency = load(model, backend=args.backend, **method_choice(args)).activate()
             if not review.has_pilot_keys:
                 from .review import PilotPredictor
 
-                predictor = PilotPredictor.for_model(args.model)  # None (logged) where it cannot run the file
+                predictor = PilotPredictor.for_model(model)  # None (logged) where it cannot run the file
                 if predictor is not None:
                     review.compute_pilot(predictor)  # the pilot's values, for the timeline
 

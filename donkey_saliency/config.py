@@ -33,6 +33,7 @@ DEFAULTS = dict(
     SALIENCY_TOGGLE_BUTTON="w5",     # web button that toggles it (w1..w5), None for none
     SALIENCY_RECORD=True,            # add saliency keys to the TubWriter
     SALIENCY_SHARE_PILOT=False,      # the pilot's own pass gives the mask (its inference runs on our backend)
+    SALIENCY_WATCH_LINE=0,           # live share of attention above this row (audit's ROI_CROP_TOP); 0: upper third
     SALIENCY_SYNC_MS=0,              # wait up to this long for the current frame's mask (lag 0); 0: never
 )
 

@@ -22,6 +22,7 @@ from .keys import NO_MASK_LAG_MS
 from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, VBP, MethodMasks, degrid, describe
 from .overlay import check_style, mask_to_uint8, overlay, to_rgb
 from .stats import median
+from .watch import AttentionWatch
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class SaliencyPart(object):
 
     def __init__(self, model_path, backend="auto", alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, max_fps=0,
                  cache_dir=None, backend_options=None, method=DEFAULT_METHOD, sync_ms=0, output=DEFAULT_OUTPUT,
-                 level=None):
+                 level=None, watch_line=0):
         self.model_path = model_path
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})
@@ -120,6 +121,7 @@ class SaliencyPart(object):
         self._processed = 0
         self._received = 0
         self._timings = collections.deque(maxlen=100)  # (done_time, latency_ms, infer_ms)
+        self.watch = AttentionWatch(watch_line)  # the live page's share of attention above the line
         self.method_masks = None
         try:
             self.saliency = Saliency.open(model_path, backend, cache_dir=cache_dir, method=method, output=output,
@@ -172,7 +174,7 @@ class SaliencyPart(object):
         fps = 0.0
         if len(timings) >= 2 and timings[-1][0] > timings[0][0]:
             fps = (len(timings) - 1) / (timings[-1][0] - timings[0][0])
-        return dict(
+        figures = dict(
             fps=round(fps, 2),
             latency_ms=_rounded(median(t[1] for t in timings)),
             infer_ms=_rounded(median(t[2] for t in timings)),
@@ -187,6 +189,8 @@ class SaliencyPart(object):
             else None,
             status="disabled: " + self.error if self.error else ("running" if self.latest else "starting"),
         )
+        figures.update(self.watch.figures())
+        return figures
 
     # --- the drive loop's side ----------------------------------------------------------------
     def accept_mask(self, frame, mask, means=(), infer_ms=0.0):
@@ -391,6 +395,7 @@ class SaliencyPart(object):
         result = SaliencyResult(self._processed, to_rgb(picture_base), picture, mask, means, arrived, done,
                                 (done - arrived) * 1000.0, infer_ms)
         self._timings.append((done, result.latency_ms, infer_ms))
+        self.watch.add(mask)
         with self._wake:
             self._state = (result, (picture, mask_to_uint8(mask), round(result.latency_ms, 2), 0.0))
             self._wake.notify_all()  # a run_threaded waiting for this frame (sync_ms)

@@ -4,7 +4,8 @@ steering and throttle (user and pilot) on one timeline.
 Served two ways, at the same paths:
 - ``donkey-saliency review TUB`` (``application``): its own small Tornado server, optionally with
   ``--model`` (overlay and layer maps computed when the tub has none) and ``--writable`` (the ``d``
-  key marks records deleted, as donkeycar does).
+  key marks records deleted, as donkeycar does); with two ``--model``, camera | A | B and both pilots'
+  steering (``review_pair``).
 - on the car's ``LocalWebController`` (``mount``, from ``web.attach_web``): the tub being written,
   read-only, recorded saliency only (the car's CPU belongs to the pilot).
 
@@ -14,7 +15,7 @@ Routes (``PREFIX`` = /saliency/review):
     GET  PREFIX/meta                   JSON: tub, record count, rate, capabilities, top disagreements
     GET  PREFIX/timeline               the drive as bytes: ``TIMELINE_LAYOUT`` arrays of N int8/uint8
     GET  PREFIX/record/<i>             JSON: record i's fields (index, timestamp, mode, lag, values)
-    GET  PREFIX/frame/<i>/<view>.jpg   view: camera | overlay | mask | layer<k>
+    GET  PREFIX/frame/<i>/<view>.jpg   view: camera | overlay | mask | layer<k> | pilotA | pilotB (two --model)
     POST PREFIX/deleted                body {"index": i, "deleted": bool}; --writable only, same Origin
 
 Every route answers only a Host that is this machine (``requests_guard.AllowedHosts``); the delete
@@ -38,6 +39,8 @@ from .images import encode_jpeg, read_rgb
 from .keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
 from .methods import describe
 from .overlay import layer_picture, mask_to_uint8, overlay
+from .review_pair import ANGLE_KEYS, RANKED_BY
+from .review_pair import VIEWS as PAIR_VIEWS
 from .requests_guard import (REFUSALS, SERVER_LIMITS, AllowedHosts, declared_length, log_request, refuse_foreign_host,
                              same_origin)
 from .tub import require_field
@@ -145,6 +148,8 @@ class Review(object):
         self.image_key = image_key
         self.executor = ThreadPoolExecutor(max_workers=1)
         self.pilot = None  # PilotValues computed with --model when the tub has no pilot keys
+        self.pair = None  # review_pair.PilotPair with two --model: both pilots' overlays and steering
+        self._pair_top = (None, None)  # (the pair's progress, its top disagreements)
         self._pictures = collections.OrderedDict()  # (index, view) -> JPEG bytes
         self._results = collections.OrderedDict()  # index -> (mask, means), computed
         self._top = None  # top_disagreements, computed when asked for after a change
@@ -168,6 +173,25 @@ class Review(object):
         self.pilot = PilotValues(self, predictor)
         self.pilot.start()
 
+    def compare(self, pair):
+        """Show two pilots (``review_pair.PilotPair``): their steering is computed in the background."""
+        self.pair = pair.start()
+
+    def layout(self):
+        return list(TIMELINE_LAYOUT) + (list(ANGLE_KEYS) if self.pair is not None else [])
+
+    def pair_meta(self):
+        if self.pair is None:
+            return None
+        count = len(self.index)
+        progress = (self.pair.done, self.pair.finished)
+        if self._pair_top[0] != progress:
+            angles = self.pair.angles[:, :count]
+            none = np.full(count, np.nan)
+            self._pair_top = (progress, top_disagreements(angles[0], none, angles[1], none, self.index.deleted()))
+        return dict(names=self.pair.names, state=self.pair.state(count), ranked_by=RANKED_BY,
+                    disagreements=[dict(index=i, score=s) for i, s in self._pair_top[1]])
+
     def series(self):
         """The ``TIMELINE_KEYS`` arrays, pilot values computed where the tub has none."""
         arrays = [self.index.array(key) for key in TIMELINE_KEYS]
@@ -187,7 +211,7 @@ class Review(object):
         return dict(
             tub=os.path.basename(index.path), version=index.version, count=len(index),
             rate_hz=round(recording_rate(np.frombuffer(index.timestamps, np.float64) if len(index) else []), 3),
-            layout=list(TIMELINE_LAYOUT), quant=QUANT, absent=ABSENT, modes=list(MODES),
+            layout=self.layout(), quant=QUANT, absent=ABSENT, modes=list(MODES),
             has=dict((key, bool(np.isfinite(values).any())) for key, values in zip(TIMELINE_KEYS, self.series())),
             pilot=("recorded" if self.has_pilot_keys else "none" if self.pilot is None else
                    "computed" if not computing else "computing %d/%d" % (self.pilot.done, len(index))),
@@ -196,7 +220,7 @@ class Review(object):
                       and not self.recorded_saliency else None),
             mask=(MASK_KEY in index.inputs) or self.saliency is not None,
             layers=self.layer_names, writable=self.writable, live=self.live, poll_ms=self.poll_ms,
-            disagreements=[dict(index=i, score=s) for i, s in self._top])
+            disagreements=[dict(index=i, score=s) for i, s in self._top], pair=self.pair_meta())
 
     def refresh(self):
         if self.index.refresh():
@@ -206,7 +230,10 @@ class Review(object):
     def timeline(self):
         if self.live:
             self.refresh()
-        return timeline_bytes(self.index, self.series())
+        data = timeline_bytes(self.index, self.series())
+        if self.pair is not None:
+            data += b"".join(quantise(a[:len(self.index)]).tobytes() for a in self.pair.angles)
+        return data
 
     def _check(self, index):
         if not 0 <= index < len(self.index):
@@ -219,6 +246,8 @@ class Review(object):
         if self.pilot is not None:
             fields.update((key, _json_number(values[index])) for key, values in
                           (("pilot/angle", self.pilot.angle), ("pilot/throttle", self.pilot.throttle)))
+        if self.pair is not None:
+            fields.update((key, _json_number(self.pair.angles[k, index])) for k, key in enumerate(ANGLE_KEYS))
         fields.update(index=index, timestamp_ms=_json_number(record.get("_timestamp_ms")),
                       mode=record.get("user/mode") if isinstance(record.get("user/mode"), str) else None,
                       lag_ms=_json_number(record.get(LAG_KEY)), deleted=self.index.is_deleted(index),
@@ -228,7 +257,7 @@ class Review(object):
     def picture(self, index, view):
         """JPEG bytes of one view of record ``index``; NotFound saying why there is none."""
         self._check(index)
-        if view not in VIEWS and not view.startswith("layer"):
+        if view not in VIEWS + PAIR_VIEWS and not view.startswith("layer"):
             raise NotFound("no view %r" % view)
         record = self.index.record(index)
         images = self.index.images(index, record)
@@ -237,14 +266,25 @@ class Review(object):
             return _jpeg_file(images[recorded_key])
         if view == "camera":
             raise NotFound("record %d has no %s image" % (index, self.image_key))
-        if self.saliency is None:
+        if view in PAIR_VIEWS and self.pair is None:
+            raise NotFound("one pilot: start 'donkey-saliency review' with two --model to compare two")
+        if view not in PAIR_VIEWS and self.saliency is None:
             raise NotFound("no saliency recorded for record %d; start 'donkey-saliency review' with --model "
                            "to compute it" % index)
-        key = (index, view)
+        if self.image_key not in images:
+            raise NotFound("record %d has no %s image to compute saliency from" % (index, self.image_key))
+        draw = self._draw_pilot if view in PAIR_VIEWS else self._draw
+        return self._cached((index, view), lambda: draw(index, view, images[self.image_key]))
+
+    def _draw_pilot(self, index, view, camera_path):
+        """One of the two pilots' overlays (``pilotA``/``pilotB``)."""
+        frame = read_rgb(camera_path)
+        return encode_jpeg(overlay(frame, self.pair.mask(PAIR_VIEWS.index(view), frame), self.alpha, self.colormap))
+
+    def _cached(self, key, draw):
+        """The JPEG of ``key`` from the LRU, ``draw()`` into it when absent."""
         if key not in self._pictures:
-            if self.image_key not in images:
-                raise NotFound("record %d has no %s image to compute saliency from" % (index, self.image_key))
-            self._pictures[key] = self._draw(index, view, images[self.image_key])
+            self._pictures[key] = draw()
             while len(self._pictures) > CACHE_PICTURES:
                 self._pictures.popitem(last=False)
         self._pictures.move_to_end(key)
@@ -281,11 +321,14 @@ class Review(object):
         set_deleted(self.index.path, [index], deleted)
         self.index.refresh()
         self._top = None
+        self._pair_top = (None, None)
         return self.index.is_deleted(index)
 
     def close(self):
         if self.pilot is not None:
             self.pilot.stop()
+        if self.pair is not None:
+            self.pair.close()
         self.executor.shutdown(wait=True)
         if self.saliency is not None:
             self.saliency.close()
@@ -426,7 +469,8 @@ def routes(source, allowed_hosts):
         (PREFIX + r"/meta", handlers["meta"], options),
         (PREFIX + r"/timeline", handlers["timeline"], options),
         (PREFIX + r"/record/([0-9]{1,9})", handlers["record"], options),
-        (PREFIX + r"/frame/([0-9]{1,9})/(camera|overlay|mask|layer[0-9]{1,3})\.jpg", handlers["frame"], options),
+        (PREFIX + r"/frame/([0-9]{1,9})/(camera|overlay|mask|pilotA|pilotB|layer[0-9]{1,3})\.jpg", handlers["frame"],
+         options),
         (PREFIX + r"/deleted", handlers["deleted"], options),
     ]
 

@@ -68,7 +68,7 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
                         colormap=s["SALIENCY_COLORMAP"], max_fps=s["SALIENCY_MAX_FPS"],
                         cache_dir=s["SALIENCY_CACHE_DIR"], backend_options=backend_options,
                         method=s["SALIENCY_METHOD"], sync_ms=s["SALIENCY_SYNC_MS"], output=s["SALIENCY_OUTPUT"],
-                        level=s["SALIENCY_LEVEL"])
+                        level=s["SALIENCY_LEVEL"], watch_line=s["SALIENCY_WATCH_LINE"])
     if s["SALIENCY_SHARE_PILOT"]:
         share_pilot_pass(V, part, model_path, s["SALIENCY_BACKEND"], backend_options)
     image_key = config.image_key(cfg)

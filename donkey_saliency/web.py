@@ -73,6 +73,12 @@ STATS_FIELDS = collections.OrderedDict([
     ("method", "the saliency method (methods.METHODS)"),
     ("output", "the pilot output a gradient method explains ('steering' | 'throttle'), null for vbp"),
     ("explains", "what the picture explains, e.g. 'input-gradient of steering'"),
+    ("watch_line", "the row (of the pilot's image) the attention is watched above: SALIENCY_WATCH_LINE, "
+                   "or the upper third when it is 0; null before the first mask"),
+    ("share_above", "share (0-1) of the attention above watch_line, mean of the last share_above_window "
+                    "masks; null before the first mask"),
+    ("share_above_latest", "the same share in the newest mask alone"),
+    ("share_above_window", "how many masks share_above averages"),
     # from this module
     ("seq", "sequence number of the newest overlay (0: none yet)"),
     ("layer_shapes", "[h, w] of each layer's averaged map in the newest result"),

@@ -31,5 +31,7 @@ SALIENCY_TOGGLE_BUTTON = "w5"     # web button (w1..w5) that toggles the /drive 
 SALIENCY_RECORD = True            # record saliency/image_array, saliency/mask, saliency/lag_ms in the tub
 SALIENCY_SHARE_PILOT = False      # True: the pilot's own forward pass gives the mask (one pass, lag 0 while
                                   # it drives): the pilot's inference then runs on the saliency backend
+SALIENCY_WATCH_LINE = 0           # the live page shows the share of attention above this row of the pilot's
+                                  # image: `donkey-saliency audit`'s recommended_roi_crop_top; 0: the upper third
 SALIENCY_SYNC_MS = 0              # wait up to this many ms in the loop for the current frame's mask, so it is
                                   # recorded with lag 0 (e.g. 5); 0: never wait

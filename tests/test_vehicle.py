@@ -273,3 +273,37 @@ def test_jpeg_quality_reaches_the_stream_encoder(tiny_pilot_path):
     assert np.array_equal(overlay, same_overlay)  # the same picture, encoded at two qualities
     assert low != high and len(low) < len(high)
     assert mean_abs_diff(decode_jpeg(high), overlay) < mean_abs_diff(decode_jpeg(low), overlay)
+
+
+# --- SALIENCY_WATCH_LINE: the live share of attention above the line ---------------------------------
+def test_watch_line_share_reaches_the_stats_json(tiny_pilot_path):
+    """A constant frame gives a constant mask, so the rolling share served as JSON is that mask's share
+    above the configured row, computed here from the mask itself."""
+    import http.client
+    import json
+
+    vehicle, web_controller = vehicle_with_web(camera_frame())
+    part = add_saliency(vehicle, config(SALIENCY_WATCH_LINE=30), ctr=web_controller, model_path=tiny_pilot_path)
+    server = ServerThread(web_controller).start()
+
+    def served():
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            connection.request("GET", "/saliency/stats")
+            return json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+
+    try:
+        with driving(vehicle):
+            assert wait_for(lambda: part.stats()["processed"] >= 3, timeout=60)
+            figures = served()
+            mask = part.latest.mask
+    finally:
+        server.stop()
+    rows = mask.sum(axis=1)
+    expected = rows[:30].sum() / rows.sum()
+    assert figures["watch_line"] == 30 and figures["share_above_window"] == 20
+    assert 0.0 < expected < 1.0
+    assert figures["share_above"] == pytest.approx(expected, abs=1e-3)
+    assert figures["share_above_latest"] == pytest.approx(expected, abs=1e-3)

@@ -417,7 +417,8 @@ PAGE_STATE = """JSON.stringify((function () {
            stats: document.body.dataset.stats, overlayBox: box("overlay"), cameraBox: box("camera"),
            overlayWidth: document.getElementById("overlay").naturalWidth,
            fps: text("fps"), latency: text("latency"), dropped: text("dropped"), backend: text("backend"),
-           model: text("model"), status: text("status"), driveView: text("drive-view"), viewers: text("viewers"),
+           model: text("model"), status: text("status"),
+           watch: text("watch"), watchLabel: text("watch-label"), driveView: text("drive-view"), viewers: text("viewers"),
            layersLoaded: Array.prototype.filter.call(document.querySelectorAll(".layers img"),
                                                      function (i) { return i.naturalWidth > 0; }).length,
            pageWidth: document.documentElement.scrollWidth, viewportWidth: window.innerWidth };
@@ -459,6 +460,9 @@ def test_saliency_page_in_headless_chromium(tiny_pilot_path, tmp_path, width, he
     assert state["fps"] != "\u2013" and float(state["fps"]) > 0
     assert state["latency"].endswith(" ms") and state["dropped"].split(" of ")[1].isdigit()
     assert state["driveView"] == "Overlay in /drive: OFF"
+    # The rolling share of attention above the upper third (the default watch line) of the 120-row image.
+    assert state["watchLabel"] == "Attention above row 40 (last 20)"
+    assert state["watch"].endswith(" %") and 0 <= int(state["watch"][:-2]) <= 100
     assert state["viewportWidth"] == width
     assert state["pageWidth"] <= width  # usable at this width: nothing sticks out sideways
     # The pixels where the page shows the overlay are the overlay, and the camera is the camera.
