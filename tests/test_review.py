@@ -97,7 +97,9 @@ def test_render_computes_saliency_and_pilot_values_when_the_tub_has_none(tubs, t
     _, _, recorded_frames = video_facts(tmp_path / "recorded.mp4")
     assert recorded.frames == 8
     diff = np.abs(frames[5][:120, 160:].astype(int) - recorded_frames[5][:120, 160:].astype(int)).mean()
-    assert diff < 12  # the recorded one went through JPEG once more, and two MPEG-4 encodes differ
+    # the recorded one went through JPEG once more, and two MPEG-4 encodes differ; the default gradient
+    # mask has finer detail than VisualBackProp's, which those lossy steps blur more
+    assert diff < 16
 
 
 def test_compose_frame_draws_user_and_pilot_bars():
