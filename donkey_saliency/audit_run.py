@@ -31,6 +31,8 @@ from .tub import open_tub, require_field
 BATCH = 32   # frames per inference: 64 costs ~160 MiB more of ONNX Runtime buffers for two pilots, no faster
 DEPENDENCE_FRAMES = 400   # the dependence test's frames: the 90 % interval says what this many give
 OFF_TRACK_COUNT = 12
+# Under 1 % above the line is no look away: the masks' 3x3 de-gridding spills a row's worth over it.
+OFF_TRACK_MIN_SHARE = 0.01
 DISAGREE_COUNT = 12
 MAX_PILOTS = 2
 FILL = "the drive's mean image (per pixel, over the audited frames)"
@@ -200,7 +202,7 @@ def _pilot_summary(pilot, drive, entries, progress):
     scores = audit.share_above(drive.row_shares, line)
     off_track = [dict(index=int(entries[i].index), share_above=round(float(scores[i]), 4),
                       steering=round(float(drive.steering[i]), 4)) for i in audit.largest(scores, OFF_TRACK_COUNT)
-                 if scores[i] > 0]  # a pilot that never looks above the line has none
+                 if scores[i] > OFF_TRACK_MIN_SHARE]  # a pilot that never looks above the line has none
     dependence = []
     for k in [0] + candidates:
         mean, interval = test["crop"][k]

@@ -164,7 +164,8 @@ def test_the_advice_switches_between_a_pilot_reading_the_top_rows_and_one_blind_
     assert ten["interval_90"][0] > 0.1  # replacing the band moves the steering a lot
     assert sees_nothing["verdict"] == "safe" and sees_nothing["recommended_roi_crop_top"] == 60, sees_nothing["advice"]
     assert all(row["mean_abs_change"] < 1e-6 for row in sees_nothing["crop_dependence"])
-    assert sees_nothing["share_above"]["60"] < 1e-6  # the cropping layer's rows get no attention
+    # the cropping layer's rows get no attention but the one row the 3x3 de-gridding spreads over the line
+    assert sees_nothing["share_above"]["60"] < 0.01
     assert reads["off_track_records"] and not sees_nothing["off_track_records"]
     assert reads["share_above"]["10"] > 0.05
     assert report["comparison"]["steering_correlation"] > 0.5  # both read the same steering, each its own band

@@ -116,7 +116,7 @@ def test_10_nul_byte_in_an_image_name_is_one_line_and_a_400(tool_tubs, tiny_pilo
     out = tmp_path / "out"
     os.makedirs(str(out))
     runs = {
-        "evaluate": ("evaluate", tub, "--model", tiny_pilot_path, "--frames", "2", "--no-gradients",
+        "evaluate": ("evaluate", tub, "--model", tiny_pilot_path, "--frames", "2",
                      "--out", out / "eval"),
         "backfill": ("backfill", tub, "--model", tiny_pilot_path, "--out", out / "copy"),
         "render": ("render", tub, "--model", tiny_pilot_path, "--out", out / "r.mp4"),
@@ -169,13 +169,13 @@ def test_11_json_bytes_writes_null_for_undefined_figures():
 def test_11_evaluate_refuses_1x1_frames_and_writes_null_where_undefined(tiny_pilot_path, tmp_path):
     tiny = constant_tub(tmp_path / "tiny", (1, 1, 3))
     line = assert_one_line_exit_2(run_cli("evaluate", tiny, "--model", tiny_pilot_path, "--frames", "2",
-                                          "--no-gradients", "--backend", "onnxruntime", "--out", tmp_path / "e1"),
+                                          "--backend", "onnxruntime", "--out", tmp_path / "e1"),
                                   "evaluate")
     assert "1x1 pixels" in line and "at least 25x25" in line, line
     assert not os.path.exists(str(tmp_path / "e1"))
     # Full-size frames of one colour: shifting them changes nothing, the shift ratios are 0/0.
     flat = constant_tub(tmp_path / "flat", (120, 160, 3))
-    result = run_cli("evaluate", flat, "--model", tiny_pilot_path, "--frames", "2", "--no-gradients", "--backend",
+    result = run_cli("evaluate", flat, "--model", tiny_pilot_path, "--frames", "2", "--backend",
                      "onnxruntime", "--out", tmp_path / "e2")
     assert result.returncode == 0, result.stderr
     report = strict_json(open(str(tmp_path / "e2" / "evaluate.json")).read())

@@ -154,8 +154,8 @@ def test_trunk_graph_is_unchanged_by_the_whole_pilot_reader(pilot_files):
     whole = graph_for(pilot_files["linear"][".h5"], cache_dir=False, whole=True)
     assert trunk.pilot is None and whole.pilot["outputs"] == ["n_outputs0", "n_outputs1"]
     frames = real_frames(2)
-    with Saliency(trunk, backends.create(trunk, "onnxruntime"), "vbp") as a, \
-            Saliency(whole, backends.create(whole, "onnxruntime"), "vbp") as b:
+    with Saliency(trunk, backends.create(trunk, "onnxruntime"), method="vbp") as a, \
+            Saliency(whole, backends.create(whole, "onnxruntime"), method="vbp") as b:
         np.testing.assert_array_equal(a.masks(frames), b.masks(frames))
 
 
