@@ -4,9 +4,9 @@ Outputs: ``mask`` (N, H, W) in [0, 1] and ``mean_<i>`` (N, h_i, w_i), the channe
 conv layer i (shallow to deep). With ``features=True`` also ``features_<i>`` (N, C_i, h_i, w_i).
 The head mirrors ``vbp.py`` operation for operation; the tests hold the two together.
 
-The graph is built from the pilot's trunk description (``pilots/``) with the ``onnx`` package alone:
-no TensorFlow. Built graphs are cached by the pilot file's content hash, so a car builds once and
-starts from the cached ``.onnx`` afterwards.
+The graph is built from the pilot's trunk description (``pilots/``) and serialized by onnx_proto.py:
+no TensorFlow, no ``onnx`` package (a car needs only onnxruntime). Built graphs are cached by the
+pilot file's content hash, so a car builds once and starts from the cached ``.onnx`` afterwards.
 """
 import hashlib
 import json
@@ -14,6 +14,8 @@ import logging
 import os
 
 from . import __version__
+from . import onnx_proto as helper
+from .onnx_proto import TensorProto
 from .errors import ModelError, first_line
 from .fileio import atomic_write, default_cache_dir, file_digest
 from .pilots import load_pilot
@@ -71,10 +73,7 @@ class SaliencyGraph(object):
 
     @classmethod
     def from_bytes(cls, data, source=""):
-        import onnx
-
-        proto = onnx.load_from_string(data)
-        meta = {p.key: p.value for p in proto.metadata_props}
+        meta = helper.metadata_props(data)
         if META_KEY not in meta:
             raise ModelError("%s is an ONNX file but not a donkey-saliency graph (export one with "
                              "'donkey-saliency export')" % (source or "the graph"))
@@ -113,17 +112,13 @@ class _Builder(object):
         return "%s_%d" % (hint, self.count)
 
     def const(self, hint, array):
-        from onnx import numpy_helper
-
         name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(array, name))
+        self.initializers.append(helper.from_array(array, name))
         return name
 
     def op(self, op_type, inputs, hint=None, output=None, **attrs):
         """Append a node; it is named '<prefix>/<op_type>_<n>' after its hint's prefix ('trunk/', 'vbp/'),
         which TensorRT's precision pinning reads."""
-        from onnx import helper
-
         output = output or self.name(hint or op_type.lower())
         prefix = (hint or output).rpartition("/")[0]
         name = self.name((prefix + "/" if prefix else "") + op_type)
@@ -324,15 +319,12 @@ def _pilot_layers(b, trunk, network, end):
 
 
 def build(trunk, features=False, source="", network=None, float_input=False):
-    """The fused graph (ONNX ModelProto) of a trunk: uint8 frame -> /255 -> trunk -> VisualBackProp.
+    """The fused graph (an onnx_proto.Model) of a trunk: uint8 frame -> /255 -> trunk -> VisualBackProp.
 
     With ``network`` (pilots/network.py) it is the whole pilot: its other inputs go in under their own
     names and its outputs come out under theirs, beside the mask. ``float_input``: the frame arrives
     already normalized to [0, 1] as float32 (what donkeycar's KerasPilot hands its interpreter)."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper
-
     height, width, channels = trunk.input_shape
     b = _Builder()
     if float_input:
@@ -383,7 +375,6 @@ def build(trunk, features=False, source="", network=None, float_input=False):
     if pilot is not None:
         info["pilot"] = pilot
     helper.set_model_props(proto, {META_KEY: json.dumps(info)})
-    onnx.checker.check_model(proto)
     return proto
 
 
