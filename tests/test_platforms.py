@@ -302,3 +302,88 @@ def test_missing_opencv_is_one_line_saying_how_to_get_it(onnx_pilot, tmp_path):
     lines = result.stderr.decode().strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr.decode()
     assert "OpenCV (cv2) is not importable" in lines[0] and "pip install 'donkey-saliency[opencv]'" in lines[0]
+
+
+# --- today's cars: installed under a constraints file of the car's own packages ----------------------
+Row = collections.namedtuple("Row", "env python donkeycar numpy opencv tensorflow upgrade_pip")
+Row.__doc__ = """env: car_envs name; python/donkeycar/numpy: version prefixes the car has; opencv: the OpenCV
+distributions pip lists ([]: JetPack's, invisible to pip); tensorflow: its version prefix or None;
+upgrade_pip: the row is the env with a current pip (``pip install -U pip``) before the install."""
+ROWS = {
+    "pi54-312": Row("pi54-312", "3.12.", "5.4.0", "2.", ["opencv-contrib-python-headless"], None, False),
+    "pi54-313": Row("pi54-313", "3.13.", "5.4.0", "2.", ["opencv-contrib-python-headless"], None, False),
+    "bullseye": Row("bullseye", "3.9.", "5.0.0", "1.", ["opencv-contrib-python-headless"], "2.9.", False),
+    "jetpack5": Row("jetpack5", "3.8.", "5.0.0", "1.21.1", [], "2.9.", False),
+    "jetpack5-current-pip": Row("jetpack5", "3.8.", "5.0.0", "1.21.1", [], "2.9.", True),
+    "jetpack6": Row("jetpack6", "3.10.", "5.0.0", "1.", [], None, False),
+    "laptop54": Row("laptop54", "3.12.", "5.4.0", "2.", ["opencv-python-headless"], "2.19.", False),
+}
+INSTALL = "pip freeze > car.txt && pip install -c car.txt '<project>[runtime]'"  # README's car install
+
+
+def install_under_constraints(row, tmp_path_factory, project):
+    """README's car install into a copy of the row's cached env: (Installed, pip check before)."""
+    env = car_envs.ENVS[row.env]
+    why = car_envs.missing(env)
+    if why:
+        pytest.skip(why)
+    try:
+        directory, _ = car_envs.ready(env)
+    except subprocess.CalledProcessError as error:  # an x86 stand-in that cannot be built here
+        pytest.skip("the %s stand-in cannot be built here: %s" % (row.env, error.output.decode()[-300:]))
+    venv = car_envs.clone(directory, str(tmp_path_factory.mktemp(row.env) / "venv"))
+    if row.upgrade_pip:
+        car_envs.pip(venv, "install", "-U", "pip")
+    before, checked = car_envs.freeze(venv), pip_check(venv)
+    constraints = os.path.join(os.path.dirname(venv), "car.txt")
+    with open(constraints, "w") as handle:
+        handle.write(car_envs.pip(venv, "freeze"))
+    output = car_envs.pip(venv, "install", "-c", constraints, "%s[runtime]" % project)
+    return Installed(venv, before, car_envs.freeze(venv), output), checked
+
+
+@pytest.fixture(scope="module", params=sorted(ROWS))
+def car(request, tmp_path_factory, project_copy):
+    row = ROWS[request.param]
+    installed, checked_before = install_under_constraints(row, tmp_path_factory, project_copy)
+    yield row, installed, checked_before
+    subprocess.run(["rm", "-rf", installed.venv])
+
+
+@pytest.mark.slow
+def test_installing_changes_nothing_the_car_has(car):
+    row, installed, checked_before = car
+    assert changed_versions(installed) == {}, installed.pip_output[-2000:]
+    added = set(installed.after) - set(installed.before)
+    assert {"donkey-saliency", "onnxruntime"} <= added and not added & {"onnx", "protobuf", "numpy"}, added
+    assert installed.after["donkeycar"] == row.donkeycar and installed.after["numpy"].startswith(row.numpy)
+    assert opencv_distributions(installed.after) == row.opencv
+    code, text = pip_check(installed.venv)
+    assert set(text.splitlines()) <= set(checked_before[1].splitlines()) or code == 0, (text, checked_before)
+
+
+@pytest.mark.slow
+def test_masks_and_the_cars_own_pilot_and_runtime_still_work(car, onnx_pilot, tflite_pilot):
+    row, installed, _ = car
+    facts = run_check(installed, "masks", onnx_pilot, "--car-pilot", tflite_pilot)
+    assert facts["python"].startswith(row.python) and facts["numpy"].startswith(row.numpy)
+    assert facts["mask"] == dict(shape=[120, 160], dtype="float32", min=0.0, max=1.0, finite=True)
+    assert facts["part"]["error"] is None and facts["part"]["mask_max"] == 255
+    assert len(facts["car_pilot_outputs"]) == 1 and len(facts["car_pilot_outputs"][0][0]) == 2
+    if row.tensorflow:  # the car's TensorFlow still imports: its protobuf and numpy were kept
+        assert facts["tensorflow"].startswith(row.tensorflow)
+    if not row.opencv:  # JetPack's cv2 is the one imported, not a pip one
+        assert "system-packages" in facts["cv2"]["where"]
+
+
+@pytest.mark.slow
+def test_a_vehicle_drives_100_loops_with_saliency_in_every_record(car, tflite_pilot, tmp_path):
+    row, installed, _ = car
+    facts = run_check(installed, "drive", tflite_pilot, str(tmp_path / "tub"), "--loops", "100", timeout=400)
+    assert facts["donkeycar"] == row.donkeycar and facts["loops"] == 100 and facts["records"] == 100
+    assert facts["stats"]["errors"] == 0 and len(facts["jpeg_seqs"]) >= 10
+    assert facts["records_missing_saliency"] == 0 and facts["saliency_images_missing"] == 0
+    if row.donkeycar == "5.4.0":  # its wheel lacks web_controller/templates/static: /video answers 500 upstream
+        assert "video_error" in facts or facts["video_vs_overlay"] < facts["video_vs_camera"] / 2
+    else:
+        assert facts["video_vs_overlay"] < facts["video_vs_camera"] / 2
