@@ -6,6 +6,8 @@ one JSON object of facts; the test asserts on them.
         complete.py's wiring on a real donkeycar Vehicle: camera, LocalWebController (served on
         127.0.0.1), ExplodeDict, UserPilotCondition, add_saliency, TubWriter. Reads /saliency/video
         and donkeycar's own /video over HTTP while it drives, then the tub with donkeycar's Tub.
+    python car_checks.py donkeycar54 OUT_DIR
+        donkeycar 5.4's own .tflite (no signature) and model.export() SavedModel, made there.
     python car_checks.py masks PILOT [--car-pilot FILE.tflite]
         masks from donkey_saliency.load and the part; with --car-pilot, the car's own pilot on
         its own TFLite runtime afterwards (installing the project must not break it).
@@ -180,6 +182,45 @@ def masks(args):
     return facts
 
 
+def donkeycar54(args):
+    """donkeycar 5.4's own files, made by donkeycar 5.4 on Keras 3: the .tflite its keras_to_tflite
+    writes (no signature) read as its TfLite reads it, and the SavedModel model.export() writes."""
+    from donkeycar.parts.interpreter import TfLite, keras_to_tflite
+    from donkeycar.parts.keras import KerasLinear
+
+    from donkey_saliency import shared_pilot
+    from donkey_saliency.errors import ModelError
+    from donkey_saliency.pilots import load_pilot
+    from donkey_saliency.review import PilotPredictor
+
+    keras_pilot = KerasLinear()
+    model = keras_pilot.interpreter.model
+    path = os.path.join(args.out, "pilot.tflite")
+    keras_to_tflite(model, path)
+    interpreter = car_interpreter(path)
+    facts = dict(signatures=interpreter.get_signature_list(), keras_layers=[l.name for l in model.layers],
+                 keras_model=model.name)
+    pilot = load_pilot(path, whole=True)
+    facts.update(layers=pilot.trunk.layer_names, model_type=pilot.trunk.model_type,
+                 outputs=pilot.network.output_names)
+    theirs = KerasLinear(interpreter=TfLite())
+    theirs.load(path)
+    ours = shared_pilot(path, backend="onnxruntime")
+    frame = road_frame()
+    facts["theirs"] = [float(v) for v in theirs.run(frame)]
+    facts["ours"] = [float(v) for v in ours.run(frame)]
+    facts["mask_shape"] = list(ours.interpreter.latest_mask.shape)
+    review = PilotPredictor.for_model(path)
+    facts["review"] = [float(np.asarray(v).ravel()[0]) for v in review.runner.outputs((frame / 255.0)[None])[0]]
+    exported = os.path.join(args.out, "exported")
+    model.export(exported)
+    try:
+        load_pilot(exported)
+    except ModelError as error:
+        facts["exported_refusal"] = str(error)
+    return facts
+
+
 def car_interpreter(path):
     """The car's own TFLite interpreter: tflite-runtime (Bookworm), ai-edge-litert (donkeycar 5.4),
     else its TensorFlow's (Bullseye, JetPack 5, a laptop)."""
@@ -202,8 +243,10 @@ def main():
     p = sub.add_parser("masks")
     p.add_argument("pilot")
     p.add_argument("--car-pilot")
+    p = sub.add_parser("donkeycar54")
+    p.add_argument("out")
     args = parser.parse_args()
-    facts = drive(args) if args.command == "drive" else masks(args)
+    facts = dict(drive=drive, masks=masks, donkeycar54=donkeycar54)[args.command](args)
     print(json.dumps(facts, sort_keys=True))
 
 

@@ -141,7 +141,10 @@ def pip(venv, *args):
     # PyPI alone, as on a car: a local mirror's index pages without Requires-Python would make the
     # old pips of Bullseye and JetPack 5 pick releases that dropped the car's Python.
     environment = dict(os.environ, PIP_CACHE_DIR=PIP_CACHE, PIP_EXTRA_INDEX_URL=" ", PIP_FIND_LINKS=" ")
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
+    # Outside the checkout: 'python -m' puts the cwd on sys.path, and old pips then list an editable
+    # install's donkey_saliency.egg-info there as installed in the car.
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment,
+                            cwd=os.path.dirname(os.path.abspath(venv)))
     if result.returncode:
         raise subprocess.CalledProcessError(result.returncode, command, output=result.stdout)
     return result.stdout.decode("utf-8", "replace")

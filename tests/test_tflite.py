@@ -242,3 +242,48 @@ def test_real_pilot_as_tflite(tmp_path):
     assert np.abs(outputs["mask"] - keras_mask).max() <= FRAMEWORK_TOLERANCE
     reference = vbp.mask_from_feature_maps(pilot.trunk.steps, framework.feature_maps(pilot, frames))
     assert np.abs(outputs["mask"] - reference).max() <= GRAPH_TOLERANCE
+
+
+def signatureless_tflite(h5_path, path):
+    """The pilot converted as donkeycar 5.4 converts (a traced tf.function through
+    from_concrete_functions), which leaves the file without a signature."""
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(h5_path, compile=False)
+    spec = [tf.TensorSpec((1,) + tuple(model.inputs[0].shape[1:]), tf.float32, name="img_in")]
+    function = tf.function(model, input_signature=spec)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
+    with open(path, "wb") as handle:
+        handle.write(converter.convert())
+    return str(path)
+
+
+@pytest.mark.slow
+def test_a_file_without_signature_runs_as_donkeycar_54_runs_it(pilots, frames, tmp_path):
+    """Inputs by tensor name, outputs in tensor index order named '0', '1': the whole-pilot graph, the
+    review's pilot values and the trunk's layer names all as from the file with a signature."""
+    import tensorflow as tf
+
+    from donkey_saliency.review import PilotPredictor
+
+    h5, with_signature = pilots["linear"]
+    path = signatureless_tflite(h5, tmp_path / "pilot54.tflite")
+    interpreter = tf.lite.Interpreter(model_path=path)
+    assert interpreter.get_signature_list() == {}
+    interpreter.allocate_tensors()
+    x = (frames[:1] / 255.0).astype(np.float32)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    expected = [interpreter.get_tensor(i) for i in sorted(d["index"] for d in interpreter.get_output_details())]
+
+    pilot = load_pilot(path, whole=True)
+    assert pilot.network.output_names == ["0", "1"] and [i.name for i in pilot.network.inputs] == ["img_in"]
+    assert pilot.trunk.layer_names == load_pilot(with_signature).trunk.layer_names
+    whole = graph.graph_for(path, cache_dir=False, whole=True, float_input=True)
+    with backends.create(whole, "onnxruntime") as backend:
+        outputs = backend.infer(x, {})
+    for name, value in zip(whole.pilot["outputs"], expected):
+        np.testing.assert_allclose(outputs[name], value, atol=GRAPH_TOLERANCE)
+    review = PilotPredictor.for_model(path).runner.outputs(x)[0]
+    np.testing.assert_allclose(np.concatenate([np.ravel(v) for v in review]),
+                               np.concatenate([np.ravel(v[0]) for v in expected]), atol=GRAPH_TOLERANCE)
