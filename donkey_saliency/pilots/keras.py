@@ -128,9 +128,6 @@ def import_tensorflow():
     return tf
 
 
-_EXPORTED_HINT = "give the pilot's .keras, .h5 or .tflite file instead (donkey train writes them beside it)"
-
-
 def _read_savedmodel(path):
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
         raise ModelError("%s is a directory but not a SavedModel (no saved_model.pb)" % path)
@@ -141,11 +138,14 @@ def _read_savedmodel(path):
                          "export the graph once elsewhere with 'donkey-saliency export'")
     try:
         model = tf.keras.models.load_model(path, compile=False)
-    except Exception as error:  # Keras 3 reads no SavedModel; one with Keras 2 may still fail
-        raise ModelError("%s: %s; %s" % (path, first_line(error, 120), _EXPORTED_HINT))
-    if not hasattr(model, "to_json"):  # tf.saved_model's plain object: no Keras layers kept
-        raise ModelError("%s is a SavedModel without Keras layers (Keras 3's model.export(), which donkeycar 5.4 "
-                         "writes for TF-TRT); %s" % (path, _EXPORTED_HINT))
+    except Exception as error:  # Keras 3 loads no SavedModel at all
+        model, why = None, first_line(error, 80)
+    else:  # Keras 2 loads Keras 3's export() as a plain object, without the Keras layers
+        why = "it keeps no Keras layers"
+    if not hasattr(model, "to_json"):
+        raise ModelError("%s is a SavedModel this Keras cannot read as a pilot (%s), e.g. Keras 3's model.export(), "
+                         "which donkeycar 5.4 writes for TF-TRT; give the pilot's .keras, .h5 or .tflite file "
+                         "instead (donkey train writes them beside it)" % (path, why))
     config = json.loads(model.to_json())
     weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
     return KerasFile(config, lambda name: weights.get(name, []))
