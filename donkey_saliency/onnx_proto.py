@@ -279,3 +279,39 @@ def metadata_props(data):
             entry = {f: v.decode("utf-8") for f, w, v in _fields(value) if w == 2}
             props[entry.get(1, "")] = entry.get(2, "")
     return props
+
+
+def _rewrite(data, path, change):
+    """``data`` with the submessage at ``path`` replaced by ``change(submessage)``. ``path`` is a list
+    of (field number, select) where ``select(submessage bytes)`` picks which repeated entry to enter;
+    the other fields keep their bytes and order."""
+    (field, select), rest = path[0], path[1:]
+    out, found = [], False
+    for number, wire, value in _fields(data):
+        if number == field and wire == 2 and not found and select(value):
+            found = True
+            value = _rewrite(value, rest, change) if rest else change(value)
+        out.append(_bytes(number, value) if wire == 2 else _raw_field(number, wire, value))
+    if not found:
+        raise ValueError("no field %d to rewrite" % field)
+    return b"".join(out)
+
+
+def _raw_field(number, wire, value):
+    return _varint(number << 3 | wire) + (_varint(value) if wire == 0 else value)
+
+
+def with_input_type(data, input_name, elem_type):
+    """A serialized model whose graph input ``input_name`` has element type ``elem_type`` (TensorRT
+    before 8.5 takes no uint8 input: the graph's first node casts it anyway)."""
+    def named(value):
+        return any(f == 1 and v.decode("utf-8") == input_name for f, w, v in _fields(value) if w == 2)
+
+    def anything(value):
+        return True
+
+    def retype(tensor_type):
+        return b"".join(_int(1, elem_type) if f == 1 and w == 0 else
+                        (_bytes(f, v) if w == 2 else _raw_field(f, w, v)) for f, w, v in _fields(tensor_type))
+
+    return _rewrite(data, [(7, anything), (11, named), (2, anything), (1, anything)], retype)

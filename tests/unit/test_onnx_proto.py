@@ -62,3 +62,13 @@ def test_values_without_an_onnx_type_are_refused():
         onnx_proto.make_node("Op", [], ["y"], empty=[])
     with pytest.raises(TypeError):
         onnx_proto.from_array(np.array(["text"]), "t")
+
+
+def test_a_float_input_rewrite_equals_onnx_s(tiny_graph):
+    """What TensorRT < 8.5 needs (backends/trt_engine.with_float_input), without the onnx package."""
+    proto = onnx.load_from_string(tiny_graph.onnx_bytes)
+    proto.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    rewritten = onnx_proto.with_input_type(tiny_graph.onnx_bytes, graph.INPUT_NAME, onnx_proto.TensorProto.FLOAT)
+    assert rewritten == proto.SerializeToString()
+    with pytest.raises(ValueError):
+        onnx_proto.with_input_type(tiny_graph.onnx_bytes, "absent", onnx_proto.TensorProto.FLOAT)
