@@ -234,12 +234,13 @@ def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_pat
     from donkeycar.parts.web_controller.web import LocalWebController
     from donkeycar.vehicle import Vehicle
 
-    from conftest import wait_for
+    from conftest import donkeycar_video_or_skip, wait_for
     from donkey_saliency import add_saliency
     from donkey_saliency.keys import DRIVE_IMAGE_KEY
     from donkey_saliency.testing import ServerThread, read_mjpeg_part
     from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream, request
 
+    donkeycar_video_or_skip()
     frame = camera_frame()
     pilot_inputs = []
 

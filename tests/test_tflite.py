@@ -12,6 +12,7 @@ from conftest import REAL_TUB, random_frames, real_data_or_skip, real_frames
 from donkey_saliency import backends, cli, graph, vbp
 from donkey_saliency.errors import ModelError
 from donkey_saliency.pilots import load_pilot
+from donkey_saliency.pilots.tflite import read_graph
 from donkey_saliency.pilots import reference as framework
 
 GRAPH_TOLERANCE = 1e-5  # graph vs NumPy reference on the same maps
@@ -206,7 +207,10 @@ def test_unsupported_pilots_are_refused_with_a_reason(tmp_path):
     assert "quantized" in one_line_model_error(quantized)
     dilated = keras_to_tflite(head(layers.Conv2D(4, 3, dilation_rate=2, activation="relu")(inp)),
                               tmp_path / "dilated.tflite")
-    assert "dilated" in one_line_model_error(dilated)
+    if "SPACE_TO_BATCH_ND" in [op.kind for op in read_graph(dilated).ops]:  # TensorFlow <= 2.15's converter
+        assert "dilated" in one_line_model_error(dilated)
+    else:  # newer converters keep one dilated CONV_2D, which the reader reads as it is
+        assert tuple(load_pilot(dilated).trunk.convs[0].out_hw) == (28, 28)
     no_conv = keras_to_tflite(head(inp), tmp_path / "dense.tflite")
     assert "no convolution" in one_line_model_error(no_conv)
 
