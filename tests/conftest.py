@@ -1,4 +1,5 @@
 """Shared fixtures: tiny in-test pilots, real frames, isolated caches."""
+import importlib.util
 import os
 import time
 
@@ -8,7 +9,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The tests' oracle is Keras 2: TensorFlow 2.15's own, or tf-keras beside TensorFlow 2.16+ (the 3.12/3.13
 # dev envs; setup.cfg [dev]), where tf.keras would otherwise be Keras 3. Set before TensorFlow loads.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+if importlib.util.find_spec("tf_keras") is not None:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REALDATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "realdata", "tub_v1_linear")
 REAL_PILOT = os.path.join(REALDATA, "mypilot.h5")
@@ -25,9 +27,9 @@ def donkeycar_video_or_skip():
     """donkeycar 5.4.0's wheel lacks web_controller/templates/static/, so its own /video answers 500
     (it reads a placeholder image from there): an upstream packaging bug the tests cannot work around."""
     import donkeycar
-    import donkeycar.parts.web_controller as web_controller
+    from donkeycar.parts.web_controller import web
 
-    static = os.path.join(os.path.dirname(web_controller.__file__), "templates", "static")
+    static = os.path.join(os.path.dirname(web.__file__), "templates", "static")
     if not os.path.isdir(static):
         pytest.skip("donkeycar %s lacks %s, so its own /video answers 500 (upstream packaging bug)"
                     % (donkeycar.__version__, static))
