@@ -35,6 +35,16 @@ def donkeycar_video_or_skip():
                     % (donkeycar.__version__, static))
 
 
+def tflite_output_names(path, keras_names):
+    """The output names donkeycar's TfLite gives a .tflite: the Keras names its signature keeps, or, in
+    a file without one (donkeycar 5.4's converter), '0', '1', ... by tensor index."""
+    import tensorflow as tf
+
+    if tf.lite.Interpreter(model_path=str(path)).get_signature_list():
+        return list(keras_names)
+    return [str(i) for i in range(len(keras_names))]
+
+
 def wait_for(condition, timeout=10.0):
     """Bounded wait for another thread's work; returns whether ``condition`` came true."""
     deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REAL_TUB, random_frames, real_data_or_skip, real_frames
+from conftest import REAL_TUB, random_frames, real_data_or_skip, real_frames, tflite_output_names
 from donkey_saliency import backends, cli, graph, vbp
 from donkey_saliency.errors import ModelError
 from donkey_saliency.pilots import load_pilot
@@ -103,7 +103,10 @@ def test_trunk_geometry_equals_the_keras_trunk(pilots, name):
     assert from_tflite.input_shape == from_keras.input_shape == (120, 160, 3)
     # Same kinds, kernels, strides, padding, borders, sizes, channels - and the Keras layer names.
     assert [s.geometry for s in from_tflite.steps] == [s.geometry for s in from_keras.steps]
-    assert from_tflite.model_type == from_keras.model_type
+    # Without a signature (donkeycar 5.4's converter) the output names are gone and the type is the
+    # Keras model's name: 'layers' for the test model whose one 'n_outputs0' Keras reads as 'inferred'
+    signed = tflite_output_names(tflite, ["x"]) == ["x"]
+    assert from_tflite.model_type == (from_keras.model_type if signed or name != "layers" else "layers")
     if name == "categorical":  # the geometry really is read from the file: conv4 stride 2 here, 1 in linear
         assert [s.out_hw for s in from_tflite.convs] == [(58, 78), (27, 37), (12, 17), (5, 8), (3, 6)]
     if name == "layers":

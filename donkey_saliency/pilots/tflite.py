@@ -204,6 +204,15 @@ def _scope_suffix(graph, tensor):
     return match.group(1) if match else ""
 
 
+def _conv_segment(tensor_name):
+    """The part of a fused conv output's name that the conv op itself gave ('m/c2/Conv2D' in
+    'm/relu/Relu;m/bn/FusedBatchNormV3;m/c2/Conv2D'), or the whole name."""
+    for segment in tensor_name.split(":")[0].split(";"):
+        if segment.rsplit("/", 1)[-1].lower().startswith(("conv", "depthwise")):
+            return segment
+    return tensor_name
+
+
 def _keras_name(name, suffix):
     return name[:-len(suffix)] if suffix and name.endswith(suffix) and len(name) > len(suffix) else name
 
@@ -246,7 +255,12 @@ def _model_type(graph, first_map):
     prefix = graph.tensors[first_map].name.split(";")[0].split("/")[0]
     if not prefix or prefix == graph.tensors[first_map].name:
         return "tflite"
-    return _keras_name(prefix, _scope_suffix(graph, first_map))
+    name = _keras_name(prefix, _scope_suffix(graph, first_map))
+    # donkeycar's KerasInferred is a network named 'linear' with one output ('n_outputs0'), a name only a
+    # signature keeps: without one (donkeycar 5.4's files) the output count tells the two apart.
+    if name == "linear" and not output_names and len(graph.outputs) == 1:
+        return "inferred"
+    return name
 
 
 def _fused_activation(op, name):
@@ -397,7 +411,7 @@ def tflite_trunk(path):
                 # Without a signature (donkeycar 5.4) filters are MLIR constants ('arith.constant3').
                 label = graph.tensors[op.inputs[1]].name
                 if "/" not in label:
-                    label = out_name
+                    label = _conv_segment(out_name)
                 _conv(builder, graph, op, label)
                 labels.append(label)
             if tuple(builder.hw) != tuple(out_shape[1:3]):
