@@ -1,67 +1,186 @@
-"""The programmatic API: a pilot's fused graph on a backend, with input checking.
+"""The programmatic API, and the one owner of "a graph on a backend": ``Saliency``.
+
+The part, the shared-pilot interpreter and every tool hold one. It activates the backend in the
+thread that will infer (with the fallback from a failing TensorRT to ONNX Runtime), runs frames, and
+reads the graph's outputs for its callers, who never need the graph's tensor names.
 
 ``Saliency.mask(rgb)`` is the contract other tools rely on: float32 (H, W) in [0, 1] at the
 model's input size.
 """
+import logging
+
 from . import backends
+from .errors import InputError, first_line
 from .frames import prepare_batch, prepare_frame
 from .graph import graph_for
-from .methods import DEFAULT_METHOD, MethodMasks
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, MethodMasks, check_output
+
+logger = logging.getLogger(__name__)
 
 
 class Saliency(object):
     """A pilot's saliency graph running on one backend.
 
-    ``method`` (``methods.METHODS``): ``vbp`` is the graph's own mask. Another method is computed
-    after inference from the graph's outputs and the pilot's gradients (TensorFlow, a Keras pilot:
-    ``steering.GradientModel``), until the graph computes it itself."""
+    ``backend``: a backend name (``backends.names()``), or a backend instance to run as it is.
+    ``method`` (``methods.METHODS``): ``vbp`` is the graph's own mask; the others are computed from the
+    graph's backward pass of ``output`` (steering | throttle), in the same run. ``level``: Grad-CAM's
+    conv level (default the deepest).
 
-    def __init__(self, graph, backend, method=DEFAULT_METHOD, model_path=None):
+    The fallback (``activate(fallback=True)``, the default, and what ``with`` does): a backend other
+    than ONNX Runtime that fails to activate, or whose engine fails while running a frame, is
+    replaced by ONNX Runtime on the same graph - one warning each time - and the frame is run again
+    there. ONNX Runtime's own failures are raised."""
+
+    def __init__(self, graph, backend="auto", backend_options=None, method=DEFAULT_METHOD, model_path=None,
+                 level=None):
         self.graph = graph
-        self.backend = backend
-        self.method_masks = MethodMasks(method, model_path)
+        self.backend_name = backend if isinstance(backend, str) else getattr(backend, "name", "custom")
+        self.backend_options = dict(backend_options or {})
+        self.backend = None if isinstance(backend, str) else backend
+        self.fallback = True
+        self.method_masks = MethodMasks(method, model_path, level)
 
+    @classmethod
+    def open(cls, model_path, backend="auto", cache_dir=None, features=False, method=DEFAULT_METHOD,
+             output=DEFAULT_OUTPUT, level=None, whole=False, float_input=False, head=True, strict=True,
+             backend_options=None, **more_backend_options):
+        """The graph for a pilot file (built, or from the cache), on ``backend``; not yet activated.
+        ``whole``: the pilot's own outputs too; ``head=False``: the pilot alone (``vbp``, no mask).
+        ``strict=False``: a graph that cannot compute the method (an exported graph without the backward
+        pass) is taken anyway; its masks then fail, and the part falls back to ``vbp``."""
+        backend_options = dict(backend_options or {}, **more_backend_options)
+        methods = MethodMasks(method, model_path, level)  # an unknown method fails before the graph is built
+        check_output(output)
+        graph = graph_for(model_path, cache_dir=cache_dir, features=features, whole=whole, float_input=float_input,
+                          head=head, output=output if methods.output_needed else None,
+                          keep=methods.needed_outputs(features) if methods.output_needed else None)
+        if strict and methods.output_needed and graph.output is None:
+            raise InputError("method %s needs the pilot file or a graph exported with --output, not %s"
+                             % (method, model_path))
+        return cls(graph, backend, backend_options, method, model_path, level)
+
+    # --- what the graph is ----------------------------------------------------------------------
     @property
     def method(self):
         return self.method_masks.method
 
-    @classmethod
-    def open(cls, model_path, backend="auto", cache_dir=None, features=False, method=DEFAULT_METHOD,
-             **backend_options):
-        MethodMasks(method, model_path)  # an unknown method fails before the graph is built
-        graph = graph_for(model_path, cache_dir=cache_dir, features=features)
-        return cls(graph, backends.create(graph, backend, **backend_options), method, model_path)
+    @property
+    def output(self):
+        """The output the masks explain (steering | throttle); None for ``vbp``, which reads no output."""
+        return self.graph.output
 
     @property
     def input_shape(self):
         return self.graph.input_shape
 
     @property
+    def input_hw(self):
+        return self.graph.input_hw
+
+    @property
     def layer_names(self):
         return self.graph.layer_names
 
-    def infer(self, frames):
-        """Every graph output for a batch: ``mask``, ``mean_i`` (and ``features_i``), each (N, ...)."""
-        return self.backend.infer(prepare_batch(frames, self.graph.input_shape))
+    @property
+    def source(self):
+        """The pilot file the graph was built from (as the graph records it)."""
+        return self.graph.source
 
-    def masks(self, frames):
-        """float32 (N, H, W) masks of ``self.method``."""
-        x = prepare_batch(frames, self.graph.input_shape)
-        return self.method_masks(x, self.backend.infer(x), self.graph.mask_name, self.graph.mean_names)
+    @property
+    def pilot(self):
+        """What the whole-pilot graph carries of the pilot (its inputs and outputs), else None."""
+        return self.graph.pilot
 
-    def mask(self, rgb):
-        """float32 (H, W) in [0, 1] at the model's input size, for one frame."""
-        if self.method != DEFAULT_METHOD:
-            return self.masks(prepare_frame(rgb, self.graph.input_shape)[None])[0]
-        return self.backend.infer(prepare_frame(rgb, self.graph.input_shape)[None])[self.graph.mask_name][0]
+    def describe(self):
+        return self.backend.describe() if self.backend is not None else self.backend_name
 
-    def close(self):
-        self.backend.close()
-
-    def __enter__(self):
+    # --- the lifecycle ---------------------------------------------------------------------------
+    def activate(self, fallback=True):
+        """Create and activate the backend in this thread (the one that will infer: CUDA contexts are
+        per thread). ``fallback``: see the class docstring; without it a failure is raised."""
+        self.fallback = fallback
+        if self.backend is None:
+            if fallback:
+                self.backend = backends.activate_with_fallback(self.graph, self.backend_name, self.backend_options)
+            else:
+                self.backend = backends.create(self.graph, self.backend_name, **self.backend_options)
         self.backend.activate()
         return self
+
+    def close(self):
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self):
+        return self.activate(fallback=True)
 
     def __exit__(self, *exc):
         self.close()
         return False
+
+    # --- running frames --------------------------------------------------------------------------
+    def infer(self, frames, extra=None):
+        """Every graph output for a batch: ``mask``, ``mean_i`` (and ``features_i``, and a whole
+        pilot's outputs), each (N, ...). ``frames``: uint8 (N, H, W, C) frames of any size, or the
+        pilot's float images (a whole-pilot graph); ``extra``: its other inputs by name."""
+        batch = frames if self.graph.float_input else prepare_batch(frames, self.graph.input_shape)
+        return self._run(batch, extra)
+
+    def infer_frame(self, frame, extra=None):
+        """Every graph output for one frame at the model's input size (and ``extra``, a whole pilot's
+        other inputs for it), the batch axis removed."""
+        extra = {name: value[None] for name, value in extra.items()} if extra else None
+        return {name: value[0] for name, value in self._run(frame[None], extra).items()}
+
+    def _run(self, batch, extra=None):
+        # a whole-pilot graph's other inputs default to zeros (donkeycar's start memory, no behaviour,
+        # a still IMU): what a mask of the image alone holds them at
+        feeds = self.graph.default_feeds(len(batch))
+        feeds.update(extra or {})
+        extra = feeds
+        if self.backend is None:
+            self.activate(self.fallback)
+        try:
+            return self.backend.infer(batch, extra) if extra else self.backend.infer(batch)
+        except Exception as error:
+            if not self._falls_back_from(self.backend):
+                raise
+            failed = self.backend
+            logger.warning("saliency backend %s failed while running (%s); running the same graph on %s from now on",
+                           failed.name, first_line(error, None), backends.FALLBACK)
+        self.backend = None
+        try:
+            failed.close()
+        except Exception as error:  # a broken engine must not keep its replacement from starting
+            logger.warning("saliency: closing the failed backend %s: %s", failed.name, first_line(error, None))
+        self.backend = backends.backend_class(backends.FALLBACK)(self.graph, **self.backend_options).activate()
+        return self.backend.infer(batch, extra) if extra else self.backend.infer(batch)
+
+    def _falls_back_from(self, backend):
+        """Only a registered backend other than ONNX Runtime is replaced (a wrapper that injects faults
+        in a test has no registered name, and ONNX Runtime has nothing to fall back to)."""
+        name = getattr(backend, "name", None)
+        return self.fallback and name in backends.names() and name not in ("auto", backends.FALLBACK)
+
+    # --- reading the outputs ---------------------------------------------------------------------
+    def mask_of(self, outputs):
+        """The graph's own (VisualBackProp) mask in ``outputs`` (of a batch, or of one frame)."""
+        return outputs[self.graph.mask_name]
+
+    def means_of(self, outputs):
+        """Each conv layer's channel-averaged map in ``outputs``, shallow to deep."""
+        return [outputs[name] for name in self.graph.mean_names]
+
+    def method_masks_of(self, outputs, method_masks=None):
+        """(N, H, W) masks of the configured method (or of ``method_masks``) from the graph's ``outputs``
+        for a batch."""
+        return (method_masks or self.method_masks)(outputs)
+
+    def masks(self, frames):
+        """float32 (N, H, W) masks of ``self.method``."""
+        return self.method_masks_of(self.infer(frames))
+
+    def mask(self, rgb):
+        """float32 (H, W) in [0, 1] at the model's input size, for one frame."""
+        return self.masks(prepare_frame(rgb, self.graph.input_shape)[None])[0]

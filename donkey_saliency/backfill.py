@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT
 from . import load
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .console import Progress
@@ -227,9 +228,9 @@ class _Backfill(object):
 
 def backfill(tub_path, model_path=None, out_path=None, batch=64, backend="auto", image_key=CAMERA_KEY,
              alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, workers=2, threads=0, progress=True, saliency=None,
-             method="vbp"):
+             method=DEFAULT_METHOD, output=DEFAULT_OUTPUT, level=None):
     """Write a copy of the tub at ``tub_path`` with saliency added; return a BackfillResult.
-    ``method``: the saliency method (``methods.METHODS``).
+    ``method``: the saliency method (``methods.METHODS``), explaining ``output`` (``level``: Grad-CAM's).
 
     ``threads``: ONNX Runtime intra-op threads, 0 for ``default_threads()``; ``workers``: threads
     decoding, encoding and writing JPEGs. ``saliency``: an open ``api.Saliency`` to use instead of
@@ -255,26 +256,26 @@ def backfill(tub_path, model_path=None, out_path=None, batch=64, backend="auto",
     # Before anything is written or removed: a second run to the same --out must not touch the first's copy.
     with OutputLock(out_path):
         return _backfill_locked(source, model_path, out_path, batch, backend, image_key, alpha, colormap, workers,
-                                threads, progress, saliency, method)
+                                threads, progress, saliency, dict(method=method, output=output, level=level))
 
 
 def _backfill_locked(source, model_path, out_path, batch, backend, image_key, alpha, colormap, workers, threads,
-                     progress, saliency, method):
+                     progress, saliency, choice):
     own = saliency is None
     if own:
-        saliency = load(model_path, backend=backend, threads=threads or default_threads(), method=method)
+        saliency = load(model_path, backend=backend, threads=threads or default_threads(), **choice)
     started = time.monotonic()
     work = partial_path(out_path)
     writer = None
     try:
         if own:
-            saliency.__enter__()
+            saliency.activate()
         if os.path.lexists(work):
             logger.info("removing %s, left by an interrupted backfill", work)
             shutil.rmtree(work)
         os.makedirs(work)
         metadata = dict(source.metadata)
-        metadata[MODEL_META_KEY] = os.path.basename(str(model_path or getattr(saliency.graph, "source", "")))
+        metadata[MODEL_META_KEY] = os.path.basename(str(model_path or getattr(saliency, "source", None) or ""))
         metadata[BACKFILLED_FROM_META_KEY] = source.path
         writer = TubV2Writer(work, source.inputs + RECORD_KEYS, source.types + RECORD_TYPES, metadata,
                              source.manifest_metadata, source.max_len)

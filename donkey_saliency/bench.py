@@ -17,15 +17,15 @@ import time
 
 import numpy as np
 
-from . import backends
+from .api import Saliency
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .demo import ReplayCamera
 from .console import quiet_stdout, table_lines
 from .errors import InputError, ModelError, first_line
 from .frames import prepare_frame
-from .graph import graph_for
 from .images import read_rgb
 from .keys import CAMERA_KEY, OUTPUTS
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, VBP
 from .overlay import overlay
 from .part import SaliencyPart
 from .pilots import load_pilot, reference
@@ -83,19 +83,19 @@ def load_frames(count, input_shape, tub=None, seed=0):
 
 
 # --- our pipeline ---------------------------------------------------------------------------------
-def time_ours(graph, backend, frames, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP):
-    """Per-frame ms of each stage, and the masks (to check (b) against)."""
+def time_ours(saliency, frames, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP):
+    """Per-frame ms of each stage on an active ``api.Saliency``, and the masks (to check (b) against)."""
     for index in range(WARMUP_OURS):
         frame = frames[index % len(frames)]
-        overlay(frame, backend.infer(prepare_frame(frame, graph.input_shape)[None])[graph.mask_name][0],
+        overlay(frame, saliency.mask(frame),
                 alpha, colormap)
     stages = dict(preprocess=[], infer=[], overlay=[], mask=[], total=[])
     masks = []
     for frame in frames:
         t0 = time.perf_counter()
-        x = prepare_frame(frame, graph.input_shape)
+        x = prepare_frame(frame, saliency.input_shape)
         t1 = time.perf_counter()
-        mask = backend.infer(x[None])[graph.mask_name][0]
+        mask = saliency.mask_of(saliency.infer_frame(x))  # the graph's own VisualBackProp, as (b) computes it
         t2 = time.perf_counter()
         overlay(frame, mask, alpha, colormap)
         t3 = time.perf_counter()
@@ -106,6 +106,39 @@ def time_ours(graph, backend, frames, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLO
         stages["total"].append(_ms(t3 - t0))
         masks.append(mask)
     return stages, masks
+
+
+# --- every method beside the pilot's own inference -------------------------------------------------
+TARGET_DEFAULT_OVER_PILOT = 3.0  # the live default, ONNX Runtime 1 thread: at most 3x the pilot's inference
+
+
+def time_methods(model_path, frames, backend="auto", output=DEFAULT_OUTPUT, cache_dir=None):
+    """{'pilot': ms, method: ms}: medians per frame (ONNX Runtime on one thread, as the car runs it) of
+    the pilot's own inference (its whole graph without the head: what the drive loop runs with
+    SALIENCY_SHARE_PILOT and a gradient method) and of each method's mask (preprocess, the graph's run,
+    the NumPy finish), all on the same frames in one run."""
+    from . import load
+
+    timings = {}
+    with Saliency.open(model_path, backend, cache_dir=cache_dir, method=VBP, whole=True, head=False,
+                       threads=1) as pilot:  # the pilot alone, as the drive loop runs it
+        timings["pilot"] = _median_ms(pilot.infer_frame, [prepare_frame(f, pilot.input_shape) for f in frames])
+    for method in sorted(METHODS):
+        with load(model_path, backend=backend, method=method, output=output, cache_dir=cache_dir,
+                  threads=1) as saliency:
+            timings[method] = _median_ms(saliency.mask, frames)
+    return timings
+
+
+def _median_ms(function, frames):
+    for frame in frames[:WARMUP_OURS]:
+        function(frame)
+    times = []
+    for frame in frames:
+        started = time.perf_counter()
+        function(frame)
+        times.append(_ms(time.perf_counter() - started))
+    return round(float(np.median(times)), 3)
 
 
 # --- (a) donkeycar's makemovie --salient ----------------------------------------------------------
@@ -326,20 +359,23 @@ def run_bench(model_path, frames=100, tub=None, backend="auto", loops=200, hz=20
         import donkeycar  # noqa: F401
     report = dict(model=os.fspath(model_path), cpus=os.cpu_count(), warmup=dict(ours=WARMUP_OURS, tf=WARMUP_TF))
 
-    graph = graph_for(model_path, cache_dir=cache_dir)
-    pictures, source = load_frames(frames, graph.input_shape, tub)
-    model_frames = [prepare_frame(f, graph.input_shape) for f in pictures]
-    report.update(frames=len(pictures), source=source, input_shape=list(graph.input_shape),
-                  frame_shape=list(pictures[0].shape), conv_layers=len(graph.layer_names))
+    # VisualBackProp: the stages and the eager-TensorFlow comparison below are of the same math
+    saliency = Saliency.open(model_path, backend, cache_dir=cache_dir, method=VBP)
+    pictures, source = load_frames(frames, saliency.input_shape, tub)
+    model_frames = [prepare_frame(f, saliency.input_shape) for f in pictures]
+    report.update(frames=len(pictures), source=source, input_shape=list(saliency.input_shape),
+                  frame_shape=list(pictures[0].shape), conv_layers=len(saliency.layer_names))
 
     say("timing our pipeline on %d frames" % len(pictures))
-    runner = backends.activate_with_fallback(graph, backend)
-    try:
-        report["backend"] = runner.describe()
-        stages, our_masks = time_ours(graph, runner, pictures)
-    finally:
-        runner.close()
+    with saliency:
+        report["backend"] = saliency.describe()
+        stages, our_masks = time_ours(saliency, pictures)
     report["ours"] = {name: summarize(values) for name, values in stages.items()}
+    say("timing every method beside the pilot's own inference (1 thread)")
+    method_ms = time_methods(model_path, pictures, backend, cache_dir=cache_dir)
+    report["methods_ms"] = dict(method_ms, default=DEFAULT_METHOD,
+                                over_pilot={m: round(v / method_ms["pilot"], 2) for m, v in method_ms.items()
+                                            if m != "pilot"})
     report["memory"] = dict(peak_rss_mb_after_ours=_peak_rss_mb(),
                             tensorflow_loaded_then="tensorflow" in sys.modules)
     ours_mask_ms = report["ours"]["mask"]["median_ms"]
@@ -394,7 +430,11 @@ def run_bench(model_path, frames=100, tub=None, backend="auto", loops=200, hz=20
     gradient_ratio = report["ratios"]["gradient_over_ours"]
     part_ms = report["vehicle"]["part_run_threaded"]["median_ms"]
     added_ms = report["vehicle"]["loop_added_ms"]
+    default_ratio = report["methods_ms"]["over_pilot"][DEFAULT_METHOD]
     report["targets"] = [
+        _target("live default (%s) / pilot inference, 1 thread" % DEFAULT_METHOD,
+                "<= %.0fx" % TARGET_DEFAULT_OVER_PILOT, default_ratio, "%.2fx",
+                default_ratio <= TARGET_DEFAULT_OVER_PILOT),
         _target("mask median (preprocess + infer)", "<= %.1f ms" % TARGET_MASK_MS, ours_mask_ms, "%.3f ms",
                 ours_mask_ms <= TARGET_MASK_MS),
         _target("(a) gradient / ours, mask", ">= %.0fx" % TARGET_SPEEDUP_VS_GRADIENT, gradient_ratio, "%.1fx",
@@ -448,6 +488,12 @@ def format_report(report):
     ratios = report["ratios"]
     rows.append(("ratio (a) / ours mask", _num(ratios["gradient_over_ours"], "%.1fx"), "", ""))
     rows.append(("ratio (b) / ours mask", _num(ratios["eager_vbp_over_ours"], "%.1fx"), "", ""))
+    timed = report["methods_ms"]
+    rows.append(("pilot's own inference (its graph, no head; 1 thread)", _num(timed["pilot"]), "", ""))
+    for method in sorted(timed["over_pilot"]):
+        rows.append(("method %s%s, mask (%.2fx the pilot)" % (
+            method, " (default)" if method == timed["default"] else "", timed["over_pilot"][method]),
+            _num(timed[method]), "", ""))
     vehicle = report["vehicle"]
     loop_label = "Vehicle @%d Hz, %d loops: " % (vehicle["hz"], vehicle["loops"])
     add(loop_label + "part run_threaded (PartProfiler)", vehicle["part_run_threaded"])

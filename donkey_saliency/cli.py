@@ -24,10 +24,10 @@ from .fileio import atomic_write
 from .graph import export, graph_for
 from .images import read_image, write_png
 from .keys import CAMERA_KEY
-from .methods import DEFAULT_METHOD, METHODS
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, OUTPUTS
 from .overlay import check_style, overlay
 from .pilots import DEMO_PILOT, load_pilot
-from .review_web import Review, serve
+from .review_web import DEFAULT_PORT, Review, serve
 
 EXIT_BAD_INPUT = 2
 # Laptop tools that need Python 3.8+ (TensorFlow, the simulated track). A Jetson Nano's JetPack 4.6
@@ -54,12 +54,21 @@ class SharedOptions(object):
         self.force.add_argument("--force", action="store_true", help="replace --out if it exists")
         self.method = self._parent()
         self.method.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS),
-                                 help="saliency method (default %s: VisualBackProp as published; the others need "
-                                      "TensorFlow and a Keras pilot, see README 'Saliency methods')" % DEFAULT_METHOD)
+                                 help="saliency method (default %s; all computed in the graph, see README "
+                                      "'Saliency methods')" % DEFAULT_METHOD)
+        self.method.add_argument("--output", default=DEFAULT_OUTPUT, choices=OUTPUTS,
+                                 help="the decision a gradient method explains (default %s)" % DEFAULT_OUTPUT)
+        self.method.add_argument("--level", type=int, default=None,
+                                 help="grad-cam's conv level (0 = shallowest; default the deepest)")
 
     @staticmethod
     def _parent():
         return argparse.ArgumentParser(add_help=False)
+
+
+def method_choice(args):
+    """load()'s method, output and level from the shared --method/--output/--level."""
+    return dict(method=args.method, output=args.output, level=args.level)
 
 
 def _quiet_tensorflow():
@@ -97,7 +106,7 @@ def cmd_mask(args):
         raise ModelError("model file not found: %s" % args.model)
     # Read every image first: a bad one fails before anything is written.
     images = [(path, read_image(path)) for path in args.images]
-    with load(args.model, backend=args.backend, method=args.method) as saliency:
+    with load(args.model, backend=args.backend, **method_choice(args)) as saliency:
         results = [(path, image, saliency.mask(image)) for path, image in images]
     for path, image, mask in results:
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -134,12 +143,16 @@ def _add_export(sub, shared):
     p.add_argument("model")
     p.add_argument("--out", required=True, help="FILE.onnx")
     p.add_argument("--features", action="store_true", help="also output every conv layer's feature maps")
+    p.add_argument("--output", choices=OUTPUTS + ("none",), default=DEFAULT_OUTPUT,
+                   help="the pilot output whose backward pass the graph carries, what every method but vbp "
+                        "reads (default %s; none: VisualBackProp only)" % DEFAULT_OUTPUT)
 
 
 def cmd_export(args):
     if not args.out.lower().endswith(".onnx"):
         raise InputError("--out must name a .onnx file")
-    graph = export(load_pilot(args.model), features=args.features)
+    output = None if args.output == "none" else args.output
+    graph = export(load_pilot(args.model, whole=bool(output)), features=args.features, output=output)
     graph.save(args.out)
     print("%s: %d conv layers, input %s, sha256 %s" % (args.out, len(graph.layer_names),
                                                       "x".join(map(str, graph.input_shape)), graph.digest[:16]))
@@ -275,7 +288,7 @@ def _add_backfill(sub, shared):
 def cmd_backfill(args):
     result = backfill(args.tub, args.model, out_path=args.out, batch=args.batch, backend=args.backend,
                       image_key=args.image_key, alpha=args.alpha, colormap=args.colormap, workers=args.workers,
-                      threads=args.threads, method=args.method)
+                      threads=args.threads, **method_choice(args))
     print("%s: %d records (%d deleted, copied still marked deleted), %d masks, %.1f s (%.0f frames/s), "
           "from a v%d tub" % (result.path, result.records, result.deleted, result.masks, result.seconds,
                               result.records / max(result.seconds, 1e-9), result.source_version))
@@ -302,7 +315,7 @@ def cmd_render(args):
 
     result = render(args.tub, args.out, model_path=args.model, start=args.start, end=args.end, fps=args.fps,
                     scale=args.scale, backend=args.backend, alpha=args.alpha, colormap=args.colormap,
-                    image_key=args.image_key, recompute=args.recompute, force=args.force, method=args.method)
+                    image_key=args.image_key, recompute=args.recompute, force=args.force, **method_choice(args))
     print("%s: %d frames, %dx%d, %g fps, saliency %s" % (result.path, result.frames, result.size[0], result.size[1],
                                                         result.fps, "computed" if result.computed else "recorded"))
     return 0
@@ -356,13 +369,17 @@ def cmd_filters(args):
 def _add_review(sub, shared):
     p = sub.add_parser("review", help="a page to scrub a tub in the browser: camera | saliency, the drive's "
                                       "steering and throttle, where pilot and user disagree",
-                       parents=[shared.backend, shared.image_key, shared.style])
+                       parents=[shared.backend, shared.image_key, shared.style, shared.method])
     p.add_argument("tub", help="tub directory (v2, or a donkeycar 3 v1 tub)")
     p.add_argument("--model", help="pilot file: computes the overlay and layer maps when the tub has none")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8890, help="port (default 8890; 0 picks a free one)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %d; 0 picks a free one)" % DEFAULT_PORT)
     p.add_argument("--writable", action="store_true",
-                   help="let the d key mark records deleted/restored (in manifest.json, as donkeycar does)")
+                   help="let the d key mark records deleted/restored (in manifest.json, as donkeycar does); "
+                        "refused for a tub being recorded")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests sent to this host name (repeatable; localhost, this machine's "
+                        "names and addresses are always answered; '.lan' allows its subdomains)")
 
 
 def cmd_review(args):
@@ -375,7 +392,7 @@ def cmd_review(args):
         if args.model:
             if not os.path.exists(args.model):
                 raise ModelError("model file not found: %s" % args.model)
-            review.saliency = load(args.model, backend=args.backend).__enter__()
+            review.saliency = load(args.model, backend=args.backend, **method_choice(args)).activate()
             if not review.has_pilot_keys:
                 from .review import PilotPredictor
 
@@ -386,7 +403,7 @@ def cmd_review(args):
         def ready(url):
             print("review of %s (%d records): %s" % (review.index.path, len(review.index), url), flush=True)
 
-        serve(review, host=args.host, port=args.port, ready=ready)
+        serve(review, host=args.host, port=args.port, ready=ready, allowed_hosts=args.allow_host)
     finally:
         review.close()
     return 0
@@ -406,18 +423,51 @@ def _add_evaluate(sub, shared):
     p.add_argument("--area", type=float, default=DEFAULT_AREA,
                    help="salient region: this top fraction of the mask (default %g)" % DEFAULT_AREA)
     p.add_argument("--out", help="directory for evaluate.json, curves.png and example_*.png")
-    p.add_argument("--no-gradients", action="store_true",
-                   help="skip the methods that need TensorFlow gradients (faster)")
 
 
 def cmd_evaluate(args):
     from .evaluate import format_table, run_evaluate
 
     report = run_evaluate(args.tub, args.model, frames=args.frames, area=args.area, out_dir=args.out,
-                          backend=args.backend, method=args.method, gradients=not args.no_gradients)
+                          backend=args.backend, method=args.method, output=args.output, level=args.level)
     print(format_table(report))
     if args.out:
         print(os.path.join(args.out, "evaluate.json"))
+    return 0
+
+
+# --- audit (audit_run.py, audit.py, audit_report.py) --------------------------------------------------
+def _add_audit(sub, shared):
+    from .audit_run import DEPENDENCE_FRAMES
+
+    p = sub.add_parser("audit", help="where one or two pilots look over a drive, how much their steering "
+                                     "depends on the top rows, and whether to set ROI_CROP_TOP",
+                       parents=[shared.backend, shared.image_key, shared.method])
+    p.add_argument("tub", help="tub directory (v2, or a donkeycar 3 v1 tub)")
+    p.add_argument("--model", action="append", required=True,
+                   help="pilot file (.h5 .keras .tflite); give it twice to compare two pilots")
+    p.add_argument("--frames", type=int, help="frames spread evenly over the tub's live records (default: all)")
+    p.add_argument("--dependence-frames", type=int, default=DEPENDENCE_FRAMES,
+                   help="of those, the frames the crop and shift test runs on (default %d)" % DEPENDENCE_FRAMES)
+    p.add_argument("--out", default="audit", help="output directory for audit.json, audit.html and PNGs "
+                                                  "(default ./audit)")
+    p.add_argument("--review-url", help="the review page the record links open (default: `donkey-saliency "
+                                        "review TUB` on this machine)")
+
+
+def cmd_audit(args):
+    from .audit_run import run_audit
+
+    report = run_audit(args.tub, args.model, frames=args.frames, out_dir=args.out, backend=args.backend,
+                       method=args.method, dependence_frames=args.dependence_frames, image_key=args.image_key,
+                       review_url=args.review_url)
+    for pilot in report["pilots"]:
+        print("%s: ROI_CROP_TOP %d - %s" % (pilot["path"], pilot["recommended_roi_crop_top"], pilot["advice"]))
+    if "comparison" in report:
+        comparison = report["comparison"]
+        print("steering mean |difference| %.3f, top-area IoU %.2f" % (comparison["steering_mean_abs_difference"],
+                                                                      comparison["top_area_iou"]))
+    print(os.path.join(args.out, "audit.html"))
     return 0
 
 
@@ -436,6 +486,7 @@ COMMANDS = (
     ("filters", _add_filters, cmd_filters),
     ("review", _add_review, cmd_review),
     ("evaluate", _add_evaluate, cmd_evaluate),
+    ("audit", _add_audit, cmd_audit),
 )
 HANDLERS = dict((name, run) for name, _, run in COMMANDS)
 

@@ -4,6 +4,7 @@ Every name here has a commented twin in ``myconfig_snippets/saliency.py``. The l
 (``DEFAULT_ALPHA``, ``DEFAULT_COLORMAP``) is also every tool's default.
 """
 from .keys import CAMERA_KEY, CAMERA_TRANS_KEY
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT
 
 DEFAULT_ALPHA = 0.5      # the heat map's weight over the frame
 DEFAULT_COLORMAP = "jet"
@@ -13,7 +14,9 @@ DEFAULTS = dict(
     SALIENCY_ENABLED=True,
     SALIENCY_MODEL_PATH=None,        # None: the pilot given to `manage.py drive --model`
     SALIENCY_BACKEND="auto",         # auto | tensorrt | onnxruntime
-    SALIENCY_METHOD="vbp",           # methods.METHODS; vbp: VisualBackProp as published (in the graph)
+    SALIENCY_METHOD=DEFAULT_METHOD,  # methods.METHODS (all computed in the graph; vbp: VisualBackProp as published)
+    SALIENCY_OUTPUT=DEFAULT_OUTPUT,  # steering | throttle: the decision a gradient method explains
+    SALIENCY_LEVEL=None,             # grad-cam's conv level (0 = shallowest); None: the deepest
     SALIENCY_ORT_PROVIDERS=None,     # e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]
     SALIENCY_THREADS=1,              # ONNX Runtime intra-op threads: keep cores for the car
     SALIENCY_TRT_PRECISION="fp16",   # fp16 | fp32
@@ -24,6 +27,7 @@ DEFAULTS = dict(
     SALIENCY_MAX_FPS=0,              # 0: as fast as frames arrive
     SALIENCY_WEB=True,               # routes /saliency, /saliency/video, /saliency/stats on the web UI
     SALIENCY_JPEG_QUALITY=DEFAULT_JPEG_QUALITY,
+    SALIENCY_ALLOWED_HOSTS=(),       # names the car is reached by beyond its own (requests_guard.AllowedHosts)
     SALIENCY_MAX_VIEWERS=16,         # /saliency/video + /saliency/camera clients at once (more get 503)
     SALIENCY_DRIVE_VIEW=False,       # start with the overlay in /drive's video
     SALIENCY_TOGGLE_BUTTON="w5",     # web button that toggles it (w1..w5), None for none

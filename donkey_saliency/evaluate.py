@@ -17,26 +17,33 @@ Three measures, on the same frames for every method, with the pilot's own steeri
   the original steering| (low is good).
 - **Paired bootstrap**: frames resampled with replacement, the same draws for every method;
   the 90 % interval of (method - default method) for each figure, and of (method - tub-mean).
+- **Sanity check** (Adebayo et al. 2018, "Sanity checks for saliency maps"): the pilot's dense layers
+  re-drawn at random (then, cascading, its conv layers from the deepest down); per method the mean
+  Spearman rank correlation of the masks with the original ones (``randomized_head_spearman``,
+  ``cascade_spearman``). A mask that explains the decision must change: low is good.
+
+Every method's masks come from the fused graph's one run (its backward pass, no TensorFlow).
 
 Pure functions first (they take arrays and return arrays), then the pilot's steering (Keras or the
-TFLite interpreter; TensorFlow is a development dependency, never needed on the car), then the runner.
+TFLite interpreter; TensorFlow is a development dependency, never needed on the car: it judges, it does
+not compute the masks), then the runner.
 """
-import json
 import os
 
 import numpy as np
 
-from . import load, methods
+from . import methods
+from .graph import graph_for
 from .console import Progress, table_lines
 from .errors import InputError, ModelError
-from .fileio import atomic_write
+from .fileio import atomic_write, json_bytes
 from .frames import fit_to_model
 from .images import write_png
-from .methods import check_method, DEFAULT_METHOD
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, check_method, check_output
 from .opencv import import_cv2
 from .overlay import overlay, side_by_side
 from .pilots import load_pilot
-from .steering import GradientModel, PilotSteering
+from .steering import PilotSteering
 from .trt_tools import tub_frames
 from .tub import open_tub
 
@@ -53,6 +60,10 @@ EXAMPLES = 3
 RANDOM_METHOD = "random-smooth"
 MEAN_METHOD = "tub-mean"
 METRICS = ("salient_over_whole", "background_over_whole", "deletion_auc", "insertion_auc")
+# The shift test moves frames up to max(SHIFTS) px sideways: a frame must be wider than twice that (and
+# as tall) to keep anything of itself in view; a smaller camera frame upscaled to the pilot's input
+# holds no more than its own few pixels (a 1x1 frame: a constant image, every figure undefined).
+MIN_FRAME_SIDE = 2 * max(abs(d) for d in SHIFTS) + 1
 HIGHER_IS_BETTER = dict(salient_over_whole=True, background_over_whole=False, deletion_auc=True,
                         insertion_auc=False)
 
@@ -171,37 +182,115 @@ def paired_intervals(per_frame, reference, draws=BOOTSTRAP_DRAWS, level=INTERVAL
 
 
 # --- the runner -----------------------------------------------------------------------------------
+def check_frame_size(shape, what):
+    """InputError unless an (H, W, ...) frame is large enough for the shift test."""
+    if min(shape[:2]) < MIN_FRAME_SIDE:
+        raise InputError("%s is %dx%d pixels; the shift test moves frames up to %d px sideways, so they must be at "
+                         "least %dx%d" % (what, shape[1], shape[0], max(SHIFTS), MIN_FRAME_SIDE, MIN_FRAME_SIDE))
+
+
 def _frames(tub, count, input_shape):
-    return np.stack([fit_to_model(f, input_shape) for f in tub_frames(tub, count)])
+    check_frame_size(input_shape, "the pilot's input")
+    frames = tub_frames(tub, count)
+    for frame in frames:
+        check_frame_size(frame.shape, "a frame of %s" % tub)
+    return np.stack([fit_to_model(f, input_shape) for f in frames])
 
 
-def method_masks(model_path, frames, steering, backend="auto", gradients=True, default_method="vbp"):
-    """{method: (N, H, W) masks} for every method evaluate compares (all of ``methods.METHODS``
-    plus the random and tub-mean baselines), and {method: why skipped}."""
-    with load(model_path, backend=backend) as saliency:
-        graph = saliency.graph
-        names = [graph.mask_name] + graph.mean_names
-        outputs = {name: [] for name in names}
-        for i in range(0, len(frames), 64):
-            result = saliency.infer(frames[i:i + 64])
-            for name in names:
-                outputs[name].append(result[name])
-        outputs = {name: np.concatenate(v) for name, v in outputs.items()}
-    masks, skipped = {methods.VBP: outputs[graph.mask_name]}, {}
-    others = [m for m in methods.METHODS if m != methods.VBP]
-    if gradients and not steering.tflite:
+def graph_outputs(graph, frames, backend="auto", batch=64):
+    """Every output of ``graph`` for uint8 ``frames`` at its input size, batched (the pilot's other
+    inputs held at zeros, as ``api.Saliency`` holds them)."""
+    from . import backends
 
-        pilot = load_pilot(model_path)
-        source = GradientModel(steering, pilot)
-        for method in others:
-            masks[method] = methods.compute(method, frames, outputs, graph.mask_name, graph.mean_names,
-                                            pilot.trunk.steps, source)
-    else:
-        reason = "the TFLite interpreter gives no gradients" if steering.tflite else "gradients not asked for"
-        skipped.update((method, reason) for method in others)
+    outputs = {}
+    with backends.create(graph, backend) as runner:
+        for i in range(0, len(frames), batch):
+            chunk = frames[i:i + batch]
+            for name, value in runner.infer(chunk, graph.default_feeds(len(chunk))).items():
+                outputs.setdefault(name, []).append(value)
+    return {name: np.concatenate(v) for name, v in outputs.items()}
+
+
+def method_masks(model_path, frames, backend="auto", output=DEFAULT_OUTPUT, level=None,
+                 default_method=DEFAULT_METHOD):
+    """{method: (N, H, W) masks} for every method evaluate compares (all of ``methods.METHODS``, each
+    from the graph's one run with its backward pass, plus the random and tub-mean baselines)."""
+    outputs = graph_outputs(graph_for(model_path, output=output), frames, backend)
+    steps = load_pilot(model_path).trunk.steps
+    masks = {method: methods.compute(method, outputs, steps, level) for method in methods.METHODS}
     masks[RANDOM_METHOD] = methods.smooth_random_masks(len(frames), frames.shape[1:3])
-    masks[MEAN_METHOD] = methods.mean_masks(masks.get(default_method, masks[methods.VBP]))
-    return masks, skipped
+    masks[MEAN_METHOD] = methods.mean_masks(masks[default_method])
+    return masks
+
+
+# --- the sanity check (Adebayo et al. 2018) ----------------------------------------------------------
+def randomized_pilot(pilot, convs=0, seed=0):
+    """A copy of ``pilot`` (read with its network) with every dense layer's weights re-drawn (Gaussian,
+    each layer's own spread, zero bias), and the ``convs`` deepest conv layers' too."""
+    import copy
+
+    from .pilots.network import Network
+    from .pilots.trunk import Conv
+
+    rng = np.random.RandomState(seed)
+
+    def redraw(weight):
+        return (rng.standard_normal(weight.shape) * max(float(np.std(weight)), 1e-3)).astype(np.float32)
+
+    layers = [layer._replace(params=(redraw(layer.params[0]), np.zeros_like(layer.params[1])))
+              if layer.kind == "dense" else layer for layer in pilot.network.layers]
+    network = Network(pilot.network.inputs, pilot.network.image, layers, pilot.network.outputs)
+    trunk = copy.copy(pilot.trunk)
+    conv_indexes = [i for i, step in enumerate(trunk.steps) if step.kind == "conv"]
+    steps = list(trunk.steps)
+    for index in conv_indexes[len(conv_indexes) - convs:] if convs else []:
+        old = steps[index].compute
+        new = Conv(redraw(old.weight), np.zeros_like(old.bias), old.dilation, old.groups)
+        new.map_at = old.map_at
+        steps[index] = steps[index]._replace(compute=new)
+    trunk.steps = steps
+    return type(pilot)(pilot.path, trunk, pilot.format, network)
+
+
+def ranks(values):
+    """Ranks of a 1-D array, ties sharing their mean rank (what Spearman's rho needs)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.concatenate([[0], np.nonzero(np.diff(ordered))[0] + 1, [len(values)]])
+    mean_rank = np.repeat((starts[:-1] + starts[1:] - 1) / 2.0, np.diff(starts))
+    out = np.empty(len(values))
+    out[order] = mean_rank
+    return out
+
+
+def spearman(a, b):
+    """Mean over frames of the rank correlation of two (N, H, W) mask stacks (a constant mask: 0)."""
+    rhos = []
+    for x, y in zip(np.asarray(a, np.float64), np.asarray(b, np.float64)):
+        rx, ry = ranks(x.ravel()), ranks(y.ravel())
+        rx, ry = rx - rx.mean(), ry - ry.mean()
+        scale = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+        rhos.append(float((rx * ry).sum() / scale) if scale > 0 else 0.0)
+    return float(np.mean(rhos))
+
+
+def sanity_check(model_path, frames, masks, backend="auto", output=DEFAULT_OUTPUT, level=None, seed=0):
+    """{method: {'randomized_head_spearman': rho, 'cascade_spearman': [rho with the dense layers and the
+    k deepest convs re-drawn, k = 1..]}}: a mask that explains the decision must change (rho low)."""
+    from .graph import export
+
+    pilot = load_pilot(model_path, whole=True)
+    steps = pilot.trunk.steps
+    result = {method: dict(randomized_head_spearman=None, cascade_spearman=[]) for method in methods.METHODS}
+    for convs in range(len(pilot.trunk.convs) + 1):
+        outputs = graph_outputs(export(randomized_pilot(pilot, convs, seed), output=output), frames, backend)
+        for method in methods.METHODS:
+            rho = round(spearman(masks[method], methods.compute(method, outputs, steps, level)), 4)
+            if convs == 0:
+                result[method]["randomized_head_spearman"] = rho
+            else:
+                result[method]["cascade_spearman"].append(rho)
+    return result
 
 
 def evaluate_frame(image, masks, steering, area=DEFAULT_AREA):
@@ -268,7 +357,7 @@ def summarize(per_frame_results, methods_order, default_method, draws=BOOTSTRAP_
 
 
 def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_dir=None, backend="auto",
-                 method=None, gradients=True, draws=BOOTSTRAP_DRAWS, progress=True):
+                 method=None, output=DEFAULT_OUTPUT, level=None, draws=BOOTSTRAP_DRAWS, progress=True, sanity=True):
     """Evaluate every method on ``frames`` frames of ``tub``; write DIR/evaluate.json and PNGs when
     ``out_dir`` is given. Returns the report (the JSON's content)."""
     # Everything a user can get wrong is checked before TensorFlow loads.
@@ -279,14 +368,13 @@ def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_
     if not os.path.isfile(model_path):
         raise ModelError("model file not found: %s" % model_path)
     default_method = check_method(method or DEFAULT_METHOD)
+    if check_output(output) != "steering":
+        raise InputError("evaluate measures the pilot's steering; --output %s is not measured yet" % output)
     open_tub(tub)
     steering = PilotSteering(model_path)
     images = _frames(tub, frames, steering.input_shape)
-    masks, skipped = method_masks(model_path, images, steering, backend=backend, gradients=gradients,
-                                  default_method=default_method)
-    if default_method not in masks:
-        raise InputError("method %s is not available for this pilot (%s)" % (
-            default_method, skipped.get(default_method, "unknown method")))
+    masks = method_masks(model_path, images, backend=backend, output=output, level=level,
+                         default_method=default_method)
     order = [default_method] + [m for m in masks if m != default_method]
     bar = Progress(len(images), "evaluate", enabled=progress)
     per_frame, examples = [], []
@@ -298,11 +386,16 @@ def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_
         bar.update(1)
     bar.close()
     tables = summarize(per_frame, order, default_method, draws)
+    if sanity:
+        checks = sanity_check(model_path, images, masks, backend=backend, output=output, level=level)
+        for table in tables.values():
+            for method, figures in checks.items():
+                table[method].update(figures)
     primary = steering.decoding_names[0]
     report = dict(frames=len(images), default_method=default_method, methods=tables[primary],
                   pilot=dict(path=model_path, kind=steering.kind, steering=steering.note, decoding=primary),
                   tub=tub, area=area, shifts_px=list(SHIFTS), fractions=list(FRACTIONS), interval=INTERVAL,
-                  bootstrap_draws=draws, skipped=skipped,
+                  bootstrap_draws=draws, output=output,
                   by_decoding={name: t for name, t in tables.items() if name != primary})
     if out_dir:
         write_outputs(out_dir, report, examples)
@@ -325,16 +418,17 @@ def format_table(report):
         report["frames"], report["pilot"]["kind"], report["pilot"]["steering"], 100 * report["area"],
         report["default_method"])]
     tables = [(report["pilot"]["decoding"], report["methods"])] + sorted(report["by_decoding"].items())
-    header = ("method", "salient/whole ^", "background/whole v", "deletion AUC ^", "insertion AUC v")
+    header = ("method", "salient/whole ^", "background/whole v", "deletion AUC ^", "insertion AUC v",
+              "random-head rho v")
     for decoding, table in tables:
         rows = [header]
         for method, figures in table.items():
-            rows.append((method,) + tuple(_cell(figures, n, report["default_method"], method) for n in METRICS))
+            rho = figures.get("randomized_head_spearman")
+            rows.append((method,) + tuple(_cell(figures, n, report["default_method"], method) for n in METRICS)
+                        + ("-" if rho is None else "%.2f" % rho,))
         lines.append("steering: %s   (^ higher is better, v lower; [90 %% interval of method - %s])" % (
             decoding, report["default_method"]))
         lines.extend(table_lines(rows))
-    for method, why in sorted(report["skipped"].items()):
-        lines.append("skipped %s: %s" % (method, why))
     return "\n".join(lines)
 
 
@@ -390,4 +484,4 @@ def write_outputs(out_dir, report, examples):
     for i, (image, mask, pictures) in enumerate(examples):
         write_png(os.path.join(out_dir, "example_%d.png" % i), example_png(image, mask, pictures))
     write_png(os.path.join(out_dir, "curves.png"), curves_png(report))
-    atomic_write(os.path.join(out_dir, "evaluate.json"), (json.dumps(report, indent=1) + "\n").encode("utf-8"))
+    atomic_write(os.path.join(out_dir, "evaluate.json"), json_bytes(report))  # an undefined figure: null

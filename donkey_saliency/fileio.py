@@ -56,3 +56,44 @@ def file_digest(path):
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 sha.update(chunk)
     return sha.hexdigest()
+
+
+def read_limited(path, limit, what, error_class=None):
+    """The bytes of ``path``, reading at most ``limit`` + 1 of them: ``error_class`` (InputError by
+    default) naming the limit when the file holds more. For files a tool is handed, which may be
+    hostile: a bounded read never fills memory, whatever size the file claims or has."""
+    from .errors import InputError
+
+    with open(path, "rb") as handle:
+        too_big = os.fstat(handle.fileno()).st_size > limit  # a regular file says so unread
+        data = b"" if too_big else handle.read(limit + 1)  # others (a pipe, /dev/zero) are read up to it
+    if too_big or len(data) > limit:
+        raise (error_class or InputError)("%s: over %s, more than %s can be; refusing to read it"
+                                          % (path, size_text(limit), what))
+    return data
+
+
+def size_text(count):
+    """1048576 -> '1 MiB': a limit as a user reads it."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift:
+            return "%g %s" % (round(count / float(1 << shift), 1), unit)
+    return "%d bytes" % count
+
+
+def json_bytes(value, indent=1):
+    """``value`` as UTF-8 JSON text with every NaN or infinity written as null (bare NaN is not
+    JSON); allow_nan=False guards against any left."""
+    import json
+    import math
+
+    def finite(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(v) for key, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [finite(v) for v in item]
+        return item
+
+    return (json.dumps(finite(value), indent=indent, allow_nan=False) + "\n").encode("utf-8")

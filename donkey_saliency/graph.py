@@ -2,6 +2,8 @@
 
 Outputs: ``mask`` (N, H, W) in [0, 1] and ``mean_<i>`` (N, h_i, w_i), the channel-averaged map of
 conv layer i (shallow to deep). With ``features=True`` also ``features_<i>`` (N, C_i, h_i, w_i).
+Built with an ``output`` (steering | throttle), also the backward pass's maps (backward.py), from
+the forward pass the builder records on its tape.
 The head mirrors ``vbp.py`` operation for operation; the tests hold the two together.
 
 The graph is built from the pilot's trunk description (``pilots/``) and serialized by onnx_proto.py:
@@ -49,6 +51,18 @@ class SaliencyGraph(object):
         # keys: image (the pilot's name for the frame input), inputs ([name, shape] of its other inputs,
         # fed under those names), outputs (names, in donkeycar's interpreter order), float_input.
         self.pilot = pilot
+
+    @property
+    def output(self):
+        """The pilot output whose backward pass the graph computes (steering | throttle), else None."""
+        return self.pilot.get("output") if self.pilot else None
+
+    def default_feeds(self, count):
+        """Zeros for a whole-pilot graph's other inputs (donkeycar's start memory, no behaviour, a still
+        IMU): what a mask of the image alone holds them at; {} for a trunk graph."""
+        import numpy as np
+
+        return {name: np.zeros([count] + list(shape), np.float32) for name, shape in (self.pilot or {}).get("inputs", [])}
 
     @property
     def float_input(self):
@@ -106,6 +120,14 @@ class _Builder(object):
         self.nodes = []
         self.initializers = []
         self.count = 0
+        # The forward computation, step by step, for the backward pass (backward.py): entries
+        # [what (an Affine/Activation, a Step or a network Layer), input tensors, output tensor, detail]
+        # with detail: a conv's or dense layer's weight tensor, a concat's input widths, a flatten's (C, h, w).
+        self.tape = []
+
+    def record(self, what, inputs, output, detail=None):
+        self.tape.append([what, list(inputs), output, detail])
+        return output
 
     def name(self, hint):
         self.count += 1
@@ -125,6 +147,16 @@ class _Builder(object):
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
         return output
 
+    def prune(self, outputs):
+        """Drop the nodes and constants that none of ``outputs`` needs."""
+        needed, kept = set(outputs), []
+        for node in reversed(self.nodes):
+            if needed.intersection(node.output):
+                kept.append(node)
+                needed.update(node.input)
+        self.nodes = kept[::-1]
+        self.initializers = [t for t in self.initializers if t.name in needed]
+
     def rename(self, old, new):
         """Give a tensor a stable name (the conv maps become map_0, map_1, ...)."""
         for node in self.nodes:
@@ -132,12 +164,20 @@ class _Builder(object):
                 for i, name in enumerate(names):
                     if name == old:
                         names[i] = new
+        for entry in self.tape:
+            entry[1] = [new if name == old else name for name in entry[1]]
+            entry[2] = new if entry[2] == old else entry[2]
 
 
 # --- the trunk ------------------------------------------------------------------------------------
 
 def _pointwise(b, x, op):
-    """One Affine or Activation (see pilots/trunk.py) on an NCHW tensor."""
+    """One Affine or Activation (see pilots/trunk.py) on an NCHW tensor, recorded on the tape."""
+    y = _pointwise_op(b, x, op)
+    return b.record(op, [x], y) if y != x else y
+
+
+def _pointwise_op(b, x, op):
     import numpy as np
 
     if isinstance(op, Affine):
@@ -178,6 +218,12 @@ def _step_pads(step):
 
 
 def _spatial_step(b, x, step):
+    """One conv/pool/crop/pad step, recorded on the tape with its weight tensor (convs)."""
+    y = _spatial_op(b, x, step)
+    return b.record(step, [x], y, b.nodes[-1].input[1] if step.kind == "conv" else None)
+
+
+def _spatial_op(b, x, step):
     import numpy as np
 
     name = "trunk/" + step.name
@@ -314,16 +360,45 @@ def _pilot_layers(b, trunk, network, end):
             x = b.op("Softmax", [x], hint, axis=1)
         else:
             x = _pointwise(b, x, layer.params)
+        if layer.kind != "activation" or layer.params == "softmax":  # _pointwise recorded the others
+            detail = {"dense": lambda: b.nodes[-1].input[1], "concat": lambda: [w for _, w in sources],
+                      "flatten": lambda: (trunk.end_channels, height, width)}.get(layer.kind, lambda: None)()
+            b.record(layer, [t for t, _ in sources], x, detail)
         tensors[layer.name] = (x, size)
     return tensors
 
 
-def build(trunk, features=False, source="", network=None, float_input=False):
+def _gradient_outputs(b, trunk, image, maps, network, tensors, output, raw):
+    """The backward pass's outputs (backward.py) as graph outputs; value infos."""
+    from .backward import add_backward
+
+    made = add_backward(b, image, maps, network, tensors, output)
+    height, width, channels = trunk.input_shape
+    shapes = dict(input_gradient=[height, width], input_x_gradient=[height, width],
+                  grad_frame=[height, width, channels])
+    for i, conv in enumerate(trunk.convs):
+        shapes["gxa_%d" % i] = shapes["gradcam_%d" % i] = list(conv.out_hw)
+        shapes["grad_map_%d" % i] = [conv.channels] + list(conv.out_hw)
+    infos = []
+    for name in sorted(shapes):
+        if name.startswith("grad_") and not raw:
+            continue
+        b.op("Identity", [made[name]], "grad/output", output=name)
+        infos.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"] + shapes[name]))
+    return infos
+
+
+def build(trunk, features=False, source="", network=None, float_input=False, output=None, head=True, keep=None):
     """The fused graph (an onnx_proto.Model) of a trunk: uint8 frame -> /255 -> trunk -> VisualBackProp.
 
     With ``network`` (pilots/network.py) it is the whole pilot: its other inputs go in under their own
     names and its outputs come out under theirs, beside the mask. ``float_input``: the frame arrives
-    already normalized to [0, 1] as float32 (what donkeycar's KerasPilot hands its interpreter)."""
+    already normalized to [0, 1] as float32 (what donkeycar's KerasPilot hands its interpreter).
+    ``output`` (steering | throttle; needs ``network``): the backward pass of that output too, and the
+    gradient maps backward.py describes (the raw gradients too with ``features``). ``head=False`` (with
+    ``network``): the pilot alone, no mask - what the drive loop runs when the saliency worker computes
+    the mask on its own graph (SALIENCY_SHARE_PILOT with a gradient method). ``keep``: the names of the
+    outputs to keep (None: all); what no kept output needs is left out (methods.needed_outputs)."""
     import numpy as np
     height, width, channels = trunk.input_shape
     b = _Builder()
@@ -336,13 +411,16 @@ def build(trunk, features=False, source="", network=None, float_input=False):
                               b.const("vbp/255", np.array(255.0, np.float32))], "vbp/frame_scaled")
     image = b.op("Transpose", [scaled], "vbp/frame_nchw", perm=[0, 3, 1, 2])
     maps = _trunk(b, trunk, image)
-    mask, means = _head(b, trunk, maps)
-    axis1 = b.const("vbp/axis1", np.array([1], dtype=np.int64))
-    b.op("Squeeze", [mask, axis1], "vbp/output", output=MASK_NAME)
-    outputs = [helper.make_tensor_value_info(MASK_NAME, TensorProto.FLOAT, ["N", height, width])]
-    for i, (conv, mean) in enumerate(zip(trunk.convs, means)):
-        b.op("Squeeze", [mean, axis1], "vbp/output", output="mean_%d" % i)
-        outputs.append(helper.make_tensor_value_info("mean_%d" % i, TensorProto.FLOAT, ["N"] + list(conv.out_hw)))
+    outputs = []
+    if head:
+        mask, means = _head(b, trunk, maps)
+        axis1 = b.const("vbp/axis1", np.array([1], dtype=np.int64))
+        b.op("Squeeze", [mask, axis1], "vbp/output", output=MASK_NAME)
+        outputs.append(helper.make_tensor_value_info(MASK_NAME, TensorProto.FLOAT, ["N", height, width]))
+        for i, (conv, mean) in enumerate(zip(trunk.convs, means)):
+            b.op("Squeeze", [mean, axis1], "vbp/output", output="mean_%d" % i)
+            outputs.append(helper.make_tensor_value_info("mean_%d" % i, TensorProto.FLOAT,
+                                                         ["N"] + list(conv.out_hw)))
     if features:
         for i, (conv, tensor) in enumerate(zip(trunk.convs, maps)):
             b.op("Identity", [tensor], "vbp/output", output="features_%d" % i)
@@ -362,9 +440,15 @@ def build(trunk, features=False, source="", network=None, float_input=False):
         for name, tensor in network.outputs:
             b.op("Identity", [tensors[tensor][0]], "pilot/output", output=name)
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", tensors[tensor][1]]))
+        if output:
+            outputs.extend(_gradient_outputs(b, trunk, image, maps, network, tensors, output, features))
         pilot = dict(image=network.image, inputs=[[i.name, list(i.shape)] for i in network.extra_inputs],
                      input_order=[i.name for i in network.inputs], outputs=network.output_names,
-                     float_input=bool(float_input))
+                     float_input=bool(float_input), output=output)
+    if keep is not None:  # the pilot's own outputs stay: the backward pass computes them anyway
+        kept = set(keep) | set(network.output_names if network is not None else ())
+        outputs = [o for o in outputs if o.name in kept]
+        b.prune([o.name for o in outputs])
     graph = helper.make_graph(b.nodes, "donkey_saliency", inputs, outputs, initializer=b.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="donkey-saliency",
                               producer_version=__version__)
@@ -378,12 +462,15 @@ def build(trunk, features=False, source="", network=None, float_input=False):
     return proto
 
 
-def export(pilot, features=False, float_input=False):
+def export(pilot, features=False, float_input=False, output=None, head=True, keep=None):
     """The fused :class:`SaliencyGraph` of a loaded :class:`~donkey_saliency.pilots.Pilot`; the whole
-    pilot's graph when it was read with its network (``load_pilot(path, whole=True)``)."""
+    pilot's graph when it was read with its network (``load_pilot(path, whole=True)``), with the
+    backward pass of ``output`` (steering | throttle) when given."""
     trunk = pilot.trunk
+    if output and pilot.network is None:
+        raise ValueError("gradients need the whole pilot: load_pilot(path, whole=True)")
     proto = build(trunk, features=features, source=os.path.basename(pilot.path.rstrip("/")), network=pilot.network,
-                  float_input=float_input)
+                  float_input=float_input, output=output, head=head, keep=keep)
     info = json.loads({p.key: p.value for p in proto.metadata_props}[META_KEY])
     return SaliencyGraph(proto.SerializeToString(), trunk.input_shape, trunk.layer_names,
                          [list(c.out_hw) for c in trunk.convs], pilot.path, info.get("pilot"))
@@ -392,10 +479,14 @@ def export(pilot, features=False, float_input=False):
 # --------------------------------------------------------------------------------------------
 # Cache
 
-def graph_for(model_path, cache_dir=None, features=False, whole=False, float_input=False):
+def graph_for(model_path, cache_dir=None, features=False, whole=False, float_input=False, output=None, head=True,
+              keep=None):
     """The fused graph for a pilot file: a ready ``.onnx`` graph is read as it is; anything else is
     exported once and cached under its content hash (``cache_dir=False`` disables the cache).
-    ``whole``: the whole pilot's graph (its outputs too); ``float_input``: see :func:`build`."""
+    ``whole``: the whole pilot's graph (its outputs too); ``float_input``: see :func:`build`;
+    ``output`` (steering | throttle): the whole pilot with that output's backward pass; ``head``, ``keep``:
+    see :func:`build`."""
+    whole = whole or bool(output)
     model_path = os.fspath(model_path)
     if not os.path.exists(model_path):
         raise ModelError("model file not found: %s" % model_path)
@@ -403,8 +494,11 @@ def graph_for(model_path, cache_dir=None, features=False, whole=False, float_inp
         return SaliencyGraph.load(model_path)
     cached = None
     if cache_dir is not False:
-        key = "%s-g%d-o%d%s%s%s" % (file_digest(model_path)[:24], GRAPH_FORMAT, OPSET, "-f" if features else "",
-                                    "-p" if whole else "", "-x" if float_input else "")
+        key = "%s-g%d-o%d%s%s%s%s" % (file_digest(model_path)[:24], GRAPH_FORMAT, OPSET, "-f" if features else "",
+                                      "-p" if whole else "", "-x" if float_input else "",
+                                      ("-" + output if output else "") + ("" if head else "-n")
+                                      + ("-k" + hashlib.sha1(",".join(sorted(keep)).encode()).hexdigest()[:8]
+                                         if keep is not None else ""))
         stem = os.path.splitext(os.path.basename(model_path.rstrip("/")))[0]
         cached = os.path.join(cache_dir or default_cache_dir(), "%s-%s.onnx" % (stem, key))
         if os.path.exists(cached):
@@ -414,7 +508,8 @@ def graph_for(model_path, cache_dir=None, features=False, whole=False, float_inp
                 return graph
             except ModelError as error:
                 logger.warning("ignoring cached graph %s (%s); exporting again", cached, error)
-    graph = export(load_pilot(model_path, whole=whole), features=features, float_input=float_input)
+    graph = export(load_pilot(model_path, whole=whole), features=features, float_input=float_input, output=output,
+                   head=head, keep=keep)
     if cached:
         try:
             graph.save(cached)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import backends
+from .api import Saliency
 from .errors import ModelError
 from .graph import graph_for
 from .pilots import load_pilot
@@ -34,44 +34,50 @@ def interpreter_class():
     return _CLASS[0]
 
 
-def SaliencyInterpreter(backend="auto", cache_dir=None, backend_options=None):  # noqa: N802 - makes that class
-    return interpreter_class()(backend=backend, cache_dir=cache_dir, backend_options=backend_options)
+def SaliencyInterpreter(backend="auto", cache_dir=None, backend_options=None, head=True):  # noqa: N802 - makes that class
+    return interpreter_class()(backend=backend, cache_dir=cache_dir, backend_options=backend_options, head=head)
 
 
 class _SharedPass(object):
     """What ``SaliencyInterpreter`` adds to donkeycar's ``Interpreter`` (see the module docstring)."""
 
-    def __init__(self, backend="auto", cache_dir=None, backend_options=None):
+    def __init__(self, backend="auto", cache_dir=None, backend_options=None, head=True):
         super(_SharedPass, self).__init__()
+        # head=False: the pilot alone (no mask in the pass; a gradient method's mask is computed by the
+        # part's worker on its own graph, off the drive loop).
+        self.head = head
         self.backend_name = backend
         self.cache_dir = cache_dir
         self.backend_options = dict(backend_options or {})
-        self.graph = None
-        self.backend = None
+        self.saliency = None  # the whole-pilot graph on its backend (api.Saliency)
         self.model_path = None
         self.latest_mask = None  # float32 (H, W) in [0, 1]: the mask of the newest predict
         self.latest_means = None  # per conv layer, float32 (h, w)
         self._listeners = []
         self._tflite = False
 
+    @property
+    def graph(self):
+        """The whole-pilot graph it runs (None before ``load``)."""
+        return self.saliency.graph if self.saliency is not None else None
+
     # --- donkeycar's Interpreter interface ---------------------------------------------------------
     def load(self, model_path):
         """Read the pilot (.h5/.keras/.tflite; no TensorFlow) and build (or take from the cache) its graph."""
         self.model_path = str(model_path)
-        graph = graph_for(self.model_path, cache_dir=self.cache_dir, whole=True, float_input=True)
+        graph = graph_for(self.model_path, cache_dir=self.cache_dir, whole=True, float_input=True, head=self.head)
         if not graph.float_input:  # an exported .onnx: the part's graph, without the pilot's outputs
-
             raise ModelError("%s is a saliency graph without the pilot's outputs; give the pilot file (.h5, "
                              ".keras or .tflite)" % self.model_path)
-        self.graph = graph
+        self.close()  # a new model: activated again on the next predict
+        self.saliency = Saliency(graph, self.backend_name, self.backend_options)
         pilot = graph.pilot
         self._tflite = self.model_path.lower().endswith(".tflite")
         self.input_keys = list(pilot["input_order"])
         self.output_keys = list(pilot["outputs"])
         shapes = dict(pilot["inputs"])
-        shapes[pilot["image"]] = list(self.graph.input_shape)
+        shapes[pilot["image"]] = list(graph.input_shape)
         self.shapes = ({name: self._shape(shapes[name]) for name in self.input_keys}, {})
-        self.backend = None  # a new model: activated again on the next predict
 
     def set_model(self, pilot):
         """KerasInterpreter builds the Keras model here; the graph comes from ``load`` instead."""
@@ -85,7 +91,7 @@ class _SharedPass(object):
     def get_input_shape(self, input_name):
         """As donkeycar's interpreter for the file gives it: (None, ...) like Keras, or TfLite's
         int32 array with batch 1."""
-        if self.graph is None:
+        if self.saliency is None:
             raise RuntimeError("load a model first")
         if input_name not in self.shapes[0]:
             raise RuntimeError("%s is not an input of %s" % (input_name, self.model_path))
@@ -103,25 +109,32 @@ class _SharedPass(object):
     def predict_from_dict(self, input_dict):
         """The pilot's outputs for one sample (the batch axis removed; a list when there are several),
         as KerasInterpreter and TfLite return them; the mask goes to ``latest_mask`` and the listeners."""
-        pilot = self.graph.pilot
-        image = np.asarray(input_dict[pilot["image"]], dtype=np.float32)[None]
-        extra = {name: np.asarray(input_dict[name], dtype=np.float32).reshape([1] + list(shape))
-                 for name, shape in pilot["inputs"]}
+        pilot = self.saliency.pilot
+        image = np.asarray(input_dict[pilot["image"]], dtype=np.float32)
+        extra = {name: np.asarray(input_dict[name], dtype=np.float32).reshape(shape) for name, shape in pilot["inputs"]}
         started = time.monotonic()
-        outputs = self._active_backend().infer(image, extra)
+        # In the thread that predicts (CUDA contexts are per thread); an engine that fails, at activation
+        # or on a frame, is replaced by ONNX Runtime on the same graph (api.Saliency's fallback).
+        activating = self.saliency.backend is None
+        outputs = self.saliency.infer_frame(image, extra)
         infer_ms = (time.monotonic() - started) * 1000.0
-        self.latest_mask = outputs[self.graph.mask_name][0]
-        self.latest_means = [outputs[name][0] for name in self.graph.mean_names]
+        if activating:
+            logger.info("saliency: the pilot runs on %s", self.saliency.describe())
+        if not self.head:  # the pilot alone: the part's worker computes the mask on its own graph
+            values = [outputs[name] for name in self.output_keys]
+            return values if len(values) > 1 else values[0]
+        self.latest_mask = self.saliency.mask_of(outputs)
+        self.latest_means = self.saliency.means_of(outputs)
         for callback in list(self._listeners):
             try:
-                callback(image[0], self.latest_mask, self.latest_means, infer_ms)
+                callback(image, self.latest_mask, self.latest_means, infer_ms)
             except Exception as error:  # the pilot must drive on whatever a listener does
                 logger.warning("saliency: a mask listener failed: %s", error)
-        values = [outputs[name][0] for name in self.output_keys]
+        values = [outputs[name] for name in self.output_keys]
         return values if len(values) > 1 else values[0]
 
     def summary(self):
-        return "SaliencyInterpreter(%s, %s)" % (self.model_path, self.backend.describe() if self.backend else
+        return "SaliencyInterpreter(%s, %s)" % (self.model_path, self.saliency.describe() if self.saliency else
                                                 self.backend_name)
 
     # --- what it adds ------------------------------------------------------------------------------
@@ -131,16 +144,8 @@ class _SharedPass(object):
         self._listeners.append(callback)
 
     def close(self):
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
-
-    def _active_backend(self):
-        # Activated in the thread that predicts (CUDA contexts are per thread).
-        if self.backend is None:
-            self.backend = backends.activate_with_fallback(self.graph, self.backend_name, self.backend_options)
-            logger.info("saliency: the pilot runs on %s", self.backend.describe())
-        return self.backend
+        if self.saliency is not None:
+            self.saliency.close()
 
     def _shape(self, shape):
         if self._tflite:

@@ -1,10 +1,9 @@
-"""Saliency methods other than the fused graph's own mask, in plain NumPy.
+"""Saliency methods, in plain NumPy, from what the fused graph outputs in one run.
 
-``vbp`` is VisualBackProp as published: the graph's ``mask`` output, untouched. The variants here
-are built from what the graph already outputs (the per-layer channel means ``mean_i``) and, for the
-gradient variants, one extra map per frame at a single conv level (see ``gradient_relevance``),
-which today comes from TensorFlow in ``donkey-saliency evaluate`` (``steering.GradientModel``) and
-would come from a backward pass inside the ONNX head once ported. The baselines (smooth random,
+``vbp`` is VisualBackProp as published: the graph's ``mask`` output, untouched. Every other method
+reads the graph's backward pass (backward.py: the gradient of the chosen output, steering or
+throttle, w.r.t. the pixels and every conv level), so it runs wherever the graph runs - the car,
+ONNX Runtime or TensorRT, any pilot format - with no TensorFlow. The baselines (smooth random,
 tub-mean) exist to be beaten: a per-frame mask that does no better than a fixed map adds nothing.
 
 Maps are batched, (N, h, w), float32; every mask comes back min-max normalised to [0, 1].
@@ -12,28 +11,38 @@ On-car module: Python 3.6, NumPy only.
 """
 import numpy as np
 
+from .backward import DEFAULT_OUTPUT, OUTPUTS, check_output  # noqa: F401 - the output's one home is backward.py
 from .errors import InputError
+from .pilots.trunk import pad_before
 from .vbp import min_max, visual_backprop
 
 VBP = "vbp"
-DEFAULT_METHOD = VBP
-
-# name -> one line for --help and the README. The gradient ones need a pilot that TensorFlow can
-# differentiate (a Keras file); they are measured by `evaluate`, not available in the live graph yet.
-METHODS = {
-    VBP: "VisualBackProp as published (the fused graph's mask)",
-    "vbp-gxa-mid": "VisualBackProp with the middle conv level's map weighted by |sum_c activation x "
-                   "d steering/d activation| (a backward pass to that level only)",
-    "gxa-mid": "|sum_c activation x d steering/d activation| at the middle conv level, back-projected "
-               "through the shallower levels like VisualBackProp (deeper levels dropped)",
-    "vbp-gxa-deep": "as vbp-gxa-mid, at the level below the deepest (a shorter backward pass)",
-    "vbp-x-input-gradient": "VisualBackProp x box-blurred |input gradient| (the known strong but costly "
-                            "combination: a backward pass through the whole trunk)",
-    "input-gradient": "|d steering / d pixel| summed over colours (makemovie's input gradient, steering "
-                      "output only)",
-}
 INPUT_GRADIENT = "input-gradient"
+INPUT_X_GRADIENT = "input-x-gradient"
+GRAD_CAM = "grad-cam"
 VBP_X_INPUT_GRADIENT = "vbp-x-input-gradient"
+# The one home of the default (SALIENCY_METHOD, every command's --method), chosen with `evaluate`
+# (docs/evaluate_study.md): it beats vbp and the tub-average mask on every pilot measured.
+DEFAULT_METHOD = INPUT_GRADIENT
+
+# name -> one line for --help and the README.
+METHODS = {
+    VBP: "VisualBackProp as published (the fused graph's mask; reads no gradient, so the same for every output)",
+    INPUT_GRADIENT: "|d output / d pixel| summed over colours (makemovie's input gradient)",
+    INPUT_X_GRADIENT: "|sum over colours of pixel x d output / d pixel|",
+    GRAD_CAM: "Grad-CAM: relu(sum_c mean(d output / d A_c) A_c) at the deepest conv level (--level for another), "
+              "interpolated to the input",
+    "vbp-gxa-mid": "VisualBackProp with the middle conv level's map weighted by |sum_c A x d output / d A|",
+    "gxa-mid": "|sum_c A x d output / d A| at the middle conv level, back-projected through the shallower "
+               "levels like VisualBackProp (deeper levels dropped)",
+    "vbp-gxa-deep": "as vbp-gxa-mid, at the level below the deepest",
+    VBP_X_INPUT_GRADIENT: "VisualBackProp x box-blurred |input gradient|",
+}
+
+
+def describe(method, output):
+    """What a picture explains, for its label: 'input-gradient of steering'; 'vbp' reads no output."""
+    return method if method == VBP or not output else "%s of %s" % (method, output)
 
 
 def check_method(name):
@@ -43,26 +52,105 @@ def check_method(name):
     return name
 
 
-def compute(method, frames, outputs, mask_name, mean_names, steps=None, gradients=None):
-    """(N, H, W) masks of ``method`` for uint8 ``frames`` (N, H, W, C) from the fused graph's
-    ``outputs`` (``mask`` and ``mean_i``, as ``api.Saliency.infer`` returns them).
+def needs_gradients(method):
+    """Whether ``method`` reads the graph's backward pass (every method but ``vbp``)."""
+    return check_method(method) != VBP
 
-    ``vbp`` is the graph's mask. The others also need the trunk's ``steps`` (for back-projection)
-    and ``gradients``, an object with ``maps(frames, level=None)`` (``steering.GradientModel``:
-    TensorFlow, off the car) until the ONNX head computes the backward pass itself."""
-    if check_method(method) == VBP:
-        return outputs[mask_name]
-    if gradients is None:
-        raise InputError("method %s needs the pilot's gradients: a Keras pilot (.h5/.keras) and TensorFlow"
-                         % method)
-    if method in (INPUT_GRADIENT, VBP_X_INPUT_GRADIENT):
-        input_gradient = gradients.maps(frames)
-        if method == INPUT_GRADIENT:
-            return min_max(input_gradient).astype(np.float32)
-        return vbp_times_input_gradient(outputs[mask_name], input_gradient)
-    means = [outputs[name] for name in mean_names]
-    relevance = gradients.maps(frames, gradient_level(method, len(means)))
+
+def compute(method, outputs, steps=None, level=None):
+    """(N, H, W) masks of ``method`` from the fused graph's ``outputs`` (``mask``, ``mean_i`` and, from
+    a graph built with an output, ``input_gradient``, ``input_x_gradient``, ``gxa_i``, ``gradcam_i``),
+    as a person sees them: without the stride grid (:func:`degrid`). ``steps``: the trunk's steps
+    (back-projection, Grad-CAM's interpolation); ``level``: Grad-CAM's conv level (default the deepest)."""
+    return degrid(raw_masks(method, outputs, steps, level))
+
+
+def degrid(masks):
+    """min-max(masks smoothed by the 3x3 binomial [1 2 1]^T [1 2 1] / 16, edges replicated).
+
+    Strided layers leave a 2-pixel checkerboard in every back-projected map (VisualBackProp's all-ones
+    transposed convs: its four 2x2 pixel phases' means differ 2.25x on donkey's pilot; strided
+    gradients too). The binomial's response is zero at the 2-pixel period in both directions, so the
+    phases' means come out equal, and it is the smallest filter that does it (one pixel of blur)."""
+    masks = np.asarray(masks, np.float32)
+    padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    rows = padded[:, :-2] + 2.0 * padded[:, 1:-1] + padded[:, 2:]
+    smooth = (rows[:, :, :-2] + 2.0 * rows[:, :, 1:-1] + rows[:, :, 2:]) / 16.0
+    return min_max(smooth).astype(np.float32)
+
+
+def raw_masks(method, outputs, steps=None, level=None):
+    """:func:`compute` before :func:`degrid`: the method's own (N, H, W) masks in [0, 1]."""
+    levels = sum(1 for name in outputs if name.startswith("mean_"))
+    missing = sorted(needed_outputs(method, levels, level) - set(outputs))
+    if missing:
+        raise InputError("method %s needs the graph output %s (the backward pass of a graph built with an "
+                         "output)" % (method, missing[0]))
+    if method == VBP:
+        return outputs["mask"]
+    if method == INPUT_GRADIENT:
+        return min_max(outputs["input_gradient"]).astype(np.float32)
+    if method == INPUT_X_GRADIENT:
+        return min_max(outputs["input_x_gradient"]).astype(np.float32)
+    if method == VBP_X_INPUT_GRADIENT:
+        return vbp_times_input_gradient(outputs["mask"], outputs["input_gradient"])
+    if method == GRAD_CAM:
+        level = levels - 1 if level is None else check_level(level, levels)
+        return min_max(to_input(steps, outputs["gradcam_%d" % level], level)).astype(np.float32)
+    means = [outputs["mean_%d" % i] for i in range(levels)]
+    relevance = outputs["gxa_%d" % gradient_level(method, levels)]
     return gradient_variant(method, steps, means, relevance)
+
+
+def needed_outputs(method, levels, level=None, features=False):
+    """The graph outputs ``method`` reads (graph.build's ``keep``): the per-level means always (the
+    part and the review show them), plus the method's own. Nothing else is computed."""
+    names = {"mean_%d" % i for i in range(levels)}
+    if features:
+        names.update("features_%d" % i for i in range(levels))
+    if method in (VBP, VBP_X_INPUT_GRADIENT):  # the gxa variants rebuild the product from the means
+        names.add("mask")
+    if method in (INPUT_GRADIENT, VBP_X_INPUT_GRADIENT):
+        names.add("input_gradient")
+    elif method == INPUT_X_GRADIENT:
+        names.add("input_x_gradient")
+    elif method == GRAD_CAM:
+        names.add("gradcam_%d" % (levels - 1 if level is None else check_level(level, levels)))
+    elif method != VBP and method != VBP_X_INPUT_GRADIENT:
+        names.add("gxa_%d" % gradient_level(method, levels))
+    return names
+
+
+def check_level(level, levels):
+    if not -levels <= int(level) < levels:
+        raise InputError("--level %s: the pilot has conv levels 0..%d" % (level, levels - 1))
+    return int(level) % levels
+
+
+def to_input(steps, level_map, level):
+    """A conv level's (N, h, w) map at the input size: each unit sits at its receptive field's centre,
+    linear interpolation between centres, edges held."""
+    convs = [i for i, step in enumerate(steps) if step.kind == "conv"]
+    start, jump = np.zeros(2), np.ones(2)
+    for step in steps[:convs[level] + 1]:
+        if step.kind in ("conv", "pool"):
+            start = start + ((np.array(step.kernel) - 1) / 2.0 - np.array(pad_before(step))) * jump
+            jump = jump * np.array(step.stride)
+        else:
+            (top, _), (left, _) = step.border
+            start = start + np.array([top, left]) * jump * (1 if step.kind == "crop" else -1)
+    level_map = np.asarray(level_map, np.float32)
+    for axis in (0, 1):
+        size_in, size = steps[0].in_hw[axis], level_map.shape[axis + 1]
+        position = np.clip((np.arange(size_in) - start[axis]) / jump[axis], 0, size - 1)
+        low = np.floor(position).astype(int)
+        high = np.minimum(low + 1, size - 1)
+        frac = (position - low).astype(np.float32)
+        shape = [1, 1, 1]
+        shape[axis + 1] = size_in
+        frac = frac.reshape(shape)
+        level_map = np.take(level_map, low, axis=axis + 1) * (1 - frac) + np.take(level_map, high, axis=axis + 1) * frac
+    return level_map
 
 
 def back_project(steps, level_maps, start_level=None):
@@ -72,13 +160,6 @@ def back_project(steps, level_maps, start_level=None):
     some of them replaced by another map of the same size). With the means and the default start it
     is exactly ``vbp.visual_backprop``, which it is."""
     return visual_backprop(steps, level_maps, start_level)
-
-
-def gradient_relevance(activations, gradients):
-    """(N, h, w) |sum over channels of activation x d steering / d activation| at one conv level:
-    the first-order share of each position in the steering (gradient x input, Shrikumar et al.),
-    unsigned because steering left and right both matter. activations, gradients: (N, h, w, C)."""
-    return np.abs(np.sum(np.asarray(activations, np.float32) * np.asarray(gradients, np.float32), axis=-1))
 
 
 def middle_level(level_count):
@@ -156,28 +237,42 @@ def vbp_times_input_gradient(vbp_masks, input_gradient):
 
 
 class MethodMasks(object):
-    """Masks of one method from the fused graph's outputs, for ``api.Saliency`` and the part.
+    """Masks of one method for ``api.Saliency`` and the part: the graph's outputs in, (N, H, W) out.
 
-    ``vbp`` passes the graph's mask through. Another method opens the pilot's gradients
-    (``steering.GradientModel``: TensorFlow and a Keras pilot file) on first use."""
+    ``vbp`` passes the graph's mask through; the others read the backward pass of a graph built with
+    ``output`` (graph.graph_for(..., output=...)) and the trunk's steps, read once from the pilot file."""
 
-    def __init__(self, method=DEFAULT_METHOD, model_path=None):
+    def __init__(self, method=DEFAULT_METHOD, model_path=None, level=None):
         self.method = check_method(method)
         self.model_path = model_path
-        self._gradients = None  # (GradientModel, trunk steps)
+        self.level = level
+        self._steps = None
 
-    def __call__(self, frames, outputs, mask_name, mean_names):
-        """(N, H, W) masks for uint8 ``frames`` (N, H, W, C) and the graph's ``outputs`` for them."""
-        if self.method == VBP:
-            return outputs[mask_name]
-        if self._gradients is None:
+    @property
+    def output_needed(self):
+        return needs_gradients(self.method)
+
+    def needed_outputs(self, features=False):
+        """graph.build's ``keep`` for this method (None for an exported .onnx graph: it is read as it is)."""
+        if not self.model_path or str(self.model_path).lower().endswith(".onnx"):
+            return None
+        levels = sum(1 for step in self.steps(always=True) if step.kind == "conv")
+        return needed_outputs(self.method, levels, self.level, features)
+
+    def steps(self, always=False):
+        if self._steps is None and (always or self.method not in (VBP, INPUT_GRADIENT, INPUT_X_GRADIENT,
+                                                                  VBP_X_INPUT_GRADIENT)):
             if not self.model_path or str(self.model_path).lower().endswith(".onnx"):
-                raise InputError("method %s needs the pilot file (.h5/.keras), not an exported graph" % self.method)
-            from .steering import GradientModel
+                raise InputError("method %s needs the pilot file (.h5/.keras/.tflite), not an exported graph"
+                                 % self.method)
+            from .pilots import load_pilot
 
-            self._gradients = GradientModel.open(self.model_path)
-        gradients, steps = self._gradients
-        return compute(self.method, frames, outputs, mask_name, mean_names, steps, gradients)
+            self._steps = load_pilot(self.model_path).trunk.steps
+        return self._steps
+
+    def __call__(self, outputs):
+        """(N, H, W) masks from the graph's ``outputs`` for a batch."""
+        return compute(self.method, outputs, self.steps(), self.level)
 
 
 # --- baselines -------------------------------------------------------------------------------------

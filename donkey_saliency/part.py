@@ -14,13 +14,12 @@ import time
 
 import numpy as np
 
-from . import backends
+from .api import Saliency
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .errors import InputError, SaliencyError
 from .frames import as_uint8_image, fit_to_model
-from .graph import graph_for
 from .keys import NO_MASK_LAG_MS
-from .methods import MethodMasks
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, VBP, MethodMasks, degrid, describe
 from .overlay import check_style, mask_to_uint8, overlay, to_rgb
 from .stats import median
 
@@ -89,12 +88,13 @@ class _Faults(object):
 class SaliencyPart(object):
     """Threaded part. Inputs: the pilot's image (and optionally a fallback image key).
     Outputs: see ``keys.OUTPUTS``. Options: alpha, colormap, max_fps, cache_dir, backend_options, method
-    (``methods.METHODS``; not ``vbp``: needs TensorFlow, falls back to ``vbp`` with a logged error)."""
+    (``methods.METHODS``), output (steering | throttle: what a gradient method explains), level (Grad-CAM's)."""
 
     shutdown_join_s = 5.0  # how long shutdown() waits for the worker to finish its frame and close the backend
 
     def __init__(self, model_path, backend="auto", alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, max_fps=0,
-                 cache_dir=None, backend_options=None, method="vbp", sync_ms=0):
+                 cache_dir=None, backend_options=None, method=DEFAULT_METHOD, sync_ms=0, output=DEFAULT_OUTPUT,
+                 level=None):
         self.model_path = model_path
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})
@@ -102,9 +102,7 @@ class SaliencyPart(object):
         self.min_period = 1.0 / max_fps if max_fps else 0.0
         # How long run_threaded may wait for the current frame's mask (then recorded with lag 0); 0: never.
         self.sync_s = max(float(sync_ms or 0), 0.0) / 1000.0
-        self.graph = None
-        self.backend = None
-        self.backend_description = backend  # what stats() shows; the running backend once active
+        self.saliency = None  # the graph on its backend (api.Saliency), activated in the worker
         self.error = None  # why the part is inert, if it is
         self._listeners = []
         self._faults = _Faults()
@@ -124,12 +122,31 @@ class SaliencyPart(object):
         self._timings = collections.deque(maxlen=100)  # (done_time, latency_ms, infer_ms)
         self.method_masks = None
         try:
-            self.method_masks = MethodMasks(method, model_path)
-            self.graph = graph_for(model_path, cache_dir=cache_dir)
+            self.saliency = Saliency.open(model_path, backend, cache_dir=cache_dir, method=method, output=output,
+                                          level=level, strict=False, backend_options=self.backend_options)
+            self.method_masks = self.saliency.method_masks
         except (SaliencyError, OSError) as error:
             # Fail loudly in tools, never in the car: log, stay inert, keep driving.
             self.error = str(error)
             logger.error("saliency disabled: %s", error)
+
+    @property
+    def graph(self):
+        return self.saliency.graph if self.saliency is not None else None
+
+    @property
+    def backend(self):
+        """The running backend (None until the worker activates it, and after shutdown)."""
+        return self.saliency.backend if self.saliency is not None else None
+
+    @backend.setter
+    def backend(self, backend):
+        self.saliency.backend = backend
+
+    @property
+    def backend_description(self):
+        """What stats() shows: the running backend once active (after a fallback: ONNX Runtime)."""
+        return self.saliency.describe() if self.saliency is not None else self.backend_name
 
     # --- listeners and figures ----------------------------------------------------------------
     def add_listener(self, callback):
@@ -164,6 +181,10 @@ class SaliencyPart(object):
             backend=self.backend_description,
             model=os.path.basename(str(self.model_path).rstrip("/")),
             layers=self.layer_names,
+            method=self.method_masks.method if self.method_masks else None,
+            output=self.graph.output if self.graph else None,
+            explains=describe(self.method_masks.method, self.graph.output) if self.method_masks and self.graph
+            else None,
             status="disabled: " + self.error if self.error else ("running" if self.latest else "starting"),
         )
 
@@ -233,11 +254,15 @@ class SaliencyPart(object):
 
     def _shared_outputs(self, shared):
         """Outputs for this loop's frame from an accepted mask: the worker's, when it has drawn it within
-        ``sync_ms``; else drawn here, so the record always holds the mask of its own frame (lag 0)."""
+        ``sync_ms``; else drawn here, so the record always holds the mask of its own frame (lag 0). A mask
+        with NaN or infinite values gives the no-mask outputs (the frame, a zero mask, lag NO_MASK_LAG_MS)."""
         frame, mask, _, _, arrived = shared
+        if not np.all(np.isfinite(mask)):  # counted by the worker; recorded as no mask, never as a blank one
+            return self._placeholder(_frame_uint8(frame))
         if self._wait_for_result(arrived, self.sync_s):
             overlay_image, mask_u8, latency_ms, _ = self._state[1]
             return overlay_image, mask_u8, latency_ms, 0.0
+        mask = degrid(mask[None])[0]
         picture = overlay(_frame_uint8(frame), mask, self.alpha, self.colormap)
         return picture, mask_to_uint8(mask), round((time.monotonic() - arrived) * 1000.0, 2), 0.0
 
@@ -301,12 +326,10 @@ class SaliencyPart(object):
             self._faults.report("worker:%s" % type(error).__name__, "processing a frame failed: %s", error)
 
     def _ensure_backend(self):
-        if self.backend is not None:
+        if self.saliency.backend is not None:
             return True
-
         try:
-            self.backend = backends.activate_with_fallback(self.graph, self.backend_name, self.backend_options)
-            self.backend_description = self.backend.describe()
+            self.saliency.activate(fallback=True)
             return True
         except Exception as error:
             self._faults.report("backend", "no backend could start: %s", error)
@@ -316,11 +339,11 @@ class SaliencyPart(object):
     def _mask(self, model_frame, outputs):
         """The configured method's mask; on a method that cannot run here, VisualBackProp, logged once."""
         try:
-            return self.method_masks(model_frame[None], outputs, self.graph.mask_name, self.graph.mean_names)[0]
+            return self.saliency.method_masks_of(outputs, self.method_masks)[0]
         except Exception as error:
             logger.error("saliency method %s failed (%s); using vbp", self.method_masks.method, error)
-            self.method_masks = MethodMasks()
-            return outputs[self.graph.mask_name][0]
+            self.method_masks = MethodMasks(VBP)
+            return self.saliency.method_masks_of(outputs, self.method_masks)[0]
 
     def _process(self, frame, arrived):
         if not self._ensure_backend():
@@ -334,10 +357,10 @@ class SaliencyPart(object):
             return
         try:
             started = time.monotonic()
-            outputs = self.backend.infer(model_frame[None])
+            outputs = self.saliency.infer(model_frame[None])
             infer_ms = (time.monotonic() - started) * 1000.0
             mask = self._mask(model_frame, outputs)
-            means = [outputs[name][0] for name in self.graph.mean_names]
+            means = [level_map[0] for level_map in self.saliency.means_of(outputs)]
         except Exception as error:
             self._faults.report("infer:%s" % type(error).__name__, "inference failed: %s", error)
             return
@@ -350,7 +373,7 @@ class SaliencyPart(object):
         except InputError as error:
             self._faults.report("input", "bad frame: %s", error)
             return
-        self._publish(picture_base, mask, means, arrived, infer_ms)
+        self._publish(picture_base, degrid(mask[None])[0], means, arrived, infer_ms)
 
     def _publish(self, picture_base, mask, means, arrived, infer_ms):
         """Overlay, newest result and outputs, then the listeners (the stream)."""
@@ -395,12 +418,11 @@ class SaliencyPart(object):
         return checked
 
     def _close_backend(self):
-        if self.backend is not None:
+        if self.saliency is not None:
             try:
-                self.backend.close()
+                self.saliency.close()
             except Exception as error:
                 logger.warning("saliency: closing the backend failed: %s", error)
-            self.backend = None
 
     def shutdown(self):
         """Ends the worker and waits (bounded) for it: the worker closes the backend in its own thread

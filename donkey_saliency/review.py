@@ -21,6 +21,7 @@ import tempfile
 
 import numpy as np
 
+from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, describe
 from . import load
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .console import Progress, table_lines
@@ -31,7 +32,7 @@ from .images import read_rgb, write_png
 from .keys import CAMERA_KEY, LAG_KEY, OVERLAY_KEY
 from .opencv import import_cv2
 from .overlay import check_style, colorize, mask_to_uint8, overlay, side_by_side, stretch, to_rgb
-from .pilots import KERAS_SUFFIXES
+from .pilots import check_pilot_file, KERAS_SUFFIXES
 from .tub import open_tub, require_field
 
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
@@ -70,10 +71,9 @@ def _check_output(path, force, suffixes):
         raise InputError("output directory %s does not exist" % parent)
 
 
-def _open_saliency(model, backend, features=False, method="vbp"):
-    saliency = load(model, backend=backend, features=features, method=method)
-    saliency.__enter__()
-    return saliency
+def _open_saliency(model, backend, features=False, **choice):
+    """An active Saliency; ``choice``: method, output, level (api.Saliency.open)."""
+    return load(model, backend=backend, features=features, **choice).activate()
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,6 +179,7 @@ class PilotPredictor(object):
 
     @classmethod
     def for_model(cls, model_path):
+        check_pilot_file(model_path)  # before TensorFlow (Lite) sees it: ModelError for a damaged file
         path = str(model_path).lower().rstrip("/")
         if path.endswith(KERAS_SUFFIXES):
             return cls(KerasPilotPredictor(model_path))
@@ -271,9 +272,9 @@ RenderResult = collections.namedtuple("RenderResult", "path frames size fps comp
 
 def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, scale=3, backend="auto",
            batch=32, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, image_key=CAMERA_KEY, recompute=False, force=False,
-           progress=True, method="vbp"):
+           progress=True, method=DEFAULT_METHOD, output=DEFAULT_OUTPUT, level=None):
     """Write the review video of records ``start <= index < end`` (live records only); computed
-    saliency uses ``method`` (``methods.METHODS``)."""
+    saliency uses ``method`` (``methods.METHODS``) explaining ``output``."""
     cv2 = import_cv2()
 
     _check_output(out_path, force, tuple(VIDEO_CODECS))
@@ -302,7 +303,7 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
             raise InputError("%s: record %d has no %s; pass --model --recompute to compute it"
                              % (source.path, entry.index, OVERLAY_KEY))
 
-    saliency = _open_saliency(model_path, backend, method=method) if not recorded else None
+    saliency = _open_saliency(model_path, backend, method=method, output=output, level=level) if not recorded else None
     has_pilot = "pilot/angle" in types or "pilot/throttle" in types
     predictor = None
     try:
@@ -332,7 +333,8 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                     lag = _number(record, LAG_KEY) if recorded else None
                     frame = compose_frame(camera, picture, entry.index, record.get("user/mode"), user, pilot,
                                           scale=scale, lag_ms=lag,
-                                          note="saliency (recorded)" if recorded else "saliency (computed)")
+                                          note="saliency (recorded)" if recorded else
+                                          "saliency: " + describe(saliency.method, saliency.output))
                     if writer is None:
                         size = (frame.shape[1], frame.shape[0])
                         with _quiet_stderr():  # FFmpeg's note that WebM has no codec tags: noise to a user
@@ -461,17 +463,18 @@ def layer_grid(saliency, rgb, colormap=DEFAULT_COLORMAP, width=GRID_WIDTH):
     """The labelled grid (uint8 RGB) for one frame, from a Saliency opened with ``features=True``.
     Returns LayerGrid(image, [(name, (h, w, C))], {name: [indexes of flat maps]})."""
     outputs = saliency.infer([rgb])
-    names = saliency.graph.layer_names
+    names = saliency.layer_names
     if "features_0" not in outputs:
         raise ModelError("the saliency graph has no feature outputs; export it with --features, or pass the pilot file")
-    frame = fit_to_model(rgb, saliency.graph.input_shape)
-    mask = outputs[saliency.graph.mask_name][0]
+    frame = fit_to_model(rgb, saliency.input_shape)
+    mask = saliency.method_masks_of(outputs)[0]
     big = max(1, int(round(2 * TILE_TARGET_HEIGHT * 2 / float(frame.shape[0]))))
     summary = [(_scaled(to_rgb(frame), big), "input %dx%d" % frame.shape[:2], WHITE),
                (_scaled(colorize(mask, colormap), big), "mask", WHITE),
                (_scaled(overlay(frame, mask, DEFAULT_ALPHA, colormap), big), "overlay", WHITE)]
-    blocks = [_grid_section("%s: input, VisualBackProp mask, overlay" % os.path.basename(
-        str(saliency.graph.source)) if saliency.graph.source else "input, mask, overlay", summary, width)]
+    what = describe(saliency.method, saliency.output)
+    blocks = [_grid_section("%s: input, %s mask, overlay" % (os.path.basename(str(saliency.source)), what)
+                            if saliency.source else "input, %s mask, overlay" % what, summary, width)]
     layers, flat = [], {}
     for i, name in enumerate(names):
         features = outputs["features_%d" % i][0]  # (C, h, w)
@@ -518,7 +521,7 @@ dead        filter indexes that never fired; rare: fired on fewer than ``rare`` 
 
 def filter_activity(saliency, frames_iter, threshold=0.0, rare=0.01):
     """[FilterLayer] over batches of frames (an iterable of lists/arrays of RGB frames)."""
-    names = saliency.graph.layer_names
+    names = saliency.layer_names
     fired = None
     peaks_sum = None
     count = 0

@@ -17,8 +17,11 @@ Routes (``PREFIX`` = /saliency/review):
     GET  PREFIX/frame/<i>/<view>.jpg   view: camera | overlay | mask | layer<k>
     POST PREFIX/deleted                body {"index": i, "deleted": bool}; --writable only, same Origin
 
-Nothing from a request reaches the filesystem: indices are digits, bounds-checked against the
-index; file names come from the tub's own records and must lie inside the tub. The page loads the
+Every route answers only a Host that is this machine (``requests_guard.AllowedHosts``); the delete
+is refused with 409 while the tub is being recorded (``tub_index.live_writer``). Nothing that reads
+the tub runs on the IOLoop: each request's work runs on its source's one thread (``CarReview``,
+``FixedReview``). Nothing from a request reaches the filesystem: indices are digits, bounds-checked
+against the index; file names come from the tub's own records and must lie inside the tub. The page loads the
 timeline once as compact arrays (6 bytes a record); frames are JPEGs fetched by index; the server
 keeps ~40 bytes a record (``tub_index.TubIndex``) and a bounded LRU of computed pictures.
 """
@@ -33,14 +36,17 @@ from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from .errors import InputError
 from .images import encode_jpeg, read_rgb
 from .keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
+from .methods import describe
 from .overlay import layer_picture, mask_to_uint8, overlay
-from .requests_guard import declared_length, same_origin
+from .requests_guard import (REFUSALS, SERVER_LIMITS, AllowedHosts, declared_length, log_request, refuse_foreign_host,
+                             same_origin)
 from .tub import require_field
-from .tub_index import MODES, TubIndex, set_deleted
+from .tub_index import MODES, TubBeingWritten, TubIndex, refuse_live_writer, set_deleted
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/saliency/review"
+DEFAULT_PORT = 8890  # `donkey-saliency review`'s port; the page opens at a record with PREFIX#record=N
 PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_static", "review.html")
 TIMELINE_LAYOUT = ("user/angle", "user/throttle", "pilot/angle", "pilot/throttle", "mode", "deleted")
 QUANT = 127  # values in [-1, 1] travel as round(v * 127); ABSENT where there is none
@@ -51,6 +57,8 @@ DEFAULT_RATE_HZ = 20.0  # donkeycar's DRIVE_LOOP_HZ, when the tub has no timesta
 CACHE_PICTURES = 256  # computed JPEGs kept (a few MB)
 MAX_POST_BYTES = 256
 VIEWS = ("camera", "overlay", "mask")
+LIVE_POLL_MS = 5000  # how often the page reads a tub being recorded again
+MAX_CONNECTIONS = 256  # the CLI's server: connections at once (fewer where the file limit is lower)
 
 
 class NotFound(Exception):
@@ -113,8 +121,9 @@ def top_disagreements(user_angle, user_throttle, pilot_angle, pilot_throttle, de
 
 class Review(object):
     """A tub under review: its index, the optional pilot (``saliency``, an open ``api.Saliency``),
-    and a bounded LRU of computed pictures. Every method runs on ``executor`` (one thread), so
-    the IOLoop never waits on a disk or a model and nothing here needs a lock."""
+    and a bounded LRU of computed pictures. Every method runs on one thread (its source's
+    ``executor``), so the IOLoop never waits on a disk or a model and nothing here needs a lock.
+    ``writable`` is refused for a tub being recorded (``tub_index.live_writer``)."""
 
     def __init__(self, tub_path, saliency=None, writable=False, live=False, alpha=DEFAULT_ALPHA,
                  colormap=DEFAULT_COLORMAP, image_key=CAMERA_KEY):
@@ -124,10 +133,13 @@ class Review(object):
         if writable and self.index.version != 2:
             raise InputError("%s: --writable needs a v2 tub (donkeycar >= 4 marks deleted records in "
                              "manifest.json); this is a donkeycar 3 tub" % self.index.path)
+        if writable:
+            refuse_live_writer(self.index.path)
         require_field(self.index, image_key)
         self.saliency = saliency
         self.writable = bool(writable)
         self.live = bool(live)
+        self.poll_ms = LIVE_POLL_MS
         self.alpha = alpha
         self.colormap = colormap
         self.image_key = image_key
@@ -180,8 +192,10 @@ class Review(object):
             pilot=("recorded" if self.has_pilot_keys else "none" if self.pilot is None else
                    "computed" if not computing else "computing %d/%d" % (self.pilot.done, len(index))),
             overlay=("recorded" if self.recorded_saliency else "computed" if self.saliency is not None else None),
+            explains=(describe(self.saliency.method, self.saliency.output) if self.saliency is not None
+                      and not self.recorded_saliency else None),
             mask=(MASK_KEY in index.inputs) or self.saliency is not None,
-            layers=self.layer_names, writable=self.writable, live=self.live,
+            layers=self.layer_names, writable=self.writable, live=self.live, poll_ms=self.poll_ms,
             disagreements=[dict(index=i, score=s) for i, s in self._top])
 
     def refresh(self):
@@ -254,8 +268,8 @@ class Review(object):
     def _result(self, index, frame):
         if index not in self._results:
             outputs = self.saliency.infer([frame])
-            graph = self.saliency.graph
-            self._results[index] = (outputs[graph.mask_name][0], [outputs[n][0] for n in graph.mean_names])
+            self._results[index] = (self.saliency.method_masks_of(outputs)[0],
+                                    [m[0] for m in self.saliency.means_of(outputs)])
             while len(self._results) > CACHE_PICTURES // 4:
                 self._results.popitem(last=False)
         return self._results[index]
@@ -352,10 +366,15 @@ def _jpeg_file(path):
 
 class CarReview(object):
     """The car's read-only review of the tub being written: ``tub`` is a path or a callable giving
-    one (None until the TubWriter exists); a new tub path opens a new Review."""
+    one (None until the TubWriter exists); a new tub path opens a new Review. Everything, opening
+    (the whole index of a long drive: seconds) included, runs on ``executor``, never on the car's
+    IOLoop; later requests read only what the writer added since."""
 
     def __init__(self, tub):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.tub = tub
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saliency-review")
         self._review = None
 
     def get(self):
@@ -368,8 +387,6 @@ class CarReview(object):
                 review = Review(path, live=True)
             except InputError as error:
                 raise NotFound(str(error))
-            if self._review is not None:
-                self._review.executor.shutdown(wait=False)  # the previous drive's tub: its thread ends
             self._review = review
         return self._review
 
@@ -379,6 +396,7 @@ class FixedReview(object):
 
     def __init__(self, review):
         self.review = review
+        self.executor = review.executor
 
     def get(self):
         return self.review
@@ -396,14 +414,15 @@ def tub_being_written(vehicle):
 # --------------------------------------------------------------------------------------------
 # Tornado
 
-def routes(source):
-    """(pattern, handler, kwargs) for ``add_handlers``; ``source.get()`` gives the Review."""
+def routes(source, allowed_hosts):
+    """(pattern, handler, kwargs) for ``add_handlers``; ``source.get()`` gives the Review, run on
+    ``source.executor``; every route answers only ``allowed_hosts`` (an ``AllowedHosts``)."""
     handlers = _handlers()
     with open(PAGE_FILE, "rb") as handle:  # a fixed package file, read once
         page = handle.read()
-    options = dict(source=source)
+    options = dict(source=source, hosts=allowed_hosts)
     return [
-        (PREFIX + r"/?", handlers["page"], dict(page=page)),
+        (PREFIX + r"/?", handlers["page"], dict(page=page, hosts=allowed_hosts)),
         (PREFIX + r"/meta", handlers["meta"], options),
         (PREFIX + r"/timeline", handlers["timeline"], options),
         (PREFIX + r"/record/([0-9]{1,9})", handlers["record"], options),
@@ -412,25 +431,40 @@ def routes(source):
     ]
 
 
-def mount(ctr, tub):
+def mount(ctr, tub, allowed_hosts):
     """Adds the read-only review of ``tub`` (a path, or a callable giving the tub being written)
     to a running ``LocalWebController``."""
-    ctr.add_handlers(r".*", routes(CarReview(tub)))
+    ctr.add_handlers(r".*", routes(CarReview(tub), allowed_hosts))
 
 
-def application(review):
-    """The CLI's Tornado application: the review routes, and / sends you to the page."""
-    from tornado.web import Application, RedirectHandler
+def application(review, allowed_hosts=()):
+    """The CLI's Tornado application: the review routes, and / sends you to the page; hosts as in
+    ``requests_guard.AllowedHosts`` (names beyond loopback and this machine's own)."""
+    from tornado.web import Application
 
-    return Application([(r"/", RedirectHandler, dict(url=PREFIX))] + routes(FixedReview(review)),
-                       compress_response=True)
+    hosts = allowed_hosts if isinstance(allowed_hosts, AllowedHosts) else AllowedHosts(allowed_hosts)
+    return Application([(r"/", _handlers()["redirect"], dict(url=PREFIX, hosts=hosts))]
+                       + routes(FixedReview(review), hosts), compress_response=True, log_function=log_request)
 
 
-def serve(review, host="127.0.0.1", port=8890, ready=None):
-    """Serve ``review`` until interrupted; ``ready(url)`` is called once it listens."""
+def connection_limit():
+    """Connections the CLI's server takes at once: ``MAX_CONNECTIONS``, fewer where the process's
+    file limit would run out first (Tornado's accept then fails in a loop, logging each time)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return MAX_CONNECTIONS
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(4, min(MAX_CONNECTIONS, soft // 2))
+
+
+def serve(review, host="127.0.0.1", port=8890, ready=None, allowed_hosts=()):
+    """Serve ``review`` until interrupted; ``ready(url)`` is called once it listens. Slow clients
+    are cut off (``requests_guard.SERVER_LIMITS``) and connections beyond ``connection_limit()``
+    closed at once."""
     import asyncio
 
-    from tornado.httpserver import HTTPServer
     from tornado.ioloop import IOLoop
     from tornado.netutil import bind_sockets
 
@@ -439,7 +473,8 @@ def serve(review, host="127.0.0.1", port=8890, ready=None):
         sockets = bind_sockets(port, address=host)
     except OSError as error:
         raise InputError("cannot listen on %s:%d: %s" % (host, port, error.strerror or error))
-    server = HTTPServer(application(review), max_body_size=64 * 1024)
+    names = list(allowed_hosts) + ([host] if host not in ("", "0.0.0.0", "::") else [])
+    server = limited_server(application(review, names), connection_limit())
     server.add_sockets(sockets)
     bound = sockets[0].getsockname()[1]
     shown = "[%s]" % host if ":" in host else host
@@ -449,6 +484,22 @@ def serve(review, host="127.0.0.1", port=8890, ready=None):
         IOLoop.current().start()
     finally:
         server.stop()
+
+
+def limited_server(app, limit):
+    """A Tornado HTTPServer for ``app`` with ``SERVER_LIMITS`` that closes connections beyond
+    ``limit`` as soon as they are accepted (refusals logged rate-limited)."""
+    from tornado.httpserver import HTTPServer
+
+    class LimitedServer(HTTPServer):
+        def handle_stream(self, stream, address):
+            if len(self._connections) >= limit:  # HTTPServer's own set of open connections
+                REFUSALS.refused("connections", "a connection: %d open already" % limit)
+                stream.close()
+                return
+            super(LimitedServer, self).handle_stream(stream, address)
+
+    return LimitedServer(app, max_body_size=64 * 1024, **SERVER_LIMITS)
 
 
 _HANDLERS = {}
@@ -462,30 +513,46 @@ def _handlers():
 
 def _make_handlers():
     from tornado.ioloop import IOLoop
-    from tornado.web import RequestHandler, stream_request_body
+    from tornado.web import RedirectHandler, RequestHandler, stream_request_body
 
-    class PageHandler(RequestHandler):
-        def initialize(self, page):
+    class Guarded(object):
+        """Every route: the Host must be one this machine is reached by (``self.hosts``)."""
+
+        def prepare(self):
+            refuse_foreign_host(self, self.hosts)
+
+    class GuardedRedirect(Guarded, RedirectHandler):
+        def initialize(self, url, hosts):
+            super(GuardedRedirect, self).initialize(url)
+            self.hosts = hosts
+
+    class PageHandler(Guarded, RequestHandler):
+        def initialize(self, page, hosts):
             self.page = page
+            self.hosts = hosts
 
         def get(self):
             self.set_header("Content-Type", "text/html; charset=utf-8")
             self.set_header("Cache-Control", "no-cache")
             self.write(self.page)
 
-    class ReviewHandler(RequestHandler):
-        def initialize(self, source):
+    class ReviewHandler(Guarded, RequestHandler):
+        def initialize(self, source, hosts):
             self.source = source
+            self.hosts = hosts
 
         async def run(self, method, *args):
-            """``method(review, *args)`` on the review's thread; NotFound -> 404 with its reason."""
+            """``method(review, *args)`` on the source's thread (opening the review there too: nothing
+            that reads the tub runs on the IOLoop); NotFound -> 404 with its reason."""
+            source = self.source
             try:
-                review = self.source.get()
-                return await IOLoop.current().run_in_executor(review.executor, method, review, *args)
+                return await IOLoop.current().run_in_executor(source.executor, lambda: method(source.get(), *args))
             except NotFound as error:
                 self.fail(404, str(error))
             except PermissionError as error:
                 self.fail(403, str(error))
+            except TubBeingWritten as error:
+                self.fail(409, str(error))
             except InputError as error:
                 self.fail(400, str(error))
             return None
@@ -535,6 +602,8 @@ def _make_handlers():
 
         def prepare(self):
             self.body = b""
+            if refuse_foreign_host(self, self.hosts):
+                return
             # Only the page itself deletes: a request without Origin (curl, another tool) is refused too.
             if not same_origin(self.request.headers, self.request.host, origin_required=True):
                 self.fail(403, "cross-origin request refused")
@@ -565,5 +634,5 @@ def _make_handlers():
                 logger.info("review: record %d marked %s", index, "deleted" if state else "live")
                 self.reply_json({"index": index, "deleted": state})
 
-    return dict(page=PageHandler, meta=MetaHandler, timeline=TimelineHandler, record=RecordHandler,
-                frame=FrameHandler, deleted=DeletedHandler)
+    return dict(redirect=GuardedRedirect, page=PageHandler, meta=MetaHandler, timeline=TimelineHandler,
+                record=RecordHandler, frame=FrameHandler, deleted=DeletedHandler)

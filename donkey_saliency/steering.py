@@ -1,15 +1,12 @@
-"""The pilot's own steering, and its gradients, computed by the pilot's framework (TensorFlow).
-
-For the tools that judge or compute masks off the car (``evaluate``, the gradient methods in
-``methods.py``): Keras for .h5/.keras, the TFLite interpreter for .tflite. TensorFlow is a
+"""The pilot's own steering, computed by the pilot's framework (TensorFlow): what ``evaluate`` judges
+masks by, off the car. Keras for .h5/.keras, the TFLite interpreter for .tflite. TensorFlow is a
 development dependency; nothing on the car imports this module.
 """
 import numpy as np
 
 from .console import quiet_stdout
 from .errors import ModelError, first_line
-from .methods import gradient_relevance
-from .pilots import load_pilot, reference
+from .pilots import check_pilot_file
 
 
 def _decoders(angle_size, categorical):
@@ -35,6 +32,7 @@ class PilotSteering(object):
         self.path = path
         self.batch = batch
         self.tflite = path.lower().endswith(".tflite")
+        check_pilot_file(path)  # TensorFlow Lite's loader does not verify files: a damaged one can crash it
         try:
             input_shapes, output_sizes = self._load(path)
         except (OSError, ValueError, RuntimeError, TypeError) as error:
@@ -103,69 +101,3 @@ class PilotSteering(object):
         raw = np.concatenate([self._raw(frames[i:i + self.batch].astype(np.float32) / 255.0)
                               for i in range(0, len(frames), self.batch)])
         return {name: np.asarray(decode(raw), np.float64) for name, decode in self.decoders}
-
-
-class GradientModel(object):
-    """Gradients of the primary steering (expected value for a categorical pilot) by TensorFlow,
-    for the gradient methods: w.r.t. the input, and w.r.t. one conv level's activations.
-    Keras pilots only (the TFLite interpreter gives no gradients)."""
-
-    def __init__(self, steering, pilot, batch=32):
-        import tensorflow as tf
-
-        if pilot.format != "keras":
-            raise ModelError("%s: gradients need a Keras pilot (.h5/.keras); the TFLite interpreter gives none"
-                             % pilot.path)
-        model = reference.keras_model(pilot.path)
-        self.steering = steering
-        self.batch = batch
-        self.model = tf.keras.Model(model.inputs, reference.map_tensors(model, pilot.trunk) + list(model.outputs))
-        self.levels = len(pilot.trunk.map_sources)
-        self.bins = tf.constant(np.linspace(-1, 1, 15), tf.float32)
-        self._cache = {}
-
-    @classmethod
-    def open(cls, model_path):
-        pilot = load_pilot(model_path)
-        return cls(PilotSteering(model_path), pilot), pilot.trunk.steps
-
-    def _steer(self, outputs):
-        import tensorflow as tf
-
-        angle = outputs[self.levels + self.steering.angle_output]
-        if self.steering.categorical:
-            return tf.reduce_sum(angle * self.bins, axis=-1)
-        return angle[:, 0]
-
-    def _one_batch(self, x, level):
-        import tensorflow as tf
-
-        feeds = [tf.constant(f) for f in self.steering.input_feeds(len(x))]
-        feeds[self.steering.image_input] = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(feeds[self.steering.image_input])
-            outputs = self.model(feeds if len(feeds) > 1 else feeds[0], training=False)
-            total = tf.reduce_sum(self._steer(outputs))
-        if level is None:
-            grad = tape.gradient(total, feeds[self.steering.image_input])
-            return np.abs(np.asarray(grad)).sum(axis=-1)
-        grad = tape.gradient(total, outputs[level])
-
-        return gradient_relevance(np.asarray(outputs[level]), np.asarray(grad))
-
-    def maps(self, frames, level=None):
-        """(N, h, w): the input gradient's |d steering / d pixel| summed over colours (level None),
-        or ``methods.gradient_relevance`` at conv level ``level``. The last answer per level is
-        kept: several methods ask for the same map of the same frames."""
-        import hashlib
-
-        frames = np.ascontiguousarray(frames)
-        key = (level, frames.shape, hashlib.sha1(frames.data).hexdigest())
-        if key not in self._cache:
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != level}
-            self._cache[key] = self._compute(frames, level)
-        return self._cache[key]
-
-    def _compute(self, frames, level):
-        return np.concatenate([self._one_batch(frames[i:i + self.batch].astype(np.float32) / 255.0, level)
-                               for i in range(0, len(frames), self.batch)])

@@ -3,7 +3,9 @@
 
 On-car Python 3.6 runs it too (the car checks), so it keeps to what 3.6 has.
 """
+import json
 import logging
+import os
 import threading
 
 
@@ -33,9 +35,14 @@ def read_mjpeg_part(stream):
 class ServerThread(object):
     """Serves a ``LocalWebController`` from its own IOLoop thread on one address only - what
     ``ctr.update()`` does on all interfaces. For demos, tests and benchmarks on 127.0.0.1; port 0
-    picks a free port (``.port`` once started). Sets ``ctr.loop`` as ``update()`` does."""
+    picks a free port (``.port`` once started). Sets ``ctr.loop`` as ``update()`` does. The server
+    has the time limits ``attach_web`` gives the car's (``requests_guard.SERVER_LIMITS``) unless
+    ``server_options`` says otherwise."""
 
-    def __init__(self, ctr, address="127.0.0.1", port=0):
+    def __init__(self, ctr, address="127.0.0.1", port=0, server_options=None):
+        from .requests_guard import SERVER_LIMITS
+
+        self.server_options = dict(SERVER_LIMITS if server_options is None else server_options)
         self.ctr = ctr
         self.address = address
         self.port = port
@@ -64,7 +71,7 @@ class ServerThread(object):
         try:
             sockets = bind_sockets(self.port, address=self.address)
             self.port = sockets[0].getsockname()[1]
-            self._server = HTTPServer(self.ctr)
+            self._server = HTTPServer(self.ctr, **self.server_options)
             self._server.add_sockets(sockets)
             self.loop = self.ctr.loop = IOLoop.current()
         except Exception as error:
@@ -123,3 +130,37 @@ class _QuietCancelledHandlers(logging.Filter):
 
     def filter(self, record):
         return "Cannot send error response after headers written" not in record.getMessage()
+
+
+def write_catalog_tub(path, count, inputs, types, frames, catalog_len=1000):
+    """A v2 tub of ``count`` records laid out as donkeycar's writer leaves one (manifest.json,
+    ``catalog_N.catalog`` and ``catalog_N.catalog_manifest``, images/), written cheaply from one line
+    template: the first image input of record i names ``frames[i % len(frames)]`` (each saved once
+    as a JPEG), ``user/angle`` is a saw-tooth, ``user/throttle`` 0.3, ``user/mode`` "user" (where
+    they are inputs). For tests and benchmarks of long drives; a donkeycar TubWriter carries on from it."""
+    from .images import encode_jpeg
+
+    image_key = next(k for k, t in zip(inputs, types) if t == "image_array")
+    os.makedirs(os.path.join(path, "images"))
+    for k, frame in enumerate(frames):
+        with open(os.path.join(path, "images", "%d.jpg" % k), "wb") as handle:
+            handle.write(encode_jpeg(frame))
+    fixed = dict((key, value) for key, value in (("user/throttle", 0.3), ("user/mode", "user")) if key in inputs)
+    head = json.dumps(dict(fixed, _session_id="26-01-01_0"))[:-1]
+    line = head + ', "_index": %d, "_timestamp_ms": %d, "' + image_key + '": "%d.jpg", "user/angle": %.3f}\n'
+    paths = []
+    for first in range(0, count, catalog_len):
+        name = "catalog_%d.catalog" % (first // catalog_len)
+        paths.append(name)
+        lengths = []
+        with open(os.path.join(path, name), "w") as handle:
+            for i in range(first, min(count, first + catalog_len)):
+                text = line % (i, 1700000000000 + 50 * i, i % len(frames), ((i % 200) - 100) / 100.0)
+                lengths.append(len(text))
+                handle.write(text)
+        with open(os.path.join(path, name + "_manifest"), "w") as handle:
+            handle.write(json.dumps(dict(path=name, created_at=0, line_lengths=lengths, start_index=first)) + "\n")
+    catalogs = dict(paths=paths, current_index=count, max_len=catalog_len, deleted_indexes=[])
+    with open(os.path.join(path, "manifest.json"), "w") as handle:
+        handle.write("\n".join(json.dumps(part) for part in (inputs, types, {}, {"created_at": 0}, catalogs)) + "\n")
+    return path

@@ -1,8 +1,8 @@
 """What ``donkey-saliency build-engine`` and ``selftest`` do: build or load a TensorRT engine, and
 check it against ONNX Runtime on the same frames, the way the car runs it.
 
-The selftest activates, runs and closes each engine in one worker thread through the part's own
-``backends.activate_with_fallback``; compares ``mask`` and every ``mean_i`` with ONNX Runtime, fp16
+The selftest activates, runs and closes each engine in one worker thread through an ``api.Saliency``,
+as the part does (with its fallback to ONNX Runtime); compares ``mask`` and every ``mean_i`` with ONNX Runtime, fp16
 with fp32; forces a failed activation (a mismatched engine in a valid cache file) to show the
 fallback; and times it (median ms/frame, build time, the copies' share from CUDA events).
 
@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from . import __version__, backends, trt_cache
-from .backends.onnxruntime import OnnxRuntimeBackend
+from . import __version__, trt_cache
+from .api import Saliency
 from .backends.tensorrt import TensorRTBackend, unavailable_reason
 from .backends.trt_engine import PRECISIONS
 from .errors import BackendUnavailable, InputError, first_line
@@ -184,20 +184,20 @@ def engine_line(backend):
         meta.get("compute_capability"), backend.precision)
 
 
-def timed_outputs(backend, frames, warmup=WARMUP_RUNS):
+def timed_outputs(saliency, frames, warmup=WARMUP_RUNS):
     """(outputs name -> (N, ...), seconds per frame, CUDA stage times per frame or []): one frame per
-    call, as the car runs it."""
+    call on an active ``api.Saliency``, as the car runs it."""
     for frame in frames[:warmup]:
-        backend.infer(frame[None])
+        saliency.infer_frame(frame)
     parts, seconds, stages = {}, [], []
     for frame in frames:
         started = time.perf_counter()
-        outputs = backend.infer(frame[None])
+        outputs = saliency.infer_frame(frame)
         seconds.append(time.perf_counter() - started)
-        if getattr(backend, "stage_ms", None):
-            stages.append(backend.stage_ms)
+        if getattr(saliency.backend, "stage_ms", None):
+            stages.append(saliency.backend.stage_ms)
         for name, value in outputs.items():
-            parts.setdefault(name, []).append(value[0])
+            parts.setdefault(name, []).append(value)
     return {name: np.stack(values) for name, values in parts.items()}, seconds, stages
 
 
@@ -266,18 +266,19 @@ def run_engine(graph, batch, precision, cache_dir=None, rebuild=False):
     run = EngineRun(precision)
     run.thread = threading.current_thread().name
     started = time.monotonic()
-    backend = backends.activate_with_fallback(graph, "tensorrt", dict(precision=precision, cache_dir=cache_dir,
-                                                                      rebuild=rebuild))
+    saliency = Saliency(graph, "tensorrt", dict(precision=precision, cache_dir=cache_dir, rebuild=rebuild)).activate()
     run.activation_seconds = time.monotonic() - started
     try:
-        run.backend_name, run.description = backend.name, backend.describe()
+        backend = saliency.backend
         if backend.name == "tensorrt":
             run.engine_line = engine_line(backend)
             run.build_seconds = backend.build_seconds if backend.engine_source == "built" else None
             run.precision = backend.precision
-        run.outputs, run.seconds, run.stages = timed_outputs(backend, batch)
+        run.outputs, run.seconds, run.stages = timed_outputs(saliency, batch)
+        # After the frames: an engine that failed on one was replaced by ONNX Runtime, and must read so.
+        run.backend_name, run.description = saliency.backend.name, saliency.describe()
     finally:
-        backend.close()
+        saliency.close()
     return run
 
 
@@ -334,12 +335,13 @@ def forced_fallback(graph, batch, expected_mask):
         with tempfile.TemporaryDirectory(prefix="donkey-saliency-selftest-") as directory:
             plant_mismatched_engine(graph, directory)
             started = time.monotonic()
-            backend = backends.activate_with_fallback(graph, "tensorrt", dict(precision="fp32", cache_dir=directory))
+            saliency = Saliency(graph, "tensorrt", dict(precision="fp32", cache_dir=directory)).activate()
             seconds = time.monotonic() - started
             try:
-                mask = backend.infer(batch[:1])[graph.mask_name]
+                backend = saliency.backend
+                mask = saliency.mask_of(saliency.infer(batch[:1]))
             finally:
-                backend.close()
+                saliency.close()
     except Exception as error:  # the check fails; the self-test goes on to its summary
         return Check(FALLBACK_CHECK, False, "%s: %s" % (type(error).__name__, first_line(error)))
     finally:
@@ -361,7 +363,7 @@ def selftest(graph, frames, precisions=("fp32", "fp16"), cache_dir=None, rebuild
     from concurrent.futures import ThreadPoolExecutor
 
     batch = prepare_batch(frames, graph.input_shape)
-    with OnnxRuntimeBackend(graph) as reference:
+    with Saliency(graph, "onnxruntime") as reference:
         expected, ort_seconds, _ = timed_outputs(reference, batch)
     checks, runs = [], {}
     # One worker thread, as the part has: activation, inference and close all happen in it.

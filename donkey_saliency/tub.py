@@ -22,12 +22,19 @@ import re
 import time
 
 from .errors import InputError
+from .fileio import read_limited, size_text
 from .keys import CAMERA_KEY, RECORD_KEYS, RECORD_TYPES
 
 logger = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image_array", "gray16_array", "image")
 CATALOG_MAX_LEN = 1000  # donkeycar's default records per catalog file
+# Bounds on what a tub's own files make us read (hostile until checked): a record line is a few
+# hundred bytes, a manifest grows by ~7 bytes per deleted record.
+MAX_RECORD_BYTES = 1 << 20
+MAX_MANIFEST_BYTES = 64 << 20
+MANIFEST_READS = 20  # reads of a manifest that does not parse before it counts as broken (a torn read is retried)
+MANIFEST_RETRY_S = 0.005
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,7 +71,7 @@ def read_manifest_head(tub_path):
     path = os.path.join(tub_path, "manifest.json")
     try:
         with open(path, "r") as handle:
-            first, second = handle.readline(), handle.readline()
+            first, second = handle.readline(MAX_MANIFEST_BYTES), handle.readline(MAX_MANIFEST_BYTES)
     except (IOError, OSError):
         return None
     if not first.strip():
@@ -172,21 +179,37 @@ def _read_v2(path):
 
 def read_v2_manifest(path):
     """A v2 tub's manifest.json as its five parts (inputs, types, metadata, manifest metadata,
-    catalog metadata with ``paths``, ``max_len``, ``deleted_indexes``), or InputError."""
-    try:
-        with open(os.path.join(path, "manifest.json"), "r") as handle:
-            lines = [line for line in handle.read().split("\n") if line.strip()]
-        inputs, types, metadata, manifest_metadata, catalogs = [json.loads(line) for line in lines[:5]]
-        catalogs["paths"] = [str(name) for name in catalogs["paths"]]
-        catalogs["deleted_indexes"] = [int(i) for i in catalogs.get("deleted_indexes", [])]
-        catalogs["max_len"] = int(catalogs.get("max_len", CATALOG_MAX_LEN))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise InputError("%s: manifest.json is not a donkeycar tub manifest" % path)
+    catalog metadata with ``paths``, ``max_len``, ``deleted_indexes``), or InputError. A read that
+    does not parse is read again (``MANIFEST_READS`` times): donkeycar's writer may be mid-rewrite."""
+    for attempt in range(MANIFEST_READS):
+        try:
+            inputs, types, metadata, manifest_metadata, catalogs = _parse_manifest(_manifest_text(path))
+            break
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # donkeycar's writer rewrites the manifest's last line in place (truncate, then write)
+            # on every record: a read in between sees it torn; the next one sees it whole.
+            if attempt + 1 == MANIFEST_READS:
+                raise InputError("%s: manifest.json is not a donkeycar tub manifest" % path)
+            time.sleep(MANIFEST_RETRY_S)
     if catalogs["max_len"] < 1:
         raise InputError("%s: manifest.json's max_len is %d; records per catalog must be at least 1"
                          % (path, catalogs["max_len"]))
     if len(inputs) != len(types):
         raise InputError("%s: manifest.json lists %d inputs but %d types" % (path, len(inputs), len(types)))
+    return inputs, types, metadata, manifest_metadata, catalogs
+
+
+def _manifest_text(path):
+    return read_limited(os.path.join(path, "manifest.json"), MAX_MANIFEST_BYTES,
+                        "a tub's manifest.json").decode("utf-8")
+
+
+def _parse_manifest(text):
+    lines = [line for line in text.split("\n") if line.strip()]
+    inputs, types, metadata, manifest_metadata, catalogs = [json.loads(line) for line in lines[:5]]
+    catalogs["paths"] = [str(name) for name in catalogs["paths"]]
+    catalogs["deleted_indexes"] = [int(i) for i in catalogs.get("deleted_indexes", [])]
+    catalogs["max_len"] = int(catalogs.get("max_len", CATALOG_MAX_LEN))
     return inputs, types, metadata, manifest_metadata, catalogs
 
 
@@ -201,7 +224,14 @@ def v2_catalog_lines(path, catalog_paths, start=(0, 0), complete_only=False):
         with open(catalog, "rb") as handle:
             offset = start[1] if number == start[0] else 0
             handle.seek(offset)
-            for line in handle:
+            while True:
+                line = handle.readline(MAX_RECORD_BYTES + 1)  # never more: a hostile line may be GBs long
+                if not line:
+                    break
+                if len(line) > MAX_RECORD_BYTES:
+                    raise InputError("%s: the line at byte %d of %s is over %s, more than a record can be; "
+                                     "refusing the tub" % (path, offset, catalog_paths[number],
+                                                           size_text(MAX_RECORD_BYTES)))
                 if complete_only and not line.endswith(b"\n"):
                     return
                 if line.strip():
@@ -226,9 +256,9 @@ def v2_image_paths(path, image_keys, record):
 
 def read_v1_meta(path):
     """(meta.json dict, inputs, types, excluded record numbers) of a donkeycar 3 tub, or InputError."""
+    text = read_limited(os.path.join(path, "meta.json"), MAX_RECORD_BYTES, "a tub's meta.json")
     try:
-        with open(os.path.join(path, "meta.json"), "r") as handle:
-            meta = json.load(handle)
+        meta = json.loads(text.decode("utf-8"))
         inputs, types = list(meta["inputs"]), list(meta["types"])
     except (ValueError, KeyError, TypeError):
         raise InputError("%s: meta.json is not a donkeycar 3 tub's meta.json" % path)
@@ -237,9 +267,9 @@ def read_v1_meta(path):
     excluded = set()
     exclude_path = os.path.join(path, "exclude.json")
     if os.path.isfile(exclude_path):
+        text = read_limited(exclude_path, MAX_MANIFEST_BYTES, "a tub's exclude.json")
         try:
-            with open(exclude_path, "r") as handle:
-                excluded = set(int(i) for i in json.load(handle))
+            excluded = set(int(i) for i in json.loads(text.decode("utf-8")))
         except (ValueError, TypeError):
             raise InputError("%s: exclude.json is not a list of record numbers" % path)
     return meta, inputs, types, excluded
@@ -265,8 +295,8 @@ def read_v1_record(path, number, index, start_ms, session):
     """Record ``number`` of a v1 tub in donkeycar 4's form (``_index``, ``_session_id``,
     ``_timestamp_ms``), or None when its file is not a JSON object."""
     try:
-        with open(os.path.join(path, "record_%d.json" % number), "r") as handle:
-            stored = json.load(handle)
+        stored = json.loads(read_limited(os.path.join(path, "record_%d.json" % number), MAX_RECORD_BYTES,
+                                         "a record").decode("utf-8"))
         if not isinstance(stored, dict):
             raise ValueError("not an object")
     except (ValueError, UnicodeDecodeError):
@@ -309,7 +339,10 @@ def _read_v1(path):
 
 def inside(root, name, what):
     """``root/name``, or InputError when ``name`` (from a tub's own files: hostile until checked)
-    leads out of ``root`` - an absolute path, ``..``, or a link pointing elsewhere."""
+    leads out of ``root`` - an absolute path, ``..``, or a link pointing elsewhere - or holds a NUL
+    byte (no file has such a name; the OS calls would raise)."""
+    if "\0" in name:
+        raise InputError("%s: %s name %r holds a NUL byte; no file has such a name" % (root, what, name))
     target = os.path.join(root, name)
     real_root = os.path.realpath(root)
     if os.path.commonpath([real_root, os.path.realpath(target)]) != real_root:

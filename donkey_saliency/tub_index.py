@@ -1,8 +1,10 @@
 """A tub for the review page: the drive as compact arrays (``TubIndex``), read with tub.py's readers
-record by record, never holding the records; and donkeycar's delete marks (``set_deleted``)."""
+record by record, never holding the records; and donkeycar's delete marks (``set_deleted``), never
+written beside a live writer (``live_writer``)."""
 import array
 import json
 import os
+import time
 
 import numpy as np
 
@@ -13,6 +15,12 @@ from .tub import (IMAGE_TYPES, parse_v2_line, read_v1_meta, read_v1_record, read
                   v1_record_numbers, v1_session, v1_start_ms, v2_catalog_lines, v2_image_paths)
 
 MODES = ("user", "local_angle", "local")  # donkeycar's drive modes; code len(MODES): other or absent
+RECENT_WRITE_S = 10.0  # a manifest.json changed this recently is watched for a further change ...
+WATCH_S = 1.5  # ... for this long (donkeycar's writer rewrites it with every record: 20 times a second)
+
+
+class TubBeingWritten(InputError):
+    """Marking records deleted in a tub a writer holds: refused (its next update would lose them)."""
 
 
 class TubIndex(object):
@@ -132,7 +140,7 @@ class TubIndex(object):
         naming a file elsewhere, e.g. ``../x``, gets nothing for that key)."""
         record = self.record(index) if record is None else record
         paths = (v2_image_paths if self.version == 2 else v1_image_paths)(self.path, self.image_keys, record)
-        inside = os.path.join(self.path, "")
+        inside = os.path.join(os.path.realpath(self.path), "")  # both resolved: a tub opened through a link
         return {k: p for k, p in paths.items() if os.path.realpath(p).startswith(inside)}
 
 
@@ -147,13 +155,15 @@ def set_deleted(tub_path, indexes, deleted=True):
     """Mark records deleted (or restore them) as donkeycar's ``Manifest.delete_records`` /
     ``restore_records`` do: their indexes in ``deleted_indexes`` of manifest.json's catalog line.
     The manifest is read again under a lock on the tub directory (two writers never lose each
-    other's marks) and replaced atomically; the other lines are kept byte for byte. v2 tubs only.
+    other's marks) and replaced atomically; the other lines are kept byte for byte. v2 tubs only;
+    TubBeingWritten while a writer holds the tub (``live_writer``).
     Returns the sorted deleted indexes now stored."""
 
     path = os.path.abspath(os.fspath(tub_path))
     if not os.path.isfile(os.path.join(path, "manifest.json")):
         raise InputError("%s: marking records deleted needs a v2 tub (manifest.json)" % path)
     with _DirectoryLock(path):
+        refuse_live_writer(path)
         with open(os.path.join(path, "manifest.json"), "r") as handle:
             lines = handle.read().split("\n")
         read_v2_manifest(path)  # validates
@@ -170,7 +180,78 @@ def set_deleted(tub_path, indexes, deleted=True):
         catalogs["deleted_indexes"] = sorted(current)
         lines[catalog_line] = json.dumps(catalogs)
         atomic_write(os.path.join(path, "manifest.json"), "\n".join(lines).encode("utf-8"))
+        _OUR_WRITES[path] = _signature(os.stat(os.path.join(path, "manifest.json")))
     return catalogs["deleted_indexes"]
+
+
+def refuse_live_writer(tub_path):
+    """TubBeingWritten when ``live_writer`` finds one: donkeycar's writer keeps manifest.json open
+    and rewrites its catalog line from its own memory with every record, so a mark written beside
+    it is lost (and a manifest replaced under it loses every later record)."""
+    reason = live_writer(tub_path)
+    if reason:
+        raise TubBeingWritten("%s is being recorded (%s): marking records deleted now would be lost; stop "
+                              "the car's recording first" % (tub_path, reason))
+
+
+def live_writer(tub_path, watch_s=WATCH_S):
+    """Why a v2 tub looks like it is being written, or None. Two signs: a process holds its
+    manifest.json open for writing (Linux ``/proc``; processes of other users are not visible), or
+    manifest.json changed within ``RECENT_WRITE_S`` and changes again within ``watch_s`` (a writer
+    on another machine, over a shared folder). An idle writer on another machine is not seen."""
+    manifest = os.path.join(tub_path, "manifest.json")
+    try:
+        stat = os.stat(manifest)
+    except OSError:
+        return None
+    pid = _process_writing(os.path.realpath(manifest), stat)
+    if pid is not None:
+        return "process %d holds its manifest.json open for writing" % pid
+    if time.time() - stat.st_mtime > RECENT_WRITE_S or _OUR_WRITES.get(os.path.abspath(tub_path)) == _signature(stat):
+        return None  # not changed lately, or by set_deleted itself
+    deadline = time.monotonic() + watch_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            now = os.stat(manifest)
+        except OSError:
+            return "its manifest.json is being replaced"
+        if _signature(now) != _signature(stat):
+            return "its manifest.json keeps changing"
+    return None
+
+
+_OUR_WRITES = {}  # tub path -> _signature of the manifest set_deleted wrote last
+
+
+def _signature(stat):
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def _process_writing(real_path, stat):
+    """The id of a process (this one included) with ``real_path`` open for writing, or None."""
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None  # no /proc: not Linux
+    for pid in pids:
+        fd_dir = os.path.join("/proc", pid, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or another user's
+        for fd in fds:
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)) != real_path:
+                    continue
+                same = os.stat(os.path.join(fd_dir, fd))
+                with open(os.path.join("/proc", pid, "fdinfo", fd)) as handle:
+                    flags = next((int(line.split()[1], 8) for line in handle if line.startswith("flags:")), 0)
+            except (OSError, ValueError, IndexError):
+                continue
+            if (same.st_dev, same.st_ino) == (stat.st_dev, stat.st_ino) and flags & os.O_ACCMODE != os.O_RDONLY:
+                return int(pid)
+    return None
 
 
 class _DirectoryLock(object):

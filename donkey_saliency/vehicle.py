@@ -67,7 +67,8 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     part = SaliencyPart(model, backend=s["SALIENCY_BACKEND"], alpha=s["SALIENCY_ALPHA"],
                         colormap=s["SALIENCY_COLORMAP"], max_fps=s["SALIENCY_MAX_FPS"],
                         cache_dir=s["SALIENCY_CACHE_DIR"], backend_options=backend_options,
-                        method=s["SALIENCY_METHOD"], sync_ms=s["SALIENCY_SYNC_MS"])
+                        method=s["SALIENCY_METHOD"], sync_ms=s["SALIENCY_SYNC_MS"], output=s["SALIENCY_OUTPUT"],
+                        level=s["SALIENCY_LEVEL"])
     if s["SALIENCY_SHARE_PILOT"]:
         share_pilot_pass(V, part, model_path, s["SALIENCY_BACKEND"], backend_options)
     image_key = config.image_key(cfg)
@@ -79,7 +80,7 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     if web_controller is not None:
         web = attach_web(web_controller, part, jpeg_quality=s["SALIENCY_JPEG_QUALITY"],
                          drive_view=s["SALIENCY_DRIVE_VIEW"], toggle_button=s["SALIENCY_TOGGLE_BUTTON"],
-                         max_viewers=s["SALIENCY_MAX_VIEWERS"],
+                         max_viewers=s["SALIENCY_MAX_VIEWERS"], allowed_hosts=s["SALIENCY_ALLOWED_HOSTS"],
                          review_tub=lambda: tub_being_written(V))  # the TubWriter is added after us
         add_drive_view(V, web_controller, web.drive_view)
 
@@ -104,20 +105,26 @@ def find_pilot(V):
 
 def share_pilot_pass(V, part, model_path, backend, backend_options):
     """SALIENCY_SHARE_PILOT: put a SaliencyInterpreter into the car's pilot, so its forward pass also gives
-    the mask, handed to ``part``. Returns the interpreter, or None (logged) when the pilot keeps its own."""
+    the mask, handed to ``part``. Returns the interpreter, or None (logged) when the pilot keeps its own.
+
+    With a gradient method the drive loop runs the pilot alone (no head): the backward pass and the
+    mask stay in the part's worker, on its own graph given the frame, so the loop waits for none of it."""
     pilot = find_pilot(V)
     if pilot is None or not model_path:
         logger.info("saliency: SALIENCY_SHARE_PILOT is on but the car has no pilot part with a --model file")
         return None
     try:
+        in_pass = part.method_masks is not None and not part.method_masks.output_needed
         interpreter = SaliencyInterpreter(backend=backend, cache_dir=backend_options.get("cache_dir"),
-                                          backend_options=backend_options)
+                                          backend_options=backend_options, head=in_pass)
         interpreter.load(model_path)
     except Exception as error:  # the car drives on with donkeycar's own interpreter
         logger.warning("saliency: the pilot keeps its own interpreter (%s)", error)
         return None
-    interpreter.add_listener(part.accept_mask)
+    if in_pass:
+        interpreter.add_listener(part.accept_mask)
     pilot.interpreter = interpreter
-    logger.info("saliency: the pilot %s runs on the SaliencyInterpreter; its pass gives the mask",
-                type(pilot).__name__)
+    logger.info("saliency: the pilot %s runs on the SaliencyInterpreter; %s", type(pilot).__name__,
+                "its pass gives the mask" if in_pass else "the %s mask comes from the saliency worker, off the loop"
+                % part.method_masks.method)
     return interpreter

@@ -11,10 +11,12 @@
     POST|PUT  /saliency/drive_view      body ``{"on": true|false}`` sets, an empty body flips the
                                         overlay in /drive's video; replies ``{"drive_view": bool}``
 
-Requests are hostile until checked. /saliency/drive_view refuses a body over ``MAX_BODY_BYTES``
-before reading it (413; it is parsed by one fixed pattern, never by a JSON parser: ``import
-donkeycar`` raises the recursion limit, and a deep body would crash the car's process) and refuses
-a foreign ``Origin``/``Referer`` (403, see ``requests_guard.same_origin``). The streams take at most ``max_viewers``
+Requests are hostile until checked. Every route answers only a Host that is this car (403
+otherwise: DNS rebinding; ``requests_guard.AllowedHosts`` with ``SALIENCY_ALLOWED_HOSTS``), and the
+server donkeycar creates gets ``requests_guard.SERVER_LIMITS`` (``limit_slow_connections``).
+/saliency/drive_view refuses a body over ``MAX_BODY_BYTES`` before reading it (413; it is parsed
+by one fixed pattern, never by a JSON parser: ``import donkeycar`` raises the recursion limit, and
+a deep body would crash the car's process) and refuses a foreign ``Origin``/``Referer`` (403, see ``requests_guard.same_origin``). The streams take at most ``max_viewers``
 clients together (503 beyond) and drop a client that has not taken a frame for ``stall_s`` seconds.
 
 Nothing from a request reaches the filesystem: the page is read from a fixed package file when
@@ -42,7 +44,8 @@ from .config import DEFAULT_JPEG_QUALITY, DEFAULTS
 from .drive_view import DriveViewToggle
 from .images import encode_jpeg
 from .overlay import layer_picture
-from .requests_guard import declared_length, same_origin
+from .requests_guard import (SERVER_LIMITS, AllowedHosts, declared_length, log_request, refuse_foreign_host,
+                             same_origin)
 from .review_web import mount
 from .stats import median
 
@@ -67,6 +70,9 @@ STATS_FIELDS = collections.OrderedDict([
     ("backend", "the backend running, e.g. 'onnxruntime (CPU)'"),
     ("model", "the pilot file's name"),
     ("layers", "conv layer names, shallow to deep (index i is /saliency/layer/<i>.jpg)"),
+    ("method", "the saliency method (methods.METHODS)"),
+    ("output", "the pilot output a gradient method explains ('steering' | 'throttle'), null for vbp"),
+    ("explains", "what the picture explains, e.g. 'input-gradient of steering'"),
     # from this module
     ("seq", "sequence number of the newest overlay (0: none yet)"),
     ("layer_shapes", "[h, w] of each layer's averaged map in the newest result"),
@@ -121,7 +127,8 @@ class SaliencyWeb(object):
 
     def __init__(self, ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False,
                  toggle_button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"], page_file=PAGE_FILE,
-                 max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S):
+                 max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S,
+                 allowed_hosts=DEFAULTS["SALIENCY_ALLOWED_HOSTS"]):
         quality = int(jpeg_quality)
         if not 1 <= quality <= 100:
             raise ValueError("SALIENCY_JPEG_QUALITY must be 1..100, not %r" % (jpeg_quality,))
@@ -129,6 +136,7 @@ class SaliencyWeb(object):
             raise ValueError("SALIENCY_MAX_VIEWERS must be at least 1, not %r" % (max_viewers,))
         self.max_viewers = int(max_viewers)
         self.stall_s = float(stall_s)
+        self.allowed_hosts = allowed_hosts if isinstance(allowed_hosts, AllowedHosts) else AllowedHosts(allowed_hosts)
         self.refused = 0  # IOLoop thread only, as are stalled and the counters below
         self.stalled = 0
         self.ctr = ctr
@@ -248,18 +256,35 @@ class SaliencyWeb(object):
 
 def attach_web(ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False,
                toggle_button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"], max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"],
-               stall_s=STALL_S, review_tub=None):
+               stall_s=STALL_S, review_tub=None, allowed_hosts=DEFAULTS["SALIENCY_ALLOWED_HOSTS"]):
     """Adds the saliency routes to a ``LocalWebController`` (call before ``V.start()``) and returns the
     ``SaliencyWeb``; add its ``drive_view`` part to the vehicle after ``UserPilotCondition``.
     ``review_tub`` (a tub path, or a callable giving the tub being written) also mounts the
-    read-only review page at /saliency/review (review_web.py)."""
+    read-only review page at /saliency/review (review_web.py). Every route answers only the hosts
+    in ``allowed_hosts`` (``requests_guard.AllowedHosts``: names beyond the machine's own)."""
     web = SaliencyWeb(ctr, part, jpeg_quality=jpeg_quality, drive_view=drive_view, toggle_button=toggle_button,
-                      max_viewers=max_viewers, stall_s=stall_s)
+                      max_viewers=max_viewers, stall_s=stall_s, allowed_hosts=allowed_hosts)
     ctr.add_handlers(r".*", web.routes())
     if review_tub is not None:
-
-        mount(ctr, review_tub)
+        mount(ctr, review_tub, web.allowed_hosts)
+    limit_slow_connections(ctr)
+    ctr.settings.setdefault("log_function", log_request)  # a flood of refused requests: one line a minute
     return web
+
+
+def limit_slow_connections(ctr):
+    """donkeycar's ``LocalWebController.update()`` creates its server with ``self.listen(port)``
+    and no time limits; this instance's ``listen`` adds ``SERVER_LIMITS`` (idle/header and body
+    timeouts), so a slow client cannot hold a connection (a file descriptor) for ever. The
+    long-lived MJPEG responses are not affected: the limits bound reading requests, not replies."""
+    listen = ctr.listen
+
+    def listen_with_limits(port, address=None, **options):
+        for name, value in SERVER_LIMITS.items():
+            options.setdefault(name, value)
+        return listen(port, address, **options)
+
+    ctr.listen = listen_with_limits
 
 
 def parse_drive_view(body):
@@ -290,28 +315,28 @@ def _make_handlers():
     from tornado.gen import with_timeout
     from tornado.util import TimeoutError as FlushTimeout
 
-    class PageHandler(RequestHandler):
+    class GuardedHandler(RequestHandler):
+        """Every route: the Host must be one this car is reached by (DNS rebinding)."""
+
         def initialize(self, web):
             self.web = web
 
+        def prepare(self):
+            refuse_foreign_host(self, self.web.allowed_hosts)
+
+    class PageHandler(GuardedHandler):
         def get(self):
             self.set_header("Content-Type", "text/html; charset=utf-8")
             self.set_header("Cache-Control", "no-cache")
             self.write(self.web.page)
 
-    class StatsHandler(RequestHandler):
-        def initialize(self, web):
-            self.web = web
-
+    class StatsHandler(GuardedHandler):
         def get(self):
             self.set_header("Content-Type", "application/json")
             self.set_header("Cache-Control", "no-store")
             self.write(json.dumps(self.web.stats()))
 
-    class LayerHandler(RequestHandler):
-        def initialize(self, web):
-            self.web = web
-
+    class LayerHandler(GuardedHandler):
         def get(self, index):
             frame = self.web.layer_jpeg(int(index))
             if frame is None:
@@ -324,7 +349,7 @@ def _make_handlers():
             self.write(frame.data)
 
     @stream_request_body
-    class DriveViewHandler(RequestHandler):
+    class DriveViewHandler(GuardedHandler):
         """The body is streamed to us, so prepare() can refuse a large one before it is read."""
 
         def initialize(self, web):
@@ -332,6 +357,8 @@ def _make_handlers():
             self.body = bytearray()
 
         def prepare(self):
+            if refuse_foreign_host(self, self.web.allowed_hosts):
+                return
             if not same_origin(self.request.headers, self.request.host):
                 self.refuse(403, "cross-origin request refused")
                 return
@@ -362,7 +389,7 @@ def _make_handlers():
 
         put = post
 
-    class StreamHandler(RequestHandler):
+    class StreamHandler(GuardedHandler):
         def initialize(self, web, channel):
             self.web = web
             self.channel = channel

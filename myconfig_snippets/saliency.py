@@ -7,10 +7,11 @@ SALIENCY_MODEL_PATH = None        # None: the pilot given to `python manage.py d
                                   # made by `donkey-saliency export` (needs no TensorFlow on the car)
 SALIENCY_BACKEND = "auto"         # auto: TensorRT on a Jetson with tensorrt+pycuda, else ONNX Runtime;
                                   # or "tensorrt" / "onnxruntime"
-SALIENCY_METHOD = "vbp"           # vbp: VisualBackProp as published, computed inside the graph (the
-                                  # only method a car without TensorFlow can run). Others (see README
-                                  # "Saliency methods", `donkey-saliency evaluate`) need TensorFlow and
-                                  # a .h5/.keras pilot for now; the part falls back to vbp if they fail
+SALIENCY_METHOD = "input-gradient" # |d output / d pixel| (chosen with `evaluate`); vbp, input-x-gradient,
+                                  # grad-cam, vbp-gxa-mid, ... (README "Saliency methods"): all computed
+                                  # inside the graph from its backward pass, no TensorFlow needed
+SALIENCY_OUTPUT = "steering"      # steering | throttle: the decision a gradient method explains
+SALIENCY_LEVEL = None             # grad-cam's conv level (0 = shallowest); None: the deepest
 SALIENCY_ORT_PROVIDERS = None     # ONNX Runtime providers, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]
 SALIENCY_THREADS = 1              # ONNX Runtime CPU threads: leave the other cores to the car
 SALIENCY_TRT_PRECISION = "fp16"   # TensorRT engine precision: fp16 (default where the GPU has it) | fp32
@@ -22,6 +23,8 @@ SALIENCY_COLORMAP = "jet"         # jet | inferno | magma | viridis | turbo | ho
 SALIENCY_MAX_FPS = 0              # cap the mask rate (0: every frame the loop gives, newest first)
 SALIENCY_WEB = True               # /saliency page, /saliency/video and /saliency/stats on the web UI
 SALIENCY_JPEG_QUALITY = 80        # quality of the streamed overlay (encoded once per frame)
+SALIENCY_ALLOWED_HOSTS = ()       # names the web UI answers beyond localhost and the car's own (e.g.
+                                  # ["mycar.lan"]; ".lan" also allows subdomains; ["*"] turns the check off)
 SALIENCY_MAX_VIEWERS = 16         # stream viewers at once, all saliency streams together (more get 503)
 SALIENCY_DRIVE_VIEW = False       # start with the overlay instead of the camera in /drive
 SALIENCY_TOGGLE_BUTTON = "w5"     # web button (w1..w5) that toggles the /drive view; None: no button

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""What a gradient method would add to the live mask time, on ONNX Runtime (CPU), in one run.
+"""Historical (issue 12): what a gradient method would add, estimated in TensorFlow before the graph had
+its backward pass. `donkey-saliency bench` now times every method in the graph itself (``methods_ms``).
 
     .venv/bin/python scripts/bench_methods.py [PILOT.h5] [--frames 200]
 
 Times, per frame (medians, one thread): today's fused graph (batch 1) (uint8 frame -> mask) on
 ONNX Runtime, the conv trunk in TensorFlow, and in TensorFlow the extra work of
-``methods.gradient_relevance`` at conv level L: from that level's activations, the pilot's deeper
+the gradient x activation map at conv level L: from that level's activations, the pilot's deeper
 layers forward and the backward pass to level L, then |sum_c A x dA|. (tf2onnx cannot convert the
 gradient ops, so the extra is measured in TensorFlow and expressed as a share of TensorFlow's own
 trunk.) In a fused head the deeper forward is already done by the trunk, so this overestimates.

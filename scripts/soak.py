@@ -3,11 +3,17 @@
 the DriveViewToggle and a TubWriter recording the saliency keys - for N loops, while 8 viewers read
 /saliency/video and /saliency/camera and hang up mid-frame and reconnect, hostile requests arrive,
 and a fault schedule runs (a backend failing every 3rd call, no camera, NaN masks, a failing
-listener, large frames). Prints RSS at the start / middle / end, threads, open fds, stream handlers
-left, the longest loop iteration (and the part's and web controller's share), missed deadlines.
+listener, large frames), and a review-page client scrubs the tub being written through the car's
+/saliency/review (polls meta and timeline as the page does, reads records and frames at random).
+With --share-pilot the pilot (donkeycar's KerasPilot on the SaliencyInterpreter) drives and its own
+pass gives the masks (SALIENCY_SHARE_PILOT). Prints RSS at the start / middle / end, threads, open
+fds, stream handlers left, the longest loop iteration (and the part's, pilot's and web controller's
+share), missed deadlines, the review client's requests.
 
     .venv/bin/python scripts/soak.py                      # 10,000 loops at 50 Hz, 8 viewers
     .venv/bin/python scripts/soak.py --loops 2000 --hz 20
+    .venv/bin/python scripts/soak.py --share-pilot
+    .venv/bin/python scripts/soak.py --loops 2000 --review-records 200000   # the review of a long drive
 
 Figures (this machine) are in README.md. Loopback only; the tub goes to a temp dir, removed after.
 """
@@ -30,10 +36,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 from donkey_saliency import backends  # noqa: E402
 from donkey_saliency.keys import CAMERA_KEY, OUTPUTS  # noqa: E402
 from donkey_saliency.part import SaliencyPart  # noqa: E402
+from donkey_saliency.review_web import tub_being_written  # noqa: E402
 from donkey_saliency.pilots import DEMO_PILOT  # noqa: E402
 from donkey_saliency.track import track_frames  # noqa: E402
 from donkey_saliency.tub import recording_inputs  # noqa: E402
-from donkey_saliency.testing import ServerThread, read_mjpeg_part  # noqa: E402
+from donkey_saliency.testing import ServerThread, read_mjpeg_part, write_catalog_tub  # noqa: E402
 from donkey_saliency.web import attach_web  # noqa: E402
 
 # (first, last) as fractions of the run, and what goes wrong meanwhile.
@@ -190,6 +197,9 @@ class Timed(object):
     def update(self):
         return self.part.update()
 
+    def __getattr__(self, name):  # what else the vehicle's helpers read (a TubWriter's tub, for the review)
+        return getattr(self.part, name)
+
     def shutdown(self):
         return self.part.shutdown()
 
@@ -224,6 +234,74 @@ class Viewer(threading.Thread):
                 connection.close()
 
 
+class PilotOnCameraFrames(object):
+    """The pilot, given only frames of the camera's usual size: the schedule's "no camera" and
+    "1280x960 frames" faults would stop a stock pilot too (it has no such guard); they test the part."""
+
+    def __init__(self, pilot, shape):
+        self.pilot, self.shape = pilot, shape
+
+    def run(self, image):
+        if image is None or image.shape != self.shape:
+            return None, None
+        return self.pilot.run(image)
+
+
+class ReviewClient(threading.Thread):
+    """The review page on the car, scrubbing the tub being written: meta and timeline every
+    ``poll_s`` (the page: every 5 s), and between polls a record and its camera and overlay frames
+    at a random index ``hz`` times a second (playing or dragging: the page shows the newest index)."""
+
+    def __init__(self, port, stop, hz, poll_s=1.0, seed=0):
+        super().__init__(daemon=True)
+        self.port, self.stop, self.poll_s, self.rng = port, stop, poll_s, random.Random(seed)
+        self.period = 1.0 / hz
+        self.requests = self.failed = 0
+        self.statuses = set()
+        self.count = 0
+
+    def get(self, path):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request("GET", "/saliency/review" + path)
+            response = connection.getresponse()
+            body = response.read()
+            self.requests += 1
+            self.statuses.add(response.status)
+            if response.status != 200:
+                self.failed += 1
+            return response.status, body
+        except (OSError, http.client.HTTPException):
+            self.failed += 1
+            return 0, b""
+        finally:
+            connection.close()
+
+    def run(self):
+        import json
+
+        polled = 0.0
+        while not self.stop.is_set():
+            if time.monotonic() - polled >= self.poll_s:
+                polled = time.monotonic()
+                status, body = self.get("/meta")
+                if status == 200:
+                    self.count = json.loads(body.decode("utf-8"))["count"]
+                    self.get("/timeline")
+                elif status == 404:  # no tub yet: the writer makes it on its first record
+                    time.sleep(0.2)
+                continue
+            if not self.count:
+                time.sleep(0.05)
+                continue
+            started = time.monotonic()
+            index = self.rng.randrange(self.count)
+            self.get("/record/%d" % index)
+            self.get("/frame/%d/camera.jpg" % index)
+            self.get("/frame/%d/overlay.jpg" % index)  # 404 where the part had no overlay yet
+            self.stop.wait(max(0.0, self.period - (time.monotonic() - started)))
+
+
 def hostile_requests(port):
     """What a hostile page or client sends: all refused without reaching the car."""
     statuses = []
@@ -231,7 +309,9 @@ def hostile_requests(port):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head + b"[" * 1024)
         statuses.append(int(sock.recv(64).split(b" ")[1]))
-    for body, headers in ((b"[" * 100000, {}), (b'{"on": true}', {"Origin": "http://evil.example"})):
+    for body, headers in ((b"[" * 100000, {}), (b'{"on": true}', {"Origin": "http://evil.example"}),
+                          (b'{"on": true}', {"Host": "evil.example:%d" % port,  # DNS rebinding
+                                             "Origin": "http://evil.example:%d" % port})):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
             connection.request("POST", "/saliency/drive_view", body=body, headers=headers)
@@ -249,6 +329,13 @@ def main(argv=None):
     parser.add_argument("--hz", type=int, default=50)
     parser.add_argument("--viewers", type=int, default=8)
     parser.add_argument("--model", default=DEMO_PILOT)
+    parser.add_argument("--share-pilot", action="store_true",
+                        help="the pilot drives and its pass gives the masks (SALIENCY_SHARE_PILOT)")
+    parser.add_argument("--review-hz", type=float, default=20.0,
+                        help="records the review client scrubs through per second (0: no review client)")
+    parser.add_argument("--review-records", type=int, default=0,
+                        help="records already in the tub when the car starts writing it (e.g. 200000: a "
+                             "3-hour drive the car's review indexes while the car drives; written cheaply)")
     args = parser.parse_args(argv)
     import logging
 
@@ -272,13 +359,22 @@ def main(argv=None):
             raise RuntimeError("injected listener fault")
 
     part.add_listener(failing_listener)
-    web = attach_web(ctr, part)
+    pilot = None
+    if args.share_pilot:
+        from donkey_saliency import shared_pilot
+
+        shared = shared_pilot(args.model, backend="onnxruntime", backend_options={"threads": 1})
+        shared.interpreter.add_listener(part.accept_mask)  # as vehicle.share_pilot_pass wires it
+        pilot = PilotOnCameraFrames(shared, frames[0].shape)
+    vehicle = Vehicle()
+    web = attach_web(ctr, part, review_tub=lambda: tub_being_written(vehicle))
     baseline = snapshot()
     server = ServerThread(ctr).start()
 
     stop = threading.Event()
     viewers = [Viewer(server.port, "/saliency/video" if i % 2 == 0 else "/saliency/camera", stop, i)
                for i in range(args.viewers)]
+    review_client = ReviewClient(server.port, stop, args.review_hz) if args.review_hz > 0 else None
     snapshots = {}
     rss_series = []
     hostile = []
@@ -297,15 +393,19 @@ def main(argv=None):
 
     clock = type("Clock", (), {"started": 0.0})()
     timed_part, timed_ctr, timed_toggle = (Timed(p, schedule, args.loops) for p in (part, ctr, web.drive_view))
+    timed_pilot = Timed(pilot, schedule, args.loops) if pilot is not None else None
     base_inputs = [CAMERA_KEY, "user/angle", "user/throttle", "user/mode"]
     inputs, types, _ = recording_inputs(os.path.join(workdir, "tub"), base_inputs,
                                         ["image_array", "float", "float", "str"], False)
-    vehicle = Vehicle()
+    if args.review_records:
+        write_catalog_tub(os.path.join(workdir, "tub"), args.review_records, inputs, types, frames[:4])
     vehicle.profiler = NoProfiler()
     vehicle.add(LoopStart(clock))
     vehicle.add(Camera(frames, schedule), outputs=[CAMERA_KEY, "cam/ok"])
     vehicle.add(timed_ctr, inputs=[CAMERA_KEY, "tub/num_records", "user/mode", "recording"],
                 outputs=["user/angle", "user/throttle", "user/mode", "recording", "web/buttons"])
+    if timed_pilot is not None:  # before the part: its pass hands this loop's mask over (lag 0)
+        vehicle.add(timed_pilot, inputs=[CAMERA_KEY], outputs=["pilot/angle", "pilot/throttle"])
     vehicle.add(timed_part, inputs=[CAMERA_KEY], outputs=list(OUTPUTS), threaded=True)
     vehicle.add(timed_toggle, inputs=web.drive_view.inputs, outputs=web.drive_view.outputs)
     timed_writer = Timed(TubWriter(os.path.join(workdir, "tub"), inputs=inputs, types=types), schedule, args.loops)
@@ -315,13 +415,15 @@ def main(argv=None):
 
     for viewer in viewers:
         viewer.start()
+    if review_client is not None:
+        review_client.start()
     started = time.monotonic()
     try:
         vehicle.start(rate_hz=args.hz, max_loop_count=args.loops)
     finally:
         seconds = time.monotonic() - started
         stop.set()
-        for viewer in viewers:
+        for viewer in viewers + ([review_client] if review_client is not None else []):
             viewer.join(15)
         deadline = time.monotonic() + 10
         while web.clients and time.monotonic() < deadline:
@@ -354,8 +456,11 @@ def main(argv=None):
              period_ms, int((durations > period_ms).sum())))
     print("longest calls in the loop:")
     for timed, name in ((timed_part, "SaliencyPart.run_threaded"), (timed_ctr, "LocalWebController.run"),
-                        (timed_toggle, "DriveViewToggle.run"), (timed_writer, "TubWriter.run")):
-        print("  " + timed.describe(name))
+                        (timed_toggle, "DriveViewToggle.run"), (timed_writer, "TubWriter.run"),
+                        (timed_pilot, "KerasPilot.run (shared pass: pilot + mask)")):
+        if timed is not None:
+            print("  " + timed.describe(name))
+    print("loops over 100 ms in all (any part, or waiting for the GIL or a core): %d" % int((durations > 100).sum()))
     ours = np.array(timed_part.calls) + np.array(timed_ctr.calls) + np.array(timed_toggle.calls)
     print("loops where the part, the toggle and the web controller together took over 100 ms: %d (over %.0f ms: %d)"
           % (int((ours > 0.1).sum()), period_ms, int((ours * 1000 > period_ms).sum())))
@@ -363,6 +468,11 @@ def main(argv=None):
           % (figures["received"], figures["processed"], figures["dropped"], figures["errors"],
              figures["frames_sent"], figures["stalled"], figures["refused"]))
     print("hostile requests: %d sent, statuses %s" % (len(hostile), sorted(set(hostile))))
+    if review_client is not None:
+        print("review client: %d requests (%d not 200: statuses %s), last count %d records" % (
+            review_client.requests, review_client.failed, sorted(review_client.statuses), review_client.count))
+    if pilot is not None:
+        print("shared pilot: masks from the pilot's pass, %d received by the part" % figures["received"])
     return 0
 
 

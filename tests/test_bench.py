@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import random_frames
-from donkey_saliency import bench, cli
+from donkey_saliency import bench, cli, methods
 
 ROWS = [
     "ours: preprocess (api.prepare_frame)",
@@ -105,7 +105,10 @@ def test_bench_cli_prints_every_row_and_writes_json(two_output_pilot_path, v2_tu
     vehicle = report["vehicle"]
     assert vehicle["part_run_threaded"]["n"] == 10  # 12 loops less PartProfiler's first and last
     assert vehicle["part_frames_processed"] >= 1 and vehicle["part_errors"] == 0
-    assert [t["status"] in ("met", "NOT MET") for t in report["targets"]] == [True] * 4
+    assert [t["status"] in ("met", "NOT MET") for t in report["targets"]] == [True] * 5
+    timed = report["methods_ms"]  # every method beside the pilot's own inference, one run
+    assert timed["pilot"] > 0 and set(timed["over_pilot"]) == set(methods.METHODS)
+    assert timed["over_pilot"]["input-gradient"] > timed["over_pilot"]["vbp"] > 1.0
     assert report["memory"]["peak_rss_mb_end"] > 0
 
 

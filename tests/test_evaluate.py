@@ -107,7 +107,7 @@ def test_back_project_from_the_means_is_visual_backprop(tiny_pilot_path):
     from donkey_saliency.pilots import load_pilot
 
     frames = textured_image(1, (120, 160))[None].repeat(2, 0)
-    with load(tiny_pilot_path, backend="onnxruntime") as saliency:
+    with load(tiny_pilot_path, backend="onnxruntime", method="vbp") as saliency:
         outputs = saliency.infer(frames)
         means = [outputs[n] for n in saliency.graph.mean_names]
     steps = load_pilot(tiny_pilot_path).trunk.steps
@@ -177,14 +177,14 @@ def test_evaluate_writes_the_table_json_and_pictures(tiny_pilot_path, track_tub,
     assert "salient/whole" in printed.out and "evaluate" in printed.err  # table on stdout, progress on stderr
     with open(os.path.join(out, "evaluate.json")) as handle:
         report = json.load(handle)
-    assert report["frames"] == 5 and report["default_method"] == "vbp"
+    assert report["frames"] == 5 and report["default_method"] == methods.DEFAULT_METHOD
     names = list(report["methods"])
-    assert names[0] == "vbp" and any("random" in n for n in names) and any("mean" in n for n in names)
+    assert names[0] == methods.DEFAULT_METHOD and any("random" in n for n in names) and any("mean" in n for n in names)
     assert set(methods.METHODS) <= set(names)  # a Keras pilot: the gradient methods too
     for name, figures in report["methods"].items():
         for metric in ev.METRICS:
             assert np.isfinite(figures[metric]), (name, metric)
-        if name != "vbp":
+        if name != methods.DEFAULT_METHOD:
             low, high = figures["minus_default_90"]["salient_over_whole"]
             assert low <= high
     for picture in ["curves.png"] + ["example_%d.png" % i for i in range(3)]:
@@ -203,8 +203,13 @@ def test_evaluate_a_categorical_tflite_pilot_reports_both_decodings(categorical_
         report = json.load(handle)
     assert report["pilot"]["kind"] == "categorical" and report["pilot"]["decoding"] == "expected"
     assert set(report["by_decoding"]) == {"linear_unbin"}
-    assert "input-gradient" in report["skipped"]  # the TFLite interpreter gives no gradients
-    assert {"vbp", "random-smooth", "tub-mean"} <= set(report["methods"])
+    # The gradient methods come from the graph's backward pass: a .tflite pilot has them all.
+    assert set(methods.METHODS) | {"random-smooth", "tub-mean"} == set(report["methods"])
+    for name in methods.METHODS:
+        rho = report["methods"][name]["randomized_head_spearman"]
+        assert -1 <= rho <= 1 and len(report["methods"][name]["cascade_spearman"]) == 2
+    assert report["methods"]["vbp"]["randomized_head_spearman"] == 1.0  # VisualBackProp never reads the head
+    assert report["methods"]["input-gradient"]["randomized_head_spearman"] < 0.9
 
 
 @pytest.mark.parametrize("make_args, words", [
@@ -265,12 +270,12 @@ def test_part_falls_back_to_vbp_where_a_method_cannot_run(tiny_pilot_path, tmp_p
     from donkey_saliency.part import SaliencyPart
 
     exported = str(tmp_path / "pilot.onnx")
-    assert main(["export", tiny_pilot_path, "--out", exported]) == 0
+    assert main(["export", tiny_pilot_path, "--out", exported, "--output", "none"]) == 0
     frame = textured_image(4, (120, 160))
     part = SaliencyPart(exported, backend="onnxruntime", method="input-gradient")
     _, mask, _, _ = part.run(frame)
     part.shutdown()
     assert "input-gradient failed" in caplog.text and "using vbp" in caplog.text
-    with load(exported, backend="onnxruntime") as saliency:
+    with load(exported, backend="onnxruntime", method="vbp") as saliency:
         expected = saliency.mask(frame)
     assert np.abs(mask.astype(int) - np.round(expected * 255)).max() <= 1

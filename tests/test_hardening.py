@@ -75,7 +75,7 @@ class FaultyBackend(object):
 def part_with(model_path, **faults):
     from donkey_saliency import backends
 
-    part = SaliencyPart(model_path, backend="onnxruntime")
+    part = SaliencyPart(model_path, backend="onnxruntime", method="vbp")  # faults injected in the graph's mask
     assert part.graph.mask_name == "mask" and part.graph.mean_names[:2] == ["mean_0", "mean_1"]
     part.backend = FaultyBackend(backends.activate_with_fallback(part.graph, "onnxruntime", {}), **faults)
     return part

@@ -195,7 +195,7 @@ def test_shared_pilot_drives_as_the_stock_pilot_and_records_each_frames_own_mask
     frames = replay_frames(tmp_path / "replay")
     car = make_car(tmp_path, REAL_PILOT, [
         'CAMERA_TYPE = "IMAGE_LIST"', 'PATH_MASK = %r' % str(tmp_path / "replay" / "*.png"),
-        "SALIENCY_SHARE_PILOT = True"])
+        "SALIENCY_SHARE_PILOT = True", 'SALIENCY_METHOD = "vbp"'])  # vbp: the mask comes from the pilot's pass
     output = drive(car)
     assert "runs on the SaliencyInterpreter" in output, output[-3000:]
     records = tub_records(car)

@@ -503,3 +503,20 @@ def test_review_page_on_the_real_tub_with_the_real_pilot(tmp_path):
     shown_camera, shown_overlay = crop(png, state["cameraBox"]), crop(png, state["overlayBox"])
     assert np.mean(np.abs(shown_camera.astype(int) - resized(frame, state["cameraBox"]))) < 12
     assert np.mean(np.abs(shown_overlay.astype(int) - resized(frame, state["overlayBox"]))) > 20  # coloured
+
+
+@pytest.mark.browser
+def test_review_page_opens_at_the_record_a_link_names(v2_tub, tmp_path):
+    """audit.html links to PREFIX#record=N: the page opens there, and follows a changed hash."""
+    chromium_or_skip()
+    server = Served(v2_tub)
+    browser = None
+    try:
+        browser, page = open_page(tmp_path, server.base + "/saliency/review#record=77", 1280, 900)
+        assert page.shows(77), page.state
+        browser.evaluate("location.hash = '#record=30'")
+        assert page.shows(30), page.state
+    finally:
+        if browser is not None:
+            browser.close()
+        server.close()

@@ -13,6 +13,7 @@ from test_graph import donkey_models
 
 import donkey_saliency
 from donkey_saliency.errors import ModelError
+from donkey_saliency.methods import degrid
 from donkey_saliency.pilots import load_pilot
 
 OUTPUT_TOLERANCE = 1e-5
@@ -75,14 +76,14 @@ def test_donkeycar_pilot_on_the_saliency_interpreter_matches_its_own_interpreter
     assert type(shared) is type(stock) and type(shared.interpreter).__name__ == "SaliencyInterpreter"
     assert shared.interpreter.input_keys == stock.interpreter.input_keys
     assert shared.interpreter.output_keys == stock.interpreter.output_keys
-    standalone = donkey_saliency.load(path, backend="onnxruntime")
+    standalone = donkey_saliency.load(path, backend="onnxruntime", method="vbp")
     # One pilot object each over the whole sequence: a memory pilot feeds its outputs back in.
     for i, frame in enumerate(frames):
         extra = EXTRA_INPUTS.get(model_type, lambda i: [])(i)
         same(shared.run(frame, *extra), stock.run(frame, *extra))
         mask = shared.interpreter.latest_mask
         assert mask.dtype == np.float32 and mask.shape == (120, 160)
-        np.testing.assert_allclose(mask, standalone.mask(frame), atol=MASK_TOLERANCE, rtol=0)
+        np.testing.assert_allclose(degrid(mask[None])[0], standalone.mask(frame), atol=MASK_TOLERANCE, rtol=0)
     if model_type == "memory":
         np.testing.assert_allclose(np.array(shared.mem_seq), np.array(stock.mem_seq), atol=OUTPUT_TOLERANCE)
     standalone.close()
@@ -154,8 +155,8 @@ def test_trunk_graph_is_unchanged_by_the_whole_pilot_reader(pilot_files):
     whole = graph_for(pilot_files["linear"][".h5"], cache_dir=False, whole=True)
     assert trunk.pilot is None and whole.pilot["outputs"] == ["n_outputs0", "n_outputs1"]
     frames = real_frames(2)
-    with Saliency(trunk, backends.create(trunk, "onnxruntime")) as a, \
-            Saliency(whole, backends.create(whole, "onnxruntime")) as b:
+    with Saliency(trunk, backends.create(trunk, "onnxruntime"), "vbp") as a, \
+            Saliency(whole, backends.create(whole, "onnxruntime"), "vbp") as b:
         np.testing.assert_array_equal(a.masks(frames), b.masks(frames))
 
 
@@ -178,7 +179,7 @@ def test_accepted_mask_is_recorded_with_its_own_frame_and_streamed(pilot_files):
 
     path = pilot_files["linear"][".h5"]
     pilot = donkey_saliency.shared_pilot(path, "linear", backend="onnxruntime")
-    part, thread = started_part(path)
+    part, thread = started_part(path, method="vbp")  # the method the pilot's own pass computes
     streamed = []
     part.add_listener(streamed.append)
     pilot.interpreter.add_listener(part.accept_mask)
@@ -187,7 +188,7 @@ def test_accepted_mask_is_recorded_with_its_own_frame_and_streamed(pilot_files):
             pilot.run(frame)
             overlay, mask_u8, _, lag_ms = part.run_threaded(frame)
             assert lag_ms == 0.0
-            np.testing.assert_array_equal(mask_u8, mask_to_uint8(pilot.interpreter.latest_mask))
+            np.testing.assert_array_equal(mask_u8, mask_to_uint8(degrid(pilot.interpreter.latest_mask[None])[0]))
             assert overlay.shape == frame.shape and overlay.dtype == np.uint8
         assert wait_for(lambda: len(streamed) == 6 or not part.busy)
         assert streamed[-1].mask is not None and np.array_equal(streamed[-1].frame, frame)
@@ -366,3 +367,24 @@ def test_bench_script_times_today_against_the_shared_pass(pilot_files, capsys):
             assert row[key] > 0, key
         assert row["ratio_a_over_b"] == row["a_today_ms"] / row["b_shared_ms"]
     assert "saliency's added cost" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_with_a_gradient_method_the_loop_runs_the_pilot_alone(pilot_files):
+    """SALIENCY_SHARE_PILOT with a gradient method: the interpreter's pass is the pilot without the
+    saliency head (same outputs, no mask), so the backward pass stays in the part's worker."""
+    import onnx
+
+    from donkey_saliency.interpreter import SaliencyInterpreter
+
+    path = pilot_files["linear"][".h5"]
+    alone = SaliencyInterpreter(backend="onnxruntime", head=False)
+    alone.load(path)
+    with_head = SaliencyInterpreter(backend="onnxruntime")
+    with_head.load(path)
+    proto = onnx.load_from_string(alone.graph.onnx_bytes)
+    assert [o.name for o in proto.graph.output] == ["n_outputs0", "n_outputs1"]
+    assert not {"ConvTranspose", "ReduceMax", "ReduceMin"} & {node.op_type for node in proto.graph.node}  # no head
+    image = real_frames(1)[0].astype(np.float32) / 255.0
+    np.testing.assert_allclose(alone.predict(image), with_head.predict(image), atol=1e-6)
+    assert alone.latest_mask is None and with_head.latest_mask is not None

@@ -648,8 +648,8 @@ def test_a_savedmodel_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_p
 # What runs on a Jetson Nano's Python 3.6 with TensorRT 8.0/8.2: the backend, its builder and
 # version shims, the engine cache and the selftest's tools.
 TRT_PATH_FILES = ["backends/__init__.py", "backends/base.py", "backends/onnxruntime.py", "backends/tensorrt.py",
-                  "backends/trt_api.py", "backends/trt_engine.py", "trt_cache.py", "trt_tools.py", "errors.py",
-                  "pilots/__init__.py", "pilots/keras.py", "pilots/trunk.py"]
+                  "backends/trt_api.py", "backends/trt_engine.py", "backends/trt_fp16.py", "api.py", "trt_cache.py",
+                  "trt_tools.py", "errors.py", "pilots/__init__.py", "pilots/keras.py", "pilots/trunk.py"]
 PY36_CHECK = """
 import importlib, sys
 for name in sys.argv[1:]:
@@ -718,12 +718,34 @@ def test_tensorrt_path_parses_and_imports_on_python_3_6(tmp_path):
 
 
 # --- backend choice here (no TensorRT) --------------------------------------------------------------
+def _unusable_reason():
+    """Why the TensorRT backend is unusable here, as it says it: follows what really imports (the
+    compiled bindings may import without pycuda, or both without a CUDA device)."""
+    return trt_backend.unavailable_reason()
+
+
 @needs_no_tensorrt
 def test_availability_names_what_is_missing_and_how_to_get_it():
     ok, reason = TensorRTBackend.availability()
-    assert not ok
-    assert "tensorrt" in reason and "JetPack" in reason and "pip install pycuda" in reason
+    assert not ok and reason == _unusable_reason()
+    missing = trt_backend.missing_libraries()
+    if missing:
+        assert "JetPack" in reason and "pip install pycuda" in reason
+        assert all(entry in reason for entry in missing)
     assert "\n" not in reason
+
+
+@pytest.mark.parametrize("missing", [["tensorrt (No module named 'tensorrt')"],
+                                     ["pycuda (No module named 'pycuda')"],
+                                     ["tensorrt (libnvinfer.so.10: cannot open shared object file)",
+                                      "pycuda (No module named 'pycuda')"]])
+def test_the_reason_names_exactly_what_does_not_import(monkeypatch, missing):
+    """The compiled bindings alone (pip install tensorrt) import without pycuda: the reason must say
+    pycuda, not tensorrt."""
+    monkeypatch.setattr(trt_backend, "missing_libraries", lambda: list(missing))
+    reason = trt_backend.unavailable_reason()
+    assert reason.startswith("TensorRT backend unavailable - missing " + "; ".join(missing) + ". ")
+    assert ("missing tensorrt" in reason) == missing[0].startswith("tensorrt")
 
 
 @needs_no_tensorrt
@@ -754,7 +776,7 @@ def test_selftest_without_tensorrt_fails_every_engine_check_and_still_reports(ti
         (trt_tools.FALLBACK_CHECK, False)]
     assert all(run.thread != threading.current_thread().name for run in report["runs"].values())
     assert all(run.backend_name == "onnxruntime" for run in report["runs"].values())
-    assert "BackendUnavailable: TensorRT backend unavailable" in report["checks"][-1].detail
+    assert report["checks"][-1].detail.startswith("BackendUnavailable: " + _unusable_reason()[:60])
     lines = trt_tools.report_lines(report)
     assert lines[-1] == "FAIL" and "donkey-saliency selftest: FAIL, 0 of 3 checks passed" in lines
     assert "fp32: no engine (fell back to onnxruntime (CPU))" in lines
@@ -845,8 +867,7 @@ def test_commands_without_tensorrt_exit_2_with_one_line(tiny_pilot_path, tmp_pat
     assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("donkey-saliency %s: TensorRT backend unavailable - missing tensorrt" % argv[0])
-    assert "JetPack" in lines[0] and "pip install pycuda" in lines[0]
+    assert lines[0] == "donkey-saliency %s: %s" % (argv[0], _unusable_reason())
     assert os.listdir(str(tmp_path)) == []  # nothing written, no cache dir made
 
 
@@ -1050,10 +1071,10 @@ def test_stand_in_pilot_for_selftest_gives_informative_masks():
 def gpu():
     missing = trt_backend.missing_libraries()
     if missing:
-        pytest.skip("TensorRT not installed: %s" % "; ".join(missing))
+        pytest.skip("the TensorRT backend's libraries do not import: %s" % "; ".join(missing))
     reason = trt_backend.unavailable_reason()
     if reason:
-        pytest.skip("no usable CUDA device: %s" % reason)
+        pytest.skip(reason)
 
 
 @pytest.mark.gpu

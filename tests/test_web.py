@@ -465,7 +465,8 @@ def test_saliency_page_in_headless_chromium(tiny_pilot_path, tmp_path, width, he
     # The pixels where the page shows the overlay are the overlay, and the camera is the camera.
     shown_overlay, shown_camera = crop(png, state["overlayBox"]), crop(png, state["cameraBox"])
     assert shown_overlay.shape[1] > 100
-    assert mean_abs_diff(shown_overlay, resized(overlay, state["overlayBox"])) < 10
+    # (15: JPEG and scaling of the input gradient's fine detail; the frame alone is > 30 away)
+    assert mean_abs_diff(shown_overlay, resized(overlay, state["overlayBox"])) < 15
     assert mean_abs_diff(shown_overlay, resized(frame, state["overlayBox"])) > 30
     assert mean_abs_diff(shown_camera, resized(frame, state["cameraBox"])) < 10
     if name == "phone":

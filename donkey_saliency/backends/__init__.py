@@ -16,6 +16,7 @@ _REGISTRY = {
 }
 # ``auto`` tries these in order and takes the first that is available here.
 AUTO_ORDER = ("tensorrt", "onnxruntime")
+FALLBACK = "onnxruntime"  # what replaces a backend that fails (api.Saliency, activate_with_fallback)
 
 
 def names():
@@ -72,10 +73,10 @@ def activate_with_fallback(graph, name="auto", options=None):
     except Exception as error:
         # The backend that really failed ('auto' may have resolved to ONNX Runtime: no second try).
         failed = backend.name if backend is not None else name
-        if failed == "onnxruntime":
+        if failed == FALLBACK:
             raise
-        logger.warning("saliency backend %s failed (%s); falling back to onnxruntime", failed,
-                       first_line(error, None))
-    backend = backend_class("onnxruntime")(graph, **options)
+        logger.warning("saliency backend %s failed (%s); falling back to %s", failed, first_line(error, None),
+                       FALLBACK)
+    backend = backend_class(FALLBACK)(graph, **options)
     backend.activate()
     return backend

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import trt_api
 from .base import Backend
-from .trt_engine import EngineLoader, trt_logger
+from .trt_engine import EngineLoader, made, trt_logger
 from ..errors import BackendUnavailable, first_line
 
 logger = logging.getLogger(__name__)
@@ -220,11 +220,13 @@ class TensorRTBackend(Backend):
         import pycuda.driver as cuda
         import tensorrt as trt
 
-        s.keep("runtime", trt.Runtime(trt_logger()))
+        log = trt_logger()
+        # Each object checked before it is used: None, or an error logged while it was made, means
+        # activation fails (and the caller falls back to ONNX Runtime) instead of a crash at first use.
+        # (The engine is checked by the loader: a stale cached one is logged, then rebuilt.)
+        s.keep("runtime", made(log, "a runtime", lambda: trt.Runtime(log)))
         s.keep("engine", self.loader.deserialize(trt, s.runtime, device.name(), device.compute_capability()))
-        s.keep("context", s.engine.create_execution_context())
-        if s.context is None:
-            raise BackendUnavailable("TensorRT could not create an execution context (out of GPU memory?)")
+        s.keep("context", made(log, "an execution context (out of GPU memory?)", s.engine.create_execution_context))
         height, width, channels = self.graph.input_shape
         trt_api.set_input_shape(s.engine, s.context, self.graph.input_name, (1, height, width, channels))
         specs = trt_api.io_specs(trt, s.engine, s.context)

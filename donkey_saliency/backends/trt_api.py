@@ -21,6 +21,21 @@ def trt_version(trt):
     return getattr(trt, "__version__", "unknown")
 
 
+# TensorRT DataType member name -> numpy dtype. The project's own table: TensorRT's ``trt.nptype``
+# on 8.4.1/8.5.2 (JetPack 5.0.2/5.1) builds its table with ``np.bool``, which raises AttributeError on
+# numpy >= 1.24 (NVIDIA/TensorRT#2557). Names a TensorRT lacks are simply never looked up.
+NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+                "BOOL": np.bool_, "UINT8": np.uint8}
+
+
+def numpy_dtype(trt_dtype):
+    """numpy dtype of a TensorRT ``DataType`` member (matched by its name, e.g. ``DataType.HALF``)."""
+    name = getattr(trt_dtype, "name", None) or str(trt_dtype).rpartition(".")[2]
+    if name not in NUMPY_DTYPES:
+        raise BackendUnavailable("the engine has a %s tensor, which this backend does not handle" % name)
+    return np.dtype(NUMPY_DTYPES[name])
+
+
 def supports_uint8_input(trt):
     """TensorRT 8.5 added UINT8 network inputs; before it the ONNX parser rejects them."""
     return hasattr(trt.DataType, "UINT8")
@@ -113,7 +128,7 @@ def io_specs(trt, engine, context):
             dtype, shape = engine.get_tensor_dtype(name), context.get_tensor_shape(name)
         else:
             dtype, shape = engine.get_binding_dtype(index), context.get_binding_shape(index)
-        specs.append(TensorSpec(name, tuple(shape), trt.nptype(dtype), is_input, index=index))
+        specs.append(TensorSpec(name, tuple(shape), numpy_dtype(dtype), is_input, index=index))
     return specs
 
 

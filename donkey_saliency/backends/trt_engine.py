@@ -1,10 +1,14 @@
 """Where a TensorRT engine comes from: the engine cache, or a build from the ONNX graph.
 
-The builder half: parse the graph, pin the VisualBackProp head to fp32, set the builder flags the
-installed TensorRT has (TF32 off always; fp16 with OBEY_PRECISION_CONSTRAINTS from 8.2 and, if a
-pinned layer has no fp32 kernel, one retry with PREFER_PRECISION_CONSTRAINTS; STRICT_TYPES on 8.0
-and 8.1), build. The decisions are pure functions over what they are given (a ``BuilderFlag``
-namespace, a config, a parsed network), so they are tested without TensorRT.
+The builder half: parse the graph, keep the nodes ``trt_fp16.FP32_PREFIXES`` names in fp32, set
+the builder flags the installed TensorRT has, build. fp16 takes one of two routes, chosen by what
+the bindings have (:func:`fp16_route`): weakly typed networks (8.x, 10) get the FP16 flag and those
+layers pinned to fp32 (OBEY_PRECISION_CONSTRAINTS from 8.2 and, if a pinned layer has no fp32
+kernel, one retry with PREFER_PRECISION_CONSTRAINTS; STRICT_TYPES on 8.0 and 8.1); TensorRT with
+only strongly typed networks (11) builds the graph's fp16 variant (``trt_fp16.fp16_variant``) as a
+strongly typed network. TF32 is off in every build. The decisions are pure functions over what
+they are given (a ``BuilderFlag`` namespace, a config, a parsed network), so they are tested
+without TensorRT; ``tests/test_trt_bindings.py`` checks the names against the real bindings.
 
 The loader half (:class:`EngineLoader`): cache first (``trt_cache``: keyed by graph, TensorRT
 version, GPU, precision, shape), else build and store. TensorRT objects made here are dropped
@@ -18,18 +22,43 @@ import time
 from .. import trt_cache
 from ..errors import BackendUnavailable
 from .trt_api import supports_uint8_input, trt_version
+from .trt_fp16 import fp16_variant, is_fp32_name
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp16", "fp32")
-HEAD_PREFIX = "vbp/"  # every node of the VisualBackProp head (and the uint8 -> /255 prologue)
 DEFAULT_WORKSPACE_MB = 256  # plenty for this graph; a Nano has 4 GB shared with the CPU
 # Precision-constraint flags, strictest first: TensorRT 8.2+ has the pair, 8.0/8.1 only STRICT_TYPES
 # (which itself falls back to the fastest kernel when no constrained one exists).
 OBEY, PREFER, STRICT = "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS", "STRICT_TYPES"
 
 
+# fp16 routes (see fp16_route)
+WEAK, STRONG = "pinned layers", "fp16 graph"
+
+
 # --- pure decisions ------------------------------------------------------------------------------
+
+def fp16_route(builder_flag, layer_class):
+    """How this TensorRT builds fp16: ``WEAK`` where the bindings still have weakly typed networks
+    (``BuilderFlag.FP16`` and a layer's ``precision``/``set_output_type``: 8.x, 10), else ``STRONG``
+    (TensorRT 11: a strongly typed network of the graph's fp16 variant)."""
+    weak = hasattr(builder_flag, "FP16") and all(hasattr(layer_class, n) for n in ("precision", "set_output_type"))
+    return WEAK if weak else STRONG
+
+
+def network_flags(creation_flag, builder, strongly_typed):
+    """``create_network``'s flags: explicit batch where it is a flag (8.x; 10 made it the only mode,
+    deprecated the flag and dropped the implicit-batch ``max_batch_size``), strongly typed when asked."""
+    flags = 0
+    if hasattr(builder, "max_batch_size") and hasattr(creation_flag, "EXPLICIT_BATCH"):
+        flags |= 1 << int(creation_flag.EXPLICIT_BATCH)
+    if strongly_typed:
+        if not hasattr(creation_flag, "STRONGLY_TYPED"):
+            raise BackendUnavailable("this TensorRT has neither a weakly typed fp16 build nor strongly typed networks")
+        flags |= 1 << int(creation_flag.STRONGLY_TYPED)
+    return flags
+
 
 def effective_precision(requested, has_fast_fp16):
     """(precision actually built, reason)."""
@@ -41,13 +70,13 @@ def effective_precision(requested, has_fast_fp16):
 
 
 def is_head_layer(layer_name, output_names=(), head_outputs=()):
-    """Whether a TensorRT layer belongs to the VisualBackProp head: the ONNX parser names layers (and
-    tensors) after the ONNX nodes, which graph.py prefixes with 'vbp/'; helper layers the parser adds
-    without such a name (the Slice for a ConvTranspose's output_padding) are recognised by their
-    output tensors."""
-    if layer_name.startswith(HEAD_PREFIX):
+    """Whether a TensorRT layer must stay fp32 (the VisualBackProp head, the backward pass): the ONNX
+    parser names layers (and tensors) after the ONNX nodes, whose prefixes ``trt_fp16.FP32_PREFIXES``
+    lists; helper layers the parser adds without such a name (the Slice for a ConvTranspose's
+    output_padding) are recognised by their output tensors."""
+    if is_fp32_name(layer_name):
         return True
-    return any(name.startswith(HEAD_PREFIX) or name in head_outputs for name in output_names)
+    return any(is_fp32_name(name) or name in head_outputs for name in output_names)
 
 
 def pin_head_precision(network, fp32, float_types):
@@ -81,22 +110,25 @@ def pin_head_precision(network, fp32, float_types):
     return count
 
 
-def constraint_attempts(builder_flag, precision):
+def constraint_attempts(builder_flag, precision, route=WEAK):
     """The precision-constraint flag names to build with, in order (one build each until one
-    succeeds); [None] for fp32, where nothing is pinned."""
-    if precision != "fp16":
+    succeeds); [None] where nothing is pinned: fp32, and the strongly typed route (the graph itself
+    carries the precision)."""
+    if precision != "fp16" or route != WEAK:
         return [None]
     if hasattr(builder_flag, OBEY):
         return [OBEY, PREFER]
-    return [STRICT]
+    if hasattr(builder_flag, STRICT):
+        return [STRICT]
+    return [None]
 
 
-def set_precision_flags(config, builder_flag, precision, constraint):
+def set_precision_flags(config, builder_flag, precision, constraint, route=WEAK):
     """Set ``config``'s precision flags for one build. TF32 is cleared for every build: on Ampere
     (Orin) it is on by default and would run the fp32 (and fp32-pinned) layers in TF32."""
     if hasattr(builder_flag, "TF32"):
         config.clear_flag(builder_flag.TF32)
-    if precision == "fp16":
+    if precision == "fp16" and route == WEAK:
         config.set_flag(builder_flag.FP16)
     for name in (OBEY, PREFER, STRICT):
         if name != constraint and hasattr(builder_flag, name):
@@ -105,15 +137,15 @@ def set_precision_flags(config, builder_flag, precision, constraint):
         config.set_flag(getattr(builder_flag, constraint))
 
 
-def build_with_constraints(build, config, builder_flag, precision):
+def build_with_constraints(build, config, builder_flag, precision, route=WEAK):
     """``build()`` (-> serialized engine bytes, or empty/None on failure) under each flag set of
     :func:`constraint_attempts` until one succeeds. An OBEY build fails when a pinned layer has no
     fp32 kernel (some Shuffle/Constant); then PREFER is tried, and said once. Returns
     (bytes or b"", constraint used)."""
-    attempts = constraint_attempts(builder_flag, precision)
+    attempts = constraint_attempts(builder_flag, precision, route)
     data = b""
     for index, constraint in enumerate(attempts):
-        set_precision_flags(config, builder_flag, precision, constraint)
+        set_precision_flags(config, builder_flag, precision, constraint, route)
         data = build() or b""
         if data:
             return data, constraint
@@ -129,13 +161,50 @@ _TRT_LOGGER = None
 
 
 def trt_logger():
-    """One TensorRT logger per process (TensorRT wants a single one); warnings and errors only."""
+    """One TensorRT logger per process (TensorRT wants a single one): its warnings and errors go to
+    Python's logging, and it counts errors (see :func:`made`)."""
     global _TRT_LOGGER
     if _TRT_LOGGER is None:
         import tensorrt as trt
 
-        _TRT_LOGGER = trt.Logger(trt.Logger.WARNING)
+        _TRT_LOGGER = _forwarding_logger_class(trt)()
     return _TRT_LOGGER
+
+
+def _forwarding_logger_class(trt):
+    severity = trt.ILogger.Severity
+    errors = (severity.INTERNAL_ERROR, severity.ERROR)
+
+    class ForwardingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors = 0
+            self.last_error = None
+
+        def log(self, level, message):
+            if level in errors:
+                self.errors += 1
+                self.last_error = message
+                logger.error("TensorRT: %s", message)
+            elif level == severity.WARNING:
+                logger.warning("TensorRT: %s", message)
+
+    return ForwardingLogger
+
+
+def made(log, what, make):
+    """``make()``'s result, or BackendUnavailable when it is None or TensorRT logged an error while
+    making it: some failures are only logged and an unusable object returned (a runtime made after
+    CUDA failed to start: its next call ends the process). ``log``: :func:`trt_logger`'s logger."""
+    before = log.errors
+    value = make()
+    if value is None:
+        raise BackendUnavailable("TensorRT could not create %s" % what)
+    if log.errors != before:
+        del value
+        raise BackendUnavailable("TensorRT logged an error creating %s: %s" % (what, " ".join(
+            str(log.last_error).split())[:300]))
+    return value
 
 
 def with_float_input(onnx_bytes, input_name="frame"):
@@ -175,15 +244,13 @@ def build_engine_bytes(onnx_bytes, input_name, input_shape, precision, workspace
 
     log = trt_logger()
     started = time.monotonic()
+    route = fp16_route(trt.BuilderFlag, trt.ILayer) if precision == "fp16" else None
+    if route == STRONG:
+        onnx_bytes = fp16_variant(onnx_bytes)
     builder = network = parser = config = profile = None
     try:
         builder = trt.Builder(log)
-        # Explicit batch: a flag in TensorRT 8, the only mode (and the flag deprecated) in 10, which
-        # also dropped the implicit-batch ``max_batch_size``.
-        flags = 0
-        if hasattr(builder, "max_batch_size") and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
-            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flags)
+        network = builder.create_network(network_flags(trt.NetworkDefinitionCreationFlag, builder, route == STRONG))
         parser = trt.OnnxParser(network, log)
         if not parser.parse(onnx_bytes):
             errors = [" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors)]
@@ -195,9 +262,11 @@ def build_engine_bytes(onnx_bytes, input_name, input_shape, precision, workspace
         shape = (1,) + tuple(input_shape)
         profile.set_shape(input_name, shape, shape, shape)
         config.add_optimization_profile(profile)
-        if precision == "fp16":
+        if route == WEAK:
             pinned = pin_head_precision(network, trt.float32, (trt.float32, trt.float16))
             logger.info("TensorRT: fp16 trunk, %d head layers pinned to fp32", pinned)
+        elif route == STRONG:
+            logger.info("TensorRT: strongly typed fp16 graph (trunk fp16, head fp32 through explicit Casts)")
         logger.warning("TensorRT: parsed %d layers in %.1f s; building the %s engine (takes minutes on a Jetson "
                        "Nano)", network.num_layers, time.monotonic() - started, precision)
 
@@ -208,7 +277,7 @@ def build_engine_bytes(onnx_bytes, input_name, input_shape, precision, workspace
             finally:
                 del plan
 
-        data, constraint = build_with_constraints(build, config, trt.BuilderFlag, precision)
+        data, constraint = build_with_constraints(build, config, trt.BuilderFlag, precision, route or WEAK)
         if not data:
             raise BackendUnavailable("TensorRT could not build an engine for this graph (see its log above)")
         logger.info("TensorRT: engine built in %.1f s (%d KB%s)", time.monotonic() - started, len(data) >> 10,

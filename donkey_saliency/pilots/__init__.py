@@ -6,9 +6,15 @@ neither needs TensorFlow. A SavedModel directory does (TensorFlow is the only th
 import os
 
 from ..errors import ModelError
+from ..fileio import size_text
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 TFLITE_SUFFIXES = (".tflite",)
+# Bounds on what a pilot file makes us read (a Donkeycar pilot is a few MB; its config some KB): a
+# damaged or hostile file (a zip bomb, a compressed HDF5 dataset of any declared shape) is refused
+# from its declared sizes, before anything is inflated.
+MAX_PILOT_BYTES = 1 << 30
+MAX_CONFIG_BYTES = 16 << 20
 # The linear pilot shipped with the package (scripts/train_demo_pilot.py): demo and bench drive with it.
 DEMO_PILOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "demo_pilot.h5")
 
@@ -21,6 +27,29 @@ class Pilot(object):
         self.trunk = trunk
         self.format = file_format  # 'keras' | 'tflite'
         self.network = network  # the layers past the trunk (network.py), when read with whole=True
+
+
+def check_size(path, what, size, limit):
+    """ModelError unless ``size`` bytes (``what`` of the pilot file, as the file declares it) fit ``limit``."""
+    if size > limit:
+        raise ModelError("%s: %s would take %s, over the %s a pilot may hold; refusing to read it (damaged or "
+                         "not a pilot)" % (path, what, size_text(size), size_text(limit)))
+
+
+def check_pilot_file(path):
+    """Read a .tflite or Keras pilot file with the project's own bounded readers, ModelError when it is
+    damaged: before TensorFlow (Lite), whose loaders do not verify files (a truncated .tflite can crash
+    the process), sees it. Other files are left to their loaders."""
+    path = os.fspath(path)
+    lower = path.lower().rstrip("/")
+    if lower.endswith(TFLITE_SUFFIXES):
+        from .tflite import read_graph
+
+        read_graph(path)
+    elif lower.endswith(KERAS_SUFFIXES) and not os.path.isdir(path):
+        from .keras import read
+
+        read(path)
 
 
 def load_pilot(path, whole=False):

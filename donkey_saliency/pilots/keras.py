@@ -15,6 +15,7 @@ import zipfile
 import numpy as np
 
 from ..errors import ModelError, first_line
+from . import check_size, MAX_CONFIG_BYTES, MAX_PILOT_BYTES
 from .network import append, dense, Input, Layer, Network, refuse, TRUNK_END
 from .trunk import activation, Affine, batch_norm, model_type_from_names, SEQUENCE_HINT, TrunkBuilder
 
@@ -80,24 +81,51 @@ def read(path):
 def _read_h5(path):
     h5py = _h5py()
     with h5py.File(path, "r") as handle:
-        config = handle.attrs.get("model_config")
+        config = _attribute(path, handle.attrs, "model_config", None)
         if config is None:
             raise ModelError("cannot read %s as a Keras pilot: it holds weights only, no model config" % path)
         config = json.loads(config.decode("utf-8") if isinstance(config, bytes) else config)
         group = handle["model_weights"] if "model_weights" in handle else handle
-        weights = {}
-        for name in _names(group.attrs.get("layer_names", [])):
+        datasets = {}
+        for name in _names(_attribute(path, group.attrs, "layer_names", [])):
             layer = group[name]
-            weights[name] = [np.array(layer[w]) for w in _names(layer.attrs.get("weight_names", []))]
+            datasets[name] = [layer[w] for w in _names(_attribute(path, layer.attrs, "weight_names", []))]
+        weights = _read_datasets(path, datasets)
     return KerasFile(config, lambda name: weights.get(name, []))
+
+
+def _attribute(path, attrs, name, default):
+    """An HDF5 attribute's value, refused when its declared shape holds more than a model config can
+    (variable-length strings count by their number: their text is stored in the file, uncompressed)."""
+    if name not in attrs:
+        return default
+    declared = attrs.get_id(name)
+    check_size(path, "attribute %s" % name, int(np.prod(declared.shape or ())) * declared.dtype.itemsize,
+               MAX_CONFIG_BYTES)
+    return attrs[name]
+
+
+def _read_datasets(path, datasets):
+    """{layer: [NumPy arrays]} from {layer: [h5py datasets]}, refused before any is read when their
+    declared shapes add up to more than a pilot can hold (a compressed dataset may declare any)."""
+    check_size(path, "its weights", sum(int(d.nbytes) for ds in datasets.values() for d in ds), MAX_PILOT_BYTES)
+    return {name: [np.array(d) for d in ds] for name, ds in datasets.items()}
+
+
+def _member(path, archive, name, limit):
+    """A zip member's bytes, refused from the size the zip's directory declares before any is inflated
+    (zipfile never inflates more than that)."""
+    info = archive.getinfo(name)
+    check_size(path, name, info.file_size, limit)
+    return archive.read(info)
 
 
 def _read_keras_zip(path):
     h5py = _h5py()
     with zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read("config.json").decode("utf-8"))
-        data = archive.read("model.weights.h5")
-    weights = {}
+        config = json.loads(_member(path, archive, "config.json", MAX_CONFIG_BYTES).decode("utf-8"))
+        data = _member(path, archive, "model.weights.h5", MAX_PILOT_BYTES)
+    datasets = {}
     with h5py.File(io.BytesIO(data), "r") as handle:
         # Keras names each layer's group after its class, in the model's layer order
         # (layers/conv2d, layers/conv2d_1, ...), not after the layer's own name.
@@ -109,7 +137,8 @@ def _read_keras_zip(path):
             group_name = "layers/%s%s/vars" % (key, "_%d" % count if count else "")
             if group_name in handle:
                 group = handle[group_name]
-                weights[layer.name] = [np.array(group[str(i)]) for i in range(len(group))]
+                datasets[layer.name] = [group[str(i)] for i in range(len(group))]
+        weights = _read_datasets(path, datasets)
     return KerasFile(config, lambda name: weights.get(name, []))
 
 

@@ -11,6 +11,8 @@ import re
 import numpy as np
 
 from ..errors import ModelError, first_line
+from ..fileio import read_limited
+from . import MAX_PILOT_BYTES
 from .flatbuffer import FlatbufferError, Table
 from .network import append, dense, Input, Layer, Network, refuse, TRUNK_END
 from .trunk import Affine, SEQUENCE_HINT, TrunkBuilder, activation, model_type_from_names
@@ -98,8 +100,7 @@ def _dequantize(tensor):
 def read_graph(path):
     """Parse the main subgraph; ModelError for anything that is not a readable TFLite flatbuffer."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_limited(path, MAX_PILOT_BYTES, "a pilot", ModelError)
     except OSError as error:
         raise ModelError("cannot read %s: %s" % (path, first_line(error)))
     if data[4:8] != b"TFL3":
