@@ -1,5 +1,6 @@
-# donkeycar 5.3 needs Python 3.11; fall back to python3 where it has no versioned name.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The newest donkeycar each Python has (setup.cfg [dev]): 5.3 on 3.11, 5.4 on 3.12/3.13. Prefer 3.11
+# (the CI's), else the machine's python3, else a versioned 3.12/3.13.
+PYTHON ?= $(shell command -v python3.11 || command -v python3 || command -v python3.13 || command -v python3.12)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed

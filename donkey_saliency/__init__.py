@@ -20,10 +20,26 @@ def SaliencyPart(model_path, backend="auto", **options):  # noqa: N802 - reads l
 
 
 def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
-    """The manage.py helper: adds the part (and web routes, and tub keys) as ``SALIENCY_*`` says."""
-    from .vehicle import add_saliency as _add
+    """The manage.py helper: adds the part (and web routes, and tub keys) as ``SALIENCY_*`` says.
+    Never raises: whatever fails (a library, the pilot, a backend, the web routes) is one ERROR line
+    saying how to fix it, the vehicle's parts are left as they were, and it returns None: the car
+    drives without saliency."""
+    parts, wiring = list(V.parts), [list(entry.get("inputs") or []) for entry in V.parts]
+    try:
+        from .vehicle import add_saliency as _add
 
-    return _add(V, cfg, ctr=ctr, inputs=inputs, types=types, model_path=model_path)
+        return _add(V, cfg, ctr=ctr, inputs=inputs, types=types, model_path=model_path)
+    except Exception as error:  # noqa: BLE001 - the car must drive on
+        import logging
+
+        from .errors import setup_failure
+
+        V.parts[:] = parts
+        for entry, entry_inputs in zip(parts, wiring):
+            if entry.get("inputs") is not None:
+                entry["inputs"][:] = entry_inputs
+        logging.getLogger(__name__).error("saliency: off, the car drives without it: %s", setup_failure(error))
+        return None
 
 
 def shared_pilot(model_path, model_type=None, cfg=None, backend="auto", **options):

@@ -73,6 +73,8 @@ def method_choice(args):
 
 def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # OpenCV's own warnings (e.g. FFmpeg's on a full disk) would break the CLI's one-line errors
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     for name in ("tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

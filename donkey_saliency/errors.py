@@ -26,3 +26,16 @@ class BackendUnavailable(SaliencyError):
 
 class MissingLibrary(SaliencyError, ImportError):
     """A library the car is expected to have is not importable; the message says how to get it."""
+
+
+RUNTIME_INSTALL = "pip freeze > car.txt && pip install -c car.txt 'donkey-saliency[runtime]'"
+
+
+def setup_failure(error):
+    """One line for a failure while adding saliency to a car: what failed, and how to fix it."""
+    if isinstance(error, SaliencyError) and not isinstance(error, MissingLibrary):
+        return str(error)
+    if isinstance(error, ImportError):
+        return "a library it needs cannot be imported (%s); install what the car lacks with: %s" % (
+            first_line(error), RUNTIME_INSTALL)
+    return "%s: %s (a bug: please report it with this line)" % (type(error).__name__, first_line(error))

@@ -6,9 +6,9 @@ Built with an ``output`` (steering | throttle), also the backward pass's maps (b
 the forward pass the builder records on its tape.
 The head mirrors ``vbp.py`` operation for operation; the tests hold the two together.
 
-The graph is built from the pilot's trunk description (``pilots/``) with the ``onnx`` package alone:
-no TensorFlow. Built graphs are cached by the pilot file's content hash, so a car builds once and
-starts from the cached ``.onnx`` afterwards.
+The graph is built from the pilot's trunk description (``pilots/``) and serialized by onnx_proto.py:
+no TensorFlow, no ``onnx`` package (a car needs only onnxruntime). Built graphs are cached by the
+pilot file's content hash, so a car builds once and starts from the cached ``.onnx`` afterwards.
 """
 import hashlib
 import json
@@ -16,6 +16,8 @@ import logging
 import os
 
 from . import __version__
+from . import onnx_proto as helper
+from .onnx_proto import TensorProto
 from .errors import ModelError, first_line
 from .fileio import atomic_write, default_cache_dir, file_digest
 from .pilots import load_pilot
@@ -85,10 +87,7 @@ class SaliencyGraph(object):
 
     @classmethod
     def from_bytes(cls, data, source=""):
-        import onnx
-
-        proto = onnx.load_from_string(data)
-        meta = {p.key: p.value for p in proto.metadata_props}
+        meta = helper.metadata_props(data)
         if META_KEY not in meta:
             raise ModelError("%s is an ONNX file but not a donkey-saliency graph (export one with "
                              "'donkey-saliency export')" % (source or "the graph"))
@@ -135,17 +134,13 @@ class _Builder(object):
         return "%s_%d" % (hint, self.count)
 
     def const(self, hint, array):
-        from onnx import numpy_helper
-
         name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(array, name))
+        self.initializers.append(helper.from_array(array, name))
         return name
 
     def op(self, op_type, inputs, hint=None, output=None, **attrs):
         """Append a node; it is named '<prefix>/<op_type>_<n>' after its hint's prefix ('trunk/', 'vbp/'),
         which TensorRT's precision pinning reads."""
-        from onnx import helper
-
         output = output or self.name(hint or op_type.lower())
         prefix = (hint or output).rpartition("/")[0]
         name = self.name((prefix + "/" if prefix else "") + op_type)
@@ -375,8 +370,6 @@ def _pilot_layers(b, trunk, network, end):
 
 def _gradient_outputs(b, trunk, image, maps, network, tensors, output, raw):
     """The backward pass's outputs (backward.py) as graph outputs; value infos."""
-    from onnx import TensorProto, helper
-
     from .backward import add_backward
 
     made = add_backward(b, image, maps, network, tensors, output)
@@ -396,7 +389,7 @@ def _gradient_outputs(b, trunk, image, maps, network, tensors, output, raw):
 
 
 def build(trunk, features=False, source="", network=None, float_input=False, output=None, head=True, keep=None):
-    """The fused graph (ONNX ModelProto) of a trunk: uint8 frame -> /255 -> trunk -> VisualBackProp.
+    """The fused graph (an onnx_proto.Model) of a trunk: uint8 frame -> /255 -> trunk -> VisualBackProp.
 
     With ``network`` (pilots/network.py) it is the whole pilot: its other inputs go in under their own
     names and its outputs come out under theirs, beside the mask. ``float_input``: the frame arrives
@@ -407,9 +400,6 @@ def build(trunk, features=False, source="", network=None, float_input=False, out
     the mask on its own graph (SALIENCY_SHARE_PILOT with a gradient method). ``keep``: the names of the
     outputs to keep (None: all); what no kept output needs is left out (methods.needed_outputs)."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper
-
     height, width, channels = trunk.input_shape
     b = _Builder()
     if float_input:
@@ -469,7 +459,6 @@ def build(trunk, features=False, source="", network=None, float_input=False, out
     if pilot is not None:
         info["pilot"] = pilot
     helper.set_model_props(proto, {META_KEY: json.dumps(info)})
-    onnx.checker.check_model(proto)
     return proto
 
 

@@ -13,6 +13,7 @@ Pictures are plain uint8 RGB arrays drawn with OpenCV; files are written to a te
 """
 import collections
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -119,12 +120,13 @@ class KerasPilotPredictor(object):
 
 
 def tflite_interpreter_class():
-    """tflite_runtime's Interpreter where installed (the car), else TensorFlow's; None without either."""
-    try:
-        from tflite_runtime.interpreter import Interpreter
-        return Interpreter
-    except ImportError:
-        pass
+    """The TFLite Interpreter the car has: tflite_runtime's (donkeycar 5.3 on a Pi), ai_edge_litert's
+    (donkeycar 5.4), else TensorFlow's; None without any."""
+    for module in ("tflite_runtime.interpreter", "ai_edge_litert.interpreter"):
+        try:
+            return importlib.import_module(module).Interpreter
+        except ImportError:
+            pass
     try:
         import tensorflow as tf
         return tf.lite.Interpreter
@@ -134,22 +136,36 @@ def tflite_interpreter_class():
 
 class TflitePilotPredictor(object):
     """The same from a .tflite file, run the way donkeycar's ``TfLite`` interpreter runs it: the
-    ``serving_default`` signature, outputs in the signature's order."""
+    ``serving_default`` signature, outputs in the signature's order; in a file without a signature
+    (donkeycar 5.4 writes them) inputs by tensor name and outputs in tensor index order, as 5.4 does."""
 
     def __init__(self, model_path, interpreter_class):
         self.interpreter = interpreter_class(model_path=model_path)
-        signature = self.interpreter.get_signature_list()["serving_default"]
-        self.runner = self.interpreter.get_signature_runner()
-        self.input_keys = list(signature["inputs"])
-        self.output_keys = list(signature["outputs"])
-        self.usable = len(self.input_keys) == 1
-        self.input_shape = tuple(int(d) for d in self.interpreter.get_input_details()[0]["shape"][1:])
+        signature = self.interpreter.get_signature_list().get("serving_default")
+        details = self.interpreter.get_input_details()
+        self.usable = len(details) == 1
+        self.input_shape = tuple(int(d) for d in details[0]["shape"][1:])
+        if signature:
+            self.runner = self.interpreter.get_signature_runner()
+            self.input_keys = list(signature["inputs"])
+            self.output_keys = list(signature["outputs"])
+        else:
+            self.runner = None
+            self.interpreter.allocate_tensors()
+            self.input_index = details[0]["index"]
+            self.output_indices = sorted(d["index"] for d in self.interpreter.get_output_details())
 
     def outputs(self, x):
         results = []
         for frame in x:
-            out = self.runner(**{self.input_keys[0]: frame[None].astype(np.float32)})
-            results.append([np.asarray(out[k][0]) for k in self.output_keys])
+            feed = frame[None].astype(np.float32)
+            if self.runner is not None:
+                out = self.runner(**{self.input_keys[0]: feed})
+                results.append([np.asarray(out[k][0]) for k in self.output_keys])
+            else:
+                self.interpreter.set_tensor(self.input_index, feed)
+                self.interpreter.invoke()
+                results.append([np.array(self.interpreter.get_tensor(i)[0]) for i in self.output_indices])
         return results
 
 
@@ -170,7 +186,8 @@ class PilotPredictor(object):
         if path.endswith(".tflite"):
             interpreter_class = tflite_interpreter_class()
             if interpreter_class is None:
-                logger.warning("pilot bars n/a: running %s needs tflite_runtime or tensorflow", model_path)
+                logger.warning("pilot bars n/a: running %s needs ai-edge-litert, tflite-runtime or tensorflow",
+                               model_path)
                 return None
             return cls(TflitePilotPredictor(model_path, interpreter_class))
         logger.warning("pilot bars n/a: the review runs Keras and .tflite pilots, not %s", model_path)

@@ -6,9 +6,11 @@ one JSON object of facts; the test asserts on them.
         complete.py's wiring on a real donkeycar Vehicle: camera, LocalWebController (served on
         127.0.0.1), ExplodeDict, UserPilotCondition, add_saliency, TubWriter. Reads /saliency/video
         and donkeycar's own /video over HTTP while it drives, then the tub with donkeycar's Tub.
+    python car_checks.py donkeycar54 OUT_DIR
+        donkeycar 5.4's own .tflite (no signature) and model.export() SavedModel, made there.
     python car_checks.py masks PILOT [--car-pilot FILE.tflite]
         masks from donkey_saliency.load and the part; with --car-pilot, the car's own pilot on
-        tflite-runtime afterwards (installing the project must not break it).
+        its own TFLite runtime afterwards (installing the project must not break it).
 """
 import argparse
 import http.client
@@ -119,9 +121,13 @@ def drive(args):
         facts["jpeg_seqs"] = [int(headers["x-saliency-seq"]) for headers, _ in frames]
         facts["jpeg_shapes"] = sorted(set(str(decode_jpeg(body).shape) for _, body in frames))
         if part.latest is not None:  # donkeycar's own /video, with SALIENCY_DRIVE_VIEW on
-            shown = decode_jpeg(read_stream(server.port, "/video", 1, timeout=30)[0][1])
-            facts["video_vs_overlay"] = mean_abs_diff(shown, part.latest.overlay)
-            facts["video_vs_camera"] = mean_abs_diff(shown, frame)
+            try:
+                shown = decode_jpeg(read_stream(server.port, "/video", 1, timeout=30)[0][1])
+            except Exception as error:  # donkeycar 5.4.0's wheel lacks static/: its /video answers 500
+                facts["video_error"] = "%s: %s" % (type(error).__name__, error)
+            else:
+                facts["video_vs_overlay"] = mean_abs_diff(shown, part.latest.overlay)
+                facts["video_vs_camera"] = mean_abs_diff(shown, frame)
             facts["overlay_vs_camera"] = mean_abs_diff(part.latest.overlay, frame)
         driver.join(args.loops / 20.0 * 3 + 30)
     finally:
@@ -157,10 +163,16 @@ def masks(args):
     facts["part"] = dict(error=part.error, processed=part.stats()["processed"], lag_ms=lag,
                          overlay_shape=list(picture.shape), mask_shape=list(mask_u8.shape),
                          mask_max=int(mask_u8.max()))
-    if args.car_pilot:  # the car's pilot on the car's runtime, after the project was installed
-        from tflite_runtime.interpreter import Interpreter
+    import cv2
 
-        interpreter = Interpreter(model_path=args.car_pilot)
+    facts["cv2"] = dict(version=cv2.__version__, where=os.path.dirname(cv2.__file__))
+    if facts["tensorflow_importable"]:  # the car's TensorFlow still imports (its protobuf, its numpy)
+        import tensorflow as tf
+
+        facts["tensorflow"] = tf.__version__
+    if args.car_pilot:  # the car's pilot on the car's runtime, after the project was installed
+        interpreter = car_interpreter(args.car_pilot)
+        facts["car_runtime"] = type(interpreter).__module__.split(".")[0]
         interpreter.allocate_tensors()
         entry = interpreter.get_input_details()[0]
         interpreter.set_tensor(entry["index"], (frame[None] / 255.0).astype(np.float32))
@@ -168,6 +180,56 @@ def masks(args):
         facts["car_pilot_outputs"] = [interpreter.get_tensor(o["index"]).tolist()
                                       for o in interpreter.get_output_details()]
     return facts
+
+
+def donkeycar54(args):
+    """donkeycar 5.4's own files, made by donkeycar 5.4 on Keras 3: the .tflite its keras_to_tflite
+    writes (no signature) read as its TfLite reads it, and the SavedModel model.export() writes."""
+    from donkeycar.parts.interpreter import TfLite, keras_to_tflite
+    from donkeycar.parts.keras import KerasLinear
+
+    from donkey_saliency import shared_pilot
+    from donkey_saliency.errors import ModelError
+    from donkey_saliency.pilots import load_pilot
+    from donkey_saliency.review import PilotPredictor
+
+    keras_pilot = KerasLinear()
+    model = keras_pilot.interpreter.model
+    path = os.path.join(args.out, "pilot.tflite")
+    keras_to_tflite(model, path)
+    interpreter = car_interpreter(path)
+    facts = dict(signatures=interpreter.get_signature_list(), keras_layers=[l.name for l in model.layers],
+                 keras_model=model.name)
+    pilot = load_pilot(path, whole=True)
+    facts.update(layers=pilot.trunk.layer_names, model_type=pilot.trunk.model_type,
+                 outputs=pilot.network.output_names)
+    theirs = KerasLinear(interpreter=TfLite())
+    theirs.load(path)
+    ours = shared_pilot(path, backend="onnxruntime")
+    frame = road_frame()
+    facts["theirs"] = [float(v) for v in theirs.run(frame)]
+    facts["ours"] = [float(v) for v in ours.run(frame)]
+    facts["mask_shape"] = list(ours.interpreter.latest_mask.shape)
+    review = PilotPredictor.for_model(path)
+    facts["review"] = [float(np.asarray(v).ravel()[0]) for v in review.runner.outputs((frame / 255.0)[None])[0]]
+    exported = os.path.join(args.out, "exported")
+    model.export(exported)
+    try:
+        load_pilot(exported)
+    except ModelError as error:
+        facts["exported_refusal"] = str(error)
+    return facts
+
+
+def car_interpreter(path):
+    """The car's own TFLite interpreter: tflite-runtime (Bookworm), ai-edge-litert (donkeycar 5.4),
+    else its TensorFlow's (Bullseye, JetPack 5, a laptop)."""
+    for module in ("tflite_runtime.interpreter", "ai_edge_litert.interpreter"):
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
+            return importlib.import_module(module).Interpreter(model_path=path)
+    import tensorflow as tf
+
+    return tf.lite.Interpreter(model_path=path)
 
 
 def main():
@@ -181,8 +243,10 @@ def main():
     p = sub.add_parser("masks")
     p.add_argument("pilot")
     p.add_argument("--car-pilot")
+    p = sub.add_parser("donkeycar54")
+    p.add_argument("out")
     args = parser.parse_args()
-    facts = drive(args) if args.command == "drive" else masks(args)
+    facts = dict(drive=drive, masks=masks, donkeycar54=donkeycar54)[args.command](args)
     print(json.dumps(facts, sort_keys=True))
 
 

@@ -39,12 +39,18 @@ CarEnv = collections.namedtuple("CarEnv", "name python steps sources")
 CarEnv.__doc__ = """name: cache key prefix; python: interpreter path; steps: pip install argument lists run in
 order ("{src}" is replaced with the extracted source directory); sources: tarballs extracted into src/."""
 
+PY = {v.rsplit(".", 1)[0]: os.path.join(PYENV, "versions", v, "bin", "python" + v.rsplit(".", 1)[0])
+      for v in ("3.6.15", "3.8.18", "3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0")}
+# A step starting with HIDDEN installs its packages where Python imports them but pip cannot see them:
+# JetPack's system OpenCV (built with GStreamer for the CSI camera; a pip OpenCV would shadow it).
+HIDDEN = "--hidden"
+
 ENVS = {
     # Jetson Nano, JetPack 4.6: Python 3.6; donkeycar's guide upgrades pip, then installs donkeycar
     # 4.5.1 editable from the release source. The camera's OpenCV is already there (JetPack's; here a
     # cp36 opencv-python-headless stands in for it) and so is tornado 6.1.
     "nano": CarEnv(
-        "nano-py36-dk451", os.path.join(PYENV, "versions", "3.6.15", "bin", "python3.6"),
+        "nano-py36-dk451", PY["3.6"],
         [["pip==21.3.1", "setuptools==59.6.0", "wheel==0.37.1"],
          ["numpy==1.19.0", "opencv-python-headless==4.5.5.64", "tornado==6.1"],
          ["-e", "{src}/donkeycar-4.5.1"]],
@@ -52,10 +58,46 @@ ENVS = {
     # Raspberry Pi 4/5, Bookworm: Python 3.11; donkeycar 5.3.0 with what its [pi] extra brings for
     # the pilot and the camera: tflite-runtime (no TensorFlow), OpenCV 4.9, numpy<2 first.
     "pi": CarEnv(
-        "pi-py311-dk53", os.path.join(PYENV, "versions", "3.11.7", "bin", "python3.11"),
+        "pi-py311-dk53", PY["3.11"],
         [["numpy<2"],
          ["donkeycar==5.3.0", "tflite-runtime", "opencv-contrib-python-headless==4.9.*", "flatbuffers==24.3.*"]],
         []),
+    # Raspberry Pi, Bookworm/Trixie, donkeycar 5.4 (what 'pip install donkeycar' gives today): its
+    # [pi] extra's pilot and camera parts: ai-edge-litert, OpenCV, numpy 2.
+    "pi54-312": CarEnv(
+        "pi-py312-dk54", PY["3.12"],
+        [["donkeycar==5.4.0", "ai-edge-litert>=2.1.4", "opencv-contrib-python-headless"]], []),
+    "pi54-313": CarEnv(
+        "pi-py313-dk54", PY["3.13"],
+        [["donkeycar==5.4.0", "ai-edge-litert>=2.1.4", "opencv-contrib-python-headless"]], []),
+    # Raspberry Pi, Bullseye: Python 3.9 with Debian's pip 20.3.4; donkeycar 5.0 and TensorFlow 2.9
+    # (the guide's aarch64 wheel, which needs protobuf<3.20).
+    "bullseye": CarEnv(
+        "pi-py39-dk50-tf29", PY["3.9"],
+        [["pip==20.3.4"],
+         ["donkeycar==5.0.0", "tensorflow==2.9.3", "protobuf<3.20", "numpy<2",
+          "opencv-contrib-python-headless==4.6.0.66"]],
+        []),
+    # Xavier NX / Orin, JetPack 5: Python 3.8 with Ubuntu 20.04's pip 20.0.2, numpy 1.21.1, NVIDIA's
+    # TensorFlow 2.9 (protobuf<3.20), donkeycar 5.0, and JetPack's OpenCV 4.5 where pip cannot see it.
+    # The 'current pip' row is this env with pip upgraded in the test's copy (TensorFlow built once).
+    "jetpack5": CarEnv(
+        "jp5-py38-dk50-tf29", PY["3.8"],
+        [["pip==20.0.2"],
+         [HIDDEN, "--no-deps", "opencv-python-headless==4.5.4.60"],
+         ["numpy==1.21.1", "tensorflow==2.9.3", "protobuf<3.20", "donkeycar==5.0.0"]],
+        []),
+    # Orin, JetPack 6: Python 3.10 with Ubuntu 22.04's pip 22.0.2, donkeycar 5.0, JetPack's OpenCV.
+    "jetpack6": CarEnv(
+        "jp6-py310-dk50", PY["3.10"],
+        [["pip==22.0.2"],
+         [HIDDEN, "--no-deps", "opencv-python-headless==4.8.0.76"],
+         ["numpy<2", "donkeycar==5.0.0"]],
+        []),
+    # A laptop (simulator, training) on donkeycar 5.4's [pc] extra: TensorFlow 2.19 (Keras 3) and tf-keras.
+    "laptop54": CarEnv(
+        "laptop-py312-dk54", PY["3.12"],
+        [["donkeycar==5.4.0", "tensorflow==2.19.*", "tf-keras==2.19.*", "opencv-python-headless"]], []),
 }
 
 
@@ -96,8 +138,13 @@ def pip(venv, *args):
     """``python -m pip ARGS`` in ``venv``; its output, or CalledProcessError with pip's output.
     pip's own cache stays the user's (the tests point XDG_CACHE_HOME at a temp dir)."""
     command = [python(venv), "-m", "pip", "--disable-pip-version-check", "--no-input"] + list(args)
-    environment = dict(os.environ, PIP_CACHE_DIR=PIP_CACHE)
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
+    # PyPI alone, as on a car: a local mirror's index pages without Requires-Python would make the
+    # old pips of Bullseye and JetPack 5 pick releases that dropped the car's Python.
+    environment = dict(os.environ, PIP_CACHE_DIR=PIP_CACHE, PIP_EXTRA_INDEX_URL=" ", PIP_FIND_LINKS=" ")
+    # Outside the checkout: 'python -m' puts the cwd on sys.path, and old pips then list an editable
+    # install's donkey_saliency.egg-info there as installed in the car.
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment,
+                            cwd=os.path.dirname(os.path.abspath(venv)))
     if result.returncode:
         raise subprocess.CalledProcessError(result.returncode, command, output=result.stdout)
     return result.stdout.decode("utf-8", "replace")
@@ -145,13 +192,28 @@ def ready(env, log=None):
             arguments = [a.replace("{src}", os.path.join(directory, "src")) for a in step]
             if log:
                 log("%s: pip install %s" % (env.name, " ".join(arguments)))
-            pip(venv, "install", *arguments)
+            if arguments[0] == HIDDEN:
+                _install_hidden(venv, os.path.join(directory, "system-packages"), arguments[1:])
+            else:
+                pip(venv, "install", *arguments)
         packages = freeze(venv)
         seconds = time.monotonic() - started
         with open(marker + ".tmp", "w") as handle:
             json.dump(dict(packages=packages, build_seconds=round(seconds, 1)), handle, indent=1, sort_keys=True)
         os.rename(marker + ".tmp", marker)
         return directory, seconds
+
+
+def _install_hidden(venv, target, arguments):
+    """Install into ``target``, importable through a .pth file but without the metadata pip reads:
+    what a system package (JetPack's cv2 in /usr/lib/python3/dist-packages) looks like to pip."""
+    pip(venv, "install", "--target", target, *arguments)
+    for name in os.listdir(target):
+        if name.endswith((".dist-info", ".egg-info")):
+            shutil.rmtree(os.path.join(target, name))
+    site = subprocess.check_output([python(venv), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    with open(os.path.join(site.decode().strip(), "system-packages.pth"), "w") as handle:
+        handle.write(target + "\n")
 
 
 def clone(directory, dest):

@@ -302,3 +302,21 @@ def test_unknown_suffix_and_plain_directory_are_refused(tmp_path):
         load_pilot(str(tmp_path / "pilot.pt"))
     with pytest.raises(ModelError, match="not a SavedModel"):
         load_pilot(str(tmp_path))
+
+
+@pytest.mark.parametrize("options", [dict(output="steering", features=True), dict(head=False)])
+def test_whole_pilot_and_gradient_graphs_are_byte_identical_to_onnx_s(tiny_pilot_path, monkeypatch, options):
+    """onnx_proto.py writes the backward pass's graph as the onnx package would, and onnx.checker takes it."""
+    import onnx
+
+    from donkey_saliency import onnx_proto
+    from donkey_saliency.pilots import load_pilot
+    from unit.test_onnx_proto import ONNX_BACKED
+
+    pilot = load_pilot(tiny_pilot_path, whole=True)
+    serialized = []
+    for helper in (onnx_proto, ONNX_BACKED):
+        monkeypatch.setattr(graph, "helper", helper)
+        serialized.append(graph.build(pilot.trunk, network=pilot.network, **options).SerializeToString())
+    assert serialized[0] == serialized[1]
+    onnx.checker.check_model(onnx.load_from_string(serialized[0]))

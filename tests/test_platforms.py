@@ -33,7 +33,7 @@ NOT_PROJECT = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-in
                                      ".pytest_cache", "test-artifacts", "demo-tub*")
 OPENCV = re.compile(r"^opencv-(contrib-)?python(-headless)?$")
 
-Installed = collections.namedtuple("Installed", "venv before after pip_output")
+Installed = collections.namedtuple("Installed", "venv before after pip_output check_before")
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +44,32 @@ def project_copy(tmp_path_factory):
     return destination
 
 
-def install_into_car(name, tmp_path_factory, project, extra="runtime"):
+def install_into_car(name, tmp_path_factory, project, extra="runtime", constrained=False, upgrade_pip=False):
+    """``pip install PROJECT[extra]`` into a copy of the car env; ``constrained``: under a constraints
+    file of the car's own ``pip freeze`` (README; the Nano's editable donkeycar line cannot be one);
+    ``upgrade_pip``: ``pip install -U pip`` first."""
     env = car_envs.ENVS[name]
     why = car_envs.missing(env)
     if why:
         pytest.skip(why)
-    directory, _ = car_envs.ready(env)
+    try:
+        directory, _ = car_envs.ready(env)
+    except subprocess.CalledProcessError as error:  # an x86 stand-in that cannot be built here
+        pytest.skip("the %s stand-in cannot be built here: %s" % (name, error.output.decode()[-300:]))
     venv = car_envs.clone(directory, str(tmp_path_factory.mktemp(name) / "venv"))
-    before = car_envs.freeze(venv)
-    output = car_envs.pip(venv, "install", "%s[%s]" % (project, extra))
-    return Installed(venv, before, car_envs.freeze(venv), output)
+    if upgrade_pip:
+        car_envs.pip(venv, "install", "-U", "pip")
+    before, check_before = car_envs.freeze(venv), pip_check(venv)
+    constraints = []
+    if constrained:
+        constraints = ["-c", os.path.join(os.path.dirname(venv), "car.txt")]
+        with open(constraints[1], "w") as handle:
+            handle.write(car_envs.pip(venv, "freeze"))
+    try:
+        output = car_envs.pip(venv, "install", *(constraints + ["%s[%s]" % (project, extra)]))
+    except subprocess.CalledProcessError as error:
+        pytest.fail("the install failed:\n%s" % error.output.decode("utf-8", "replace")[-3000:])
+    return Installed(venv, before, car_envs.freeze(venv), output, check_before)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +81,7 @@ def nano(tmp_path_factory, project_copy):
 
 @pytest.fixture(scope="module")
 def pi(tmp_path_factory, project_copy):
-    installed = install_into_car("pi", tmp_path_factory, project_copy)
+    installed = install_into_car("pi", tmp_path_factory, project_copy, constrained=True)
     yield installed
     subprocess.run(["rm", "-rf", installed.venv])  # much faster than shutil.rmtree on ~20k files
 
@@ -234,12 +250,13 @@ def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_pat
     from donkeycar.parts.web_controller.web import LocalWebController
     from donkeycar.vehicle import Vehicle
 
-    from conftest import wait_for
+    from conftest import donkeycar_video_or_skip, wait_for
     from donkey_saliency import add_saliency
     from donkey_saliency.keys import DRIVE_IMAGE_KEY
     from donkey_saliency.testing import ServerThread, read_mjpeg_part
     from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream, request
 
+    donkeycar_video_or_skip()
     frame = camera_frame()
     pilot_inputs = []
 
@@ -302,3 +319,98 @@ def test_missing_opencv_is_one_line_saying_how_to_get_it(onnx_pilot, tmp_path):
     lines = result.stderr.decode().strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr.decode()
     assert "OpenCV (cv2) is not importable" in lines[0] and "pip install 'donkey-saliency[opencv]'" in lines[0]
+
+
+# --- today's cars: installed under a constraints file of the car's own packages ----------------------
+Row = collections.namedtuple("Row", "env python donkeycar numpy opencv tensorflow upgrade_pip tflite")
+Row.__doc__ = """env: car_envs name; python/donkeycar/numpy: version prefixes the car has; opencv: the OpenCV
+distributions pip lists ([]: JetPack's, invisible to pip); tensorflow: its version prefix or None;
+upgrade_pip: the row is the env with a current pip (``pip install -U pip``) before the install;
+tflite: whether the car runs .tflite pilots (a JetPack 6 stand-in has no TFLite runtime)."""
+ROWS = {
+    "pi54-312": Row("pi54-312", "3.12.", "5.4.0", "2.", ["opencv-contrib-python-headless"], None, False, True),
+    "pi54-313": Row("pi54-313", "3.13.", "5.4.0", "2.", ["opencv-contrib-python-headless"], None, False, True),
+    "bullseye": Row("bullseye", "3.9.", "5.0.0", "1.", ["opencv-contrib-python-headless"], "2.9.", False, True),
+    "jetpack5": Row("jetpack5", "3.8.", "5.0.0", "1.21.1", [], "2.9.", False, True),
+    "jetpack5-current-pip": Row("jetpack5", "3.8.", "5.0.0", "1.21.1", [], "2.9.", True, True),
+    "jetpack6": Row("jetpack6", "3.10.", "5.0.0", "1.", [], None, False, False),
+    "laptop54": Row("laptop54", "3.12.", "5.4.0", "2.", ["opencv-python-headless"], "2.19.", False, True),
+}
+
+
+@pytest.fixture(scope="module")
+def installs(tmp_path_factory, project_copy):
+    """Each row installed once per module run, as the README says: {row name: (Row, Installed)}."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            row = ROWS[name]
+            done[name] = row, install_into_car(row.env, tmp_path_factory, project_copy, constrained=True,
+                                               upgrade_pip=row.upgrade_pip)
+        return done[name]
+
+    yield get
+    for _, installed in done.values():
+        subprocess.run(["rm", "-rf", installed.venv])
+
+
+@pytest.fixture(scope="module", params=sorted(ROWS))
+def car(request, installs):
+    return installs(request.param)
+
+
+@pytest.mark.slow
+def test_installing_changes_nothing_the_car_has(car):
+    row, installed = car
+    assert changed_versions(installed) == {}, installed.pip_output[-2000:]
+    added = set(installed.after) - set(installed.before)
+    assert {"donkey-saliency", "onnxruntime"} <= added and "onnx" not in added, added  # protobuf only where absent
+    assert installed.after["donkeycar"] == row.donkeycar and installed.after["numpy"].startswith(row.numpy)
+    assert opencv_distributions(installed.after) == row.opencv
+    code, text = pip_check(installed.venv)
+    assert code == 0 or set(text.splitlines()) <= set(installed.check_before[1].splitlines()), installed.check_before
+
+
+@pytest.mark.slow
+def test_masks_and_the_cars_own_pilot_and_runtime_still_work(car, onnx_pilot, tflite_pilot):
+    row, installed = car
+    facts = run_check(installed, "masks", onnx_pilot, *(["--car-pilot", tflite_pilot] if row.tflite else []))
+    assert facts["python"].startswith(row.python) and facts["numpy"].startswith(row.numpy)
+    assert facts["mask"] == dict(shape=[120, 160], dtype="float32", min=0.0, max=1.0, finite=True)
+    assert facts["part"]["error"] is None and facts["part"]["mask_max"] == 255
+    if row.tflite:
+        assert len(facts["car_pilot_outputs"]) == 1 and len(facts["car_pilot_outputs"][0][0]) == 2
+    if row.tensorflow:  # the car's TensorFlow still imports: its protobuf and numpy were kept
+        assert facts["tensorflow"].startswith(row.tensorflow)
+    if not row.opencv:  # JetPack's cv2 is the one imported, not a pip one
+        assert "system-packages" in facts["cv2"]["where"]
+
+
+@pytest.mark.slow
+def test_a_vehicle_drives_100_loops_with_saliency_in_every_record(car, tflite_pilot, tmp_path):
+    row, installed = car
+    facts = run_check(installed, "drive", tflite_pilot, str(tmp_path / "tub"), "--loops", "100", timeout=400)
+    assert facts["donkeycar"] == row.donkeycar and facts["loops"] == 100 and facts["records"] == 100
+    assert facts["stats"]["errors"] == 0 and len(facts["jpeg_seqs"]) >= 10
+    assert facts["records_missing_saliency"] == 0 and facts["saliency_images_missing"] == 0
+    if row.donkeycar == "5.4.0":  # its wheel lacks web_controller/templates/static: /video answers 500 upstream
+        assert "video_error" in facts or facts["video_vs_overlay"] < facts["video_vs_camera"] / 2
+    else:
+        assert facts["video_vs_overlay"] < facts["video_vs_camera"] / 2
+
+
+@pytest.mark.slow
+def test_donkeycar_54_files_made_by_donkeycar_54(installs, tmp_path):
+    """On the laptop 5.4 row (TensorFlow 2.19, Keras 3): the .tflite donkeycar 5.4 writes has no signature;
+    saliency reads it as 5.4's TfLite does, with Keras' layer and model names, and the shared pilot gives
+    5.4's own outputs; Keras 3's model.export() SavedModel is refused in one line."""
+    row, installed = installs("laptop54")
+    facts = run_check(installed, "donkeycar54", str(tmp_path), timeout=400)
+    assert facts["signatures"] == {}
+    assert facts["model_type"] == "linear" == facts["keras_model"]
+    assert facts["layers"] == [n for n in facts["keras_layers"] if n.startswith("conv2d")]
+    assert facts["outputs"] == ["0", "1"] and facts["mask_shape"] == [120, 160]
+    np.testing.assert_allclose(facts["ours"], facts["theirs"], atol=1e-5)
+    np.testing.assert_allclose(facts["review"], facts["theirs"], atol=1e-5)
+    assert "Keras 3's model.export()" in facts["exported_refusal"] and "\n" not in facts["exported_refusal"]

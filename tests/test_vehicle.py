@@ -307,3 +307,74 @@ def test_watch_line_share_reaches_the_stats_json(tiny_pilot_path):
     assert 0.0 < expected < 1.0
     assert figures["share_above"] == pytest.approx(expected, abs=1e-3)
     assert figures["share_above_latest"] == pytest.approx(expected, abs=1e-3)
+
+
+# --- nothing on the set-up path raises into drive() -------------------------------------------------
+class Counter(object):
+    """A part that counts the loops the car drove."""
+
+    def __init__(self):
+        self.loops = 0
+
+    def run(self):
+        self.loops += 1
+
+
+def add_and_drive(vehicle, cfg, caplog, loops=40, **kwargs):
+    """A camera, add_saliency, then the vehicle's own loop until it drove ``loops`` loops and the part
+    (if one was added) gave up: (returned part, the ERROR lines logged)."""
+    counter = Counter()
+    vehicle.add(Camera(camera_frame()), outputs=["cam/image_array"])
+    vehicle.add(counter)
+    with caplog.at_level("ERROR"):
+        part = add_saliency(vehicle, cfg, **kwargs)
+        with driving(vehicle):
+            assert wait_for(lambda: counter.loops >= loops and (part is None or part.error is not None), timeout=60)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    return part, errors
+
+
+def broken_web_controller():
+    """donkeycar's web controller whose routes cannot be added (an injected fault)."""
+    from donkeycar.parts.web_controller.web import LocalWebController
+
+    class Broken(LocalWebController):
+        def add_handlers(self, *args, **kwargs):
+            raise RuntimeError("tornado said no")
+
+    return Broken(port=0)
+
+
+def test_a_library_that_cannot_be_imported_is_one_error_line_and_the_car_drives(tiny_pilot_path, caplog,
+                                                                                monkeypatch):
+    from donkeycar.vehicle import Vehicle
+
+    monkeypatch.setitem(__import__("sys").modules, "donkey_saliency.vehicle", None)  # as onnx broke on JetPack 5
+    vehicle = Vehicle()
+    part, errors = add_and_drive(vehicle, config(), caplog, model_path=tiny_pilot_path)
+    assert part is None and len(vehicle.parts) == 2
+    assert len(errors) == 1 and "saliency: off, the car drives without it" in errors[0]
+    assert "pip install -c car.txt 'donkey-saliency[runtime]'" in errors[0]
+
+
+def test_a_bad_model_is_one_error_line_and_the_car_drives(tmp_path, caplog):
+    from donkeycar.vehicle import Vehicle
+
+    vehicle = Vehicle()
+    part, errors = add_and_drive(vehicle, config(), caplog, model_path=str(tmp_path / "missing.h5"))
+    assert part.latest is None
+    assert len(errors) == 1 and "model file not found" in errors[0], errors
+
+
+def test_web_routes_that_fail_leave_the_car_as_it_was(tiny_pilot_path, caplog):
+    from donkeycar.vehicle import Vehicle
+
+    vehicle = Vehicle()
+    broken = broken_web_controller()
+    vehicle.add(broken, inputs=list(CONTROLLER_INPUTS), outputs=["user/angle", "user/throttle", "user/mode", "recording"])
+    tub_inputs, tub_types = list(TUB_INPUTS), list(TUB_TYPES)
+    part, errors = add_and_drive(vehicle, config(), caplog, ctr=broken, inputs=tub_inputs, types=tub_types,
+                                 model_path=tiny_pilot_path)
+    assert part is None and vehicle.parts[0]["part"] is broken and len(vehicle.parts) == 3
+    assert vehicle.parts[0]["inputs"] == CONTROLLER_INPUTS and (tub_inputs, tub_types) == (TUB_INPUTS, TUB_TYPES)
+    assert len(errors) == 1 and "RuntimeError: tornado said no" in errors[0]

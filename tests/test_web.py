@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
-from conftest import wait_for
+from conftest import donkeycar_video_or_skip, wait_for
 from donkey_saliency.drive_view import DriveViewToggle
 from donkey_saliency.keys import OUTPUTS
 from donkey_saliency.overlay import layer_picture
@@ -274,6 +274,7 @@ def test_page_and_drive_view_control(live):
 def test_toggle_switches_what_the_stock_video_shows(tiny_pilot_path):
     """A real donkeycar Vehicle wired like complete.py: web controller, ExplodeDict, UserPilotCondition,
     the SaliencyPart and the DriveViewToggle; /video (donkeycar's own handler) is read over HTTP."""
+    donkeycar_video_or_skip()
     from donkeycar.parts.explode import ExplodeDict
     from donkeycar.parts.web_controller.web import LocalWebController
     from donkeycar.templates.complete import UserPilotCondition

@@ -165,7 +165,16 @@ def _read_savedmodel(path):
     except ImportError:
         raise ModelError("reading a SavedModel pilot needs TensorFlow; use the pilot's .h5 or .tflite file, or "
                          "export the graph once elsewhere with 'donkey-saliency export'")
-    model = tf.keras.models.load_model(path, compile=False)
+    try:
+        model = tf.keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras 3 loads no SavedModel at all
+        model, why = None, first_line(error, 80)
+    else:  # Keras 2 loads Keras 3's export() as a plain object, without the Keras layers
+        why = "it keeps no Keras layers"
+    if not hasattr(model, "to_json"):
+        raise ModelError("%s is a SavedModel this Keras cannot read as a pilot (%s), e.g. Keras 3's model.export(), "
+                         "which donkeycar 5.4 writes for TF-TRT; give the pilot's .keras, .h5 or .tflite file "
+                         "instead (donkey train writes them beside it)" % (path, why))
     config = json.loads(model.to_json())
     weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
     return KerasFile(config, lambda name: weights.get(name, []))

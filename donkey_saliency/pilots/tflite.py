@@ -6,6 +6,8 @@ ReLU fused into one CONV_2D op with a fused activation, Dropout gone. Float16 we
 DEQUANTIZE op and weight-only (dynamic range) quantized weights as int8 with scales; both are turned
 back into float32 here. Fully integer-quantized pilots (uint8/int8 frames) are refused.
 """
+import re
+
 import numpy as np
 
 from ..errors import ModelError, first_line
@@ -57,12 +59,13 @@ class _Op(object):
 class _Graph(object):
     """Tensors, ops (in execution order) and inputs of a model's main subgraph."""
 
-    def __init__(self, tensors, ops, inputs, signature_names, signature_tensors=([], [])):
+    def __init__(self, tensors, ops, inputs, signature_names, signature_tensors=([], []), outputs=()):
         self.tensors = tensors
         self.ops = ops
         self.inputs = inputs
         self.signature_names = signature_names  # (input names, output names): the Keras layer names
         self.signature_tensors = signature_tensors  # their tensor indices, in the same order
+        self.outputs = list(outputs)  # the subgraph's output tensors (what runs without a signature)
         self.producers = {out: op for op in ops for out in op.outputs}
 
     def consumers(self, index):
@@ -156,6 +159,7 @@ def _parse(data):
         outputs = tuple(int(v) for v in _indices(op.array(2, "<i4"), count))
         ops.append(_Op(kinds[opcode], inputs, outputs, op.table(4)))
     inputs = [int(v) for v in _indices(graph.array(1, "<i4"), count)]
+    outputs = [int(v) for v in _indices(graph.array(2, "<i4"), count)]
     signature_names, signature_tensors = ([], []), ([], [])
     signatures = model.tables(7)
     if signatures:
@@ -164,7 +168,7 @@ def _parse(data):
                                   for field in (0, 1))
         if any(index >= count for indices in signature_tensors for index in indices):
             raise FlatbufferError("the signature refers to a tensor that does not exist")
-    return _Graph(tensors, ops, inputs, signature_names, signature_tensors)
+    return _Graph(tensors, ops, inputs, signature_names, signature_tensors, outputs)
 
 
 def _indices(values, count):
@@ -188,6 +192,30 @@ def _layer_name(tensor_name):
         votes.append(parts[-2] if len(parts) >= 2 else parts[0])
     name = max(votes, key=lambda v: (votes.count(v), -votes.index(v))) if votes else ""
     return (name or "tensor")[:40]
+
+
+def _scope_suffix(graph, tensor):
+    """donkeycar 5.4 writes .tflite files through a traced tf.function (no signature), where TensorFlow
+    suffixes every Keras name scope: model 'linear' -> 'linear_1/conv2d_1_1/...'. The suffix ('_1'),
+    read off the model's scope, or '' for files with a signature (named as Keras names them)."""
+    if graph.signature_names[0]:
+        return ""
+    scope = graph.tensors[tensor].name.split(";")[0].split("/")[0]
+    match = re.match(r"^.+(_\d+)$", scope) if "/" in graph.tensors[tensor].name else None
+    return match.group(1) if match else ""
+
+
+def _conv_segment(tensor_name):
+    """The part of a fused conv output's name that the conv op itself gave ('m/c2/Conv2D' in
+    'm/relu/Relu;m/bn/FusedBatchNormV3;m/c2/Conv2D'), or the whole name."""
+    for segment in tensor_name.split(":")[0].split(";"):
+        if segment.rsplit("/", 1)[-1].lower().startswith(("conv", "depthwise")):
+            return segment
+    return tensor_name
+
+
+def _keras_name(name, suffix):
+    return name[:-len(suffix)] if suffix and name.endswith(suffix) and len(name) > len(suffix) else name
 
 
 def _unique(names):
@@ -225,8 +253,15 @@ def _model_type(graph, first_map):
     guess = model_type_from_names(input_names + [graph.tensors[i].name for i in graph.inputs], output_names)
     if guess:
         return guess
-    prefix = graph.tensors[first_map].name.split("/")[0]
-    return prefix if prefix and prefix != graph.tensors[first_map].name else "tflite"
+    prefix = graph.tensors[first_map].name.split(";")[0].split("/")[0]
+    if not prefix or prefix == graph.tensors[first_map].name:
+        return "tflite"
+    name = _keras_name(prefix, _scope_suffix(graph, first_map))
+    # donkeycar's KerasInferred is a network named 'linear' with one output ('n_outputs0'), a name only a
+    # signature keeps: without one (donkeycar 5.4's files) the output count tells the two apart.
+    if name == "linear" and not output_names and len(graph.outputs) == 1:
+        return "inferred"
+    return name
 
 
 def _fused_activation(op, name):
@@ -374,7 +409,10 @@ def tflite_trunk(path):
                 labels.append(out_name)
             else:
                 # A conv's filter tensor carries the layer's plain name; its fused output a list of names.
+                # Without a signature (donkeycar 5.4) filters are MLIR constants ('arith.constant3').
                 label = graph.tensors[op.inputs[1]].name
+                if "/" not in label:
+                    label = _conv_segment(out_name)
                 _conv(builder, graph, op, label)
                 labels.append(label)
             if tuple(builder.hw) != tuple(out_shape[1:3]):
@@ -417,7 +455,8 @@ def tflite_trunk(path):
     trunk = builder.finish(None)
     trunk.chain_sources = [image, tensor]  # where the trunk starts and ends in the file
     trunk.model_type = _model_type(graph, trunk.map_sources[0])
-    names = _unique([_layer_name(label) for label in labels[:len(trunk.steps)]])
+    suffix = _scope_suffix(graph, trunk.map_sources[0])
+    names = _unique([_keras_name(_layer_name(label), suffix) for label in labels[:len(trunk.steps)]])
     trunk.steps = [s._replace(name=n) for s, n in zip(trunk.steps, names)]
     return trunk
 
@@ -425,19 +464,31 @@ def tflite_trunk(path):
 # --------------------------------------------------------------------------------------------
 # The whole pilot
 
+def tensor_key(name):
+    """An input tensor's name as donkeycar 5.4's TfLite keys it ('serving_default_img_in:0' -> 'img_in')."""
+    if name.startswith("serving_default_"):
+        name = name[len("serving_default_"):]
+    return name[:-2] if name.endswith(":0") else name
+
+
 def tflite_network(path, trunk):
-    """The ops past the trunk, as a :class:`~.network.Network`, with the inputs and outputs in the order
-    donkeycar's TfLite interpreter gives them (its signature's, which TFLite keeps sorted by name)."""
+    """The ops past the trunk, as a :class:`~.network.Network`, with the inputs and outputs named and
+    ordered as donkeycar's TfLite interpreter gives them: by its signature (which TFLite keeps sorted by
+    name), or, in a file without one (donkeycar 5.4's), inputs by tensor name and outputs in tensor index
+    order, named '0', '1', ... as donkeycar 5.4's TfLite names them."""
     graph = read_graph(path)
     names, indices = graph.signature_names, graph.signature_tensors
-    if not names[0] or not names[1]:
-        raise ModelError("%s has no signature (inputs and outputs by name), which donkeycar's TfLite interpreter "
-                         "needs; convert the pilot again with 'donkey train' or keras_model_to_tflite" % path)
-    inputs = sorted(zip(names[0], indices[0]))
-    outputs = sorted(zip(names[1], indices[1]))
+    if names[0] and names[1]:
+        inputs = sorted(zip(names[0], indices[0]))
+        outputs = sorted(zip(names[1], indices[1]))
+    else:
+        inputs = sorted((tensor_key(graph.tensors[i].name), i) for i in graph.inputs)
+        outputs = [(str(n), i) for n, i in enumerate(sorted(graph.outputs))]
+    if not inputs or not outputs:
+        raise ModelError("%s has no inputs or outputs to run" % path)
     image_name = [name for name, index in inputs if index == trunk.chain_sources[0]]
     if not image_name:
-        raise ModelError("the pilot's image input is not among its signature's inputs")
+        raise ModelError("the pilot's image input is not among its inputs")
     alias = {trunk.chain_sources[-1]: TRUNK_END}
     alias.update((index, name) for name, index in inputs)
     flat = set(name for name, index in inputs if len(graph.tensors[index].shape) == 2)
