@@ -14,7 +14,7 @@ def load(model_path, backend="auto", **options):
 
 
 def SaliencyPart(model_path, backend="auto", **options):  # noqa: N802 - reads like the class it makes
-    from .part import SaliencyPart as _Part
+    from .car.part import SaliencyPart as _Part
 
     return _Part(model_path, backend=backend, **options)
 
@@ -26,7 +26,7 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     drives without saliency."""
     parts, wiring = list(V.parts), [list(entry.get("inputs") or []) for entry in V.parts]
     try:
-        from .vehicle import add_saliency as _add
+        from .car.vehicle import add_saliency as _add
 
         return _add(V, cfg, ctr=ctr, inputs=inputs, types=types, model_path=model_path)
     except Exception as error:  # noqa: BLE001 - the car must drive on
@@ -44,9 +44,9 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
 
 def shared_pilot(model_path, model_type=None, cfg=None, backend="auto", **options):
     """donkeycar's pilot object for ``model_type`` (its class, its ``run()``) running on the
-    :func:`~donkey_saliency.interpreter.SaliencyInterpreter`: one pass gives the pilot's outputs and the
+    :func:`~donkey_saliency.car.interpreter.SaliencyInterpreter`: one pass gives the pilot's outputs and the
     mask, read as ``pilot.interpreter.latest_mask`` (float32 H x W)."""
-    from .interpreter import pilot_on_saliency_interpreter
+    from .car.interpreter import pilot_on_saliency_interpreter
 
     return pilot_on_saliency_interpreter(model_path, model_type, cfg=cfg, backend=backend, **options)
 

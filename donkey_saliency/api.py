@@ -11,9 +11,9 @@ import logging
 
 from . import backends
 from .errors import InputError, first_line
-from .frames import prepare_batch, prepare_frame
-from .graph import graph_for
-from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, MethodMasks, check_output
+from .compute.frames import prepare_batch, prepare_frame
+from .compute.graph import graph_for
+from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, MethodMasks, check_output
 
 logger = logging.getLogger(__name__)
 

@@ -15,19 +15,20 @@ import sys
 
 import numpy as np
 
-from . import load, trt_tools
-from .backfill import backfill
+from . import load
+from .backends import trt_tools
+from .tools.backfill import backfill
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
-from .console import table_lines
+from .util.console import table_lines
 from .errors import first_line, InputError, ModelError, SaliencyError
-from .fileio import atomic_write
-from .graph import export, graph_for
-from .images import read_image, write_png
+from .util.fileio import atomic_write
+from .compute.graph import export, graph_for
+from .util.images import read_image, write_png
 from .keys import CAMERA_KEY
-from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, OUTPUTS
-from .overlay import check_style, overlay
+from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, OUTPUTS
+from .compute.overlay import check_style, overlay
 from .pilots import DEMO_PILOT, load_pilot
-from .review_web import DEFAULT_PORT, Review, serve
+from .web.review import DEFAULT_PORT, Review, serve
 
 EXIT_BAD_INPUT = 2
 # Laptop tools that need Python 3.8+ (TensorFlow, the simulated track). A Jetson Nano's JetPack 4.6
@@ -175,7 +176,7 @@ def _add_bench(sub, shared):
 def cmd_bench(args):
     import json
 
-    from .bench import format_report, run_bench
+    from .tools.bench import format_report, run_bench
 
     model = args.model
     if model is None:
@@ -261,7 +262,7 @@ def _add_demo(sub, shared):
 
 
 def cmd_demo(args):
-    from .demo import Demo
+    from .tools.demo import Demo
 
     if args.seconds is not None and args.seconds <= 0:
         raise InputError("--seconds must be positive")
@@ -311,7 +312,7 @@ def _add_render(sub, shared):
 
 
 def cmd_render(args):
-    from .review import render
+    from .tools.render import render
 
     result = render(args.tub, args.out, model_path=args.model, start=args.start, end=args.end, fps=args.fps,
                     scale=args.scale, backend=args.backend, alpha=args.alpha, colormap=args.colormap,
@@ -330,7 +331,7 @@ def _add_layers(sub, shared):
 
 
 def cmd_layers(args):
-    from .review import write_layer_grid
+    from .tools.render import write_layer_grid
 
     grid = write_layer_grid(args.model, args.image, args.out, backend=args.backend, colormap=args.colormap,
                             force=args.force)
@@ -355,7 +356,7 @@ def _add_filters(sub, shared):
 
 
 def cmd_filters(args):
-    from .review import filter_report
+    from .tools.render import filter_report
 
     report = filter_report(args.tub, args.model, out_path=args.out, threshold=args.threshold, rare=args.rare,
                            batch=args.batch, backend=args.backend, image_key=args.image_key, force=args.force)
@@ -397,8 +398,8 @@ def cmd_review(args):
             if not os.path.exists(model):
                 raise ModelError("model file not found: %s" % model)
         if len(args.model) == 2:
-            from .audit_run import PilotPass
-            from .review_pair import PilotPair
+            from .tools.audit import PilotPass
+            from .web.review_pair import PilotPair
 
             passes = []
             try:
@@ -413,7 +414,7 @@ def cmd_review(args):
             model = args.model[0]
             review.saliency = load(model, backend=args.backend, **method_choice(args)).activate()
             if not review.has_pilot_keys:
-                from .review import PilotPredictor
+                from .tools.render import PilotPredictor
 
                 predictor = PilotPredictor.for_model(model)  # None (logged) where it cannot run the file
                 if predictor is not None:
@@ -430,7 +431,7 @@ def cmd_review(args):
 
 # --- evaluate (evaluate.py) -------------------------------------------------------------------------
 def _add_evaluate(sub, shared):
-    from .evaluate import DEFAULT_AREA, DEFAULT_FRAMES
+    from .tools.evaluate import DEFAULT_AREA, DEFAULT_FRAMES
 
     p = sub.add_parser("evaluate", help="how much of the pilot's steering the mask explains: shift test, "
                                         "deletion/insertion, against baselines, with paired bootstrap intervals",
@@ -445,7 +446,7 @@ def _add_evaluate(sub, shared):
 
 
 def cmd_evaluate(args):
-    from .evaluate import format_table, run_evaluate
+    from .tools.evaluate import format_table, run_evaluate
 
     report = run_evaluate(args.tub, args.model, frames=args.frames, area=args.area, out_dir=args.out,
                           backend=args.backend, method=args.method, output=args.output, level=args.level)
@@ -457,7 +458,7 @@ def cmd_evaluate(args):
 
 # --- audit (audit_run.py, audit.py, audit_report.py) --------------------------------------------------
 def _add_audit(sub, shared):
-    from .audit_run import DEPENDENCE_FRAMES
+    from .tools.audit import DEPENDENCE_FRAMES
 
     p = sub.add_parser("audit", help="where one or two pilots look over a drive, how much their steering "
                                      "depends on the top rows, and whether to set ROI_CROP_TOP",
@@ -475,7 +476,7 @@ def _add_audit(sub, shared):
 
 
 def cmd_audit(args):
-    from .audit_run import run_audit
+    from .tools.audit import run_audit
 
     report = run_audit(args.tub, args.model, frames=args.frames, out_dir=args.out, backend=args.backend,
                        method=args.method, dependence_frames=args.dependence_frames, image_key=args.image_key,

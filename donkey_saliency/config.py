@@ -4,7 +4,7 @@ Every name here has a commented twin in ``myconfig_snippets/saliency.py``. The l
 (``DEFAULT_ALPHA``, ``DEFAULT_COLORMAP``) is also every tool's default.
 """
 from .keys import CAMERA_KEY, CAMERA_TRANS_KEY
-from .methods import DEFAULT_METHOD, DEFAULT_OUTPUT
+from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT
 
 DEFAULT_ALPHA = 0.5      # the heat map's weight over the frame
 DEFAULT_COLORMAP = "jet"

@@ -40,7 +40,7 @@ class ServerThread(object):
     ``server_options`` says otherwise."""
 
     def __init__(self, ctr, address="127.0.0.1", port=0, server_options=None):
-        from .requests_guard import SERVER_LIMITS
+        from .web.guard import SERVER_LIMITS
 
         self.server_options = dict(SERVER_LIMITS if server_options is None else server_options)
         self.ctr = ctr
@@ -138,7 +138,7 @@ def write_catalog_tub(path, count, inputs, types, frames, catalog_len=1000):
     template: the first image input of record i names ``frames[i % len(frames)]`` (each saved once
     as a JPEG), ``user/angle`` is a saw-tooth, ``user/throttle`` 0.3, ``user/mode`` "user" (where
     they are inputs). For tests and benchmarks of long drives; a donkeycar TubWriter carries on from it."""
-    from .images import encode_jpeg
+    from .util.images import encode_jpeg
 
     image_key = next(k for k, t in zip(inputs, types) if t == "image_array")
     os.makedirs(os.path.join(path, "images"))

@@ -26,8 +26,8 @@ CLI = [sys.executable, "-m", "donkey_saliency.cli"]  # run from the checkout: th
 
 def make_tub(path, source, records):
     from donkey_saliency.keys import CAMERA_KEY
-    from donkey_saliency.tub import open_tub
-    from donkey_saliency.tub_writer import TubV2Writer, image_file_name
+    from donkey_saliency.tubs.read import open_tub
+    from donkey_saliency.tubs.write import TubV2Writer, image_file_name
 
     images = [e.images[CAMERA_KEY] for e in open_tub(source).live_entries if CAMERA_KEY in e.images]
     writer = TubV2Writer(path, [CAMERA_KEY, "user/angle"], ["image_array", "float"])

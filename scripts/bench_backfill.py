@@ -26,7 +26,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from donkey_saliency.backfill import default_threads  # noqa: E402 - after the path above
+from donkey_saliency.tools.backfill import default_threads  # noqa: E402 - after the path above
 REALDATA = os.path.join(HERE, "..", "..", "shared", "realdata", "tub_v1_linear")
 
 
@@ -34,8 +34,8 @@ def make_bench_tub(path, source, repeat, count=300):
     """A v2 tub of the source tub's frames, repeated; or of random frames when there is no source."""
     import cv2
 
-    from donkey_saliency.tub import open_tub
-    from donkey_saliency.tub_writer import TubV2Writer, image_file_name
+    from donkey_saliency.tubs.read import open_tub
+    from donkey_saliency.tubs.write import TubV2Writer, image_file_name
 
     inputs = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
     writer = TubV2Writer(path, inputs, ["image_array", "float", "float", "str"])
@@ -78,7 +78,7 @@ def file_creation_us(directory, count=300):
 
 def time_backfill(tub, model, runs, batch, workers, threads, backend, scratch):
     from donkey_saliency import load
-    from donkey_saliency.backfill import backfill
+    from donkey_saliency.tools.backfill import backfill
 
     threads = threads or default_threads()
     walls, cpus, frames = [], [], 0
@@ -143,7 +143,7 @@ def makemovie_saliency(model_path):
 def time_makemovie(tub, model, frames):
     import cv2
 
-    from donkey_saliency.tub import open_tub
+    from donkey_saliency.tubs.read import open_tub
 
     paths = [e.images["cam/image_array"] for e in open_tub(tub).live_entries[:frames]]
     name, compute = makemovie_saliency(model)

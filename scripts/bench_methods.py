@@ -21,7 +21,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from donkey_saliency.pilots import reference  # noqa: E402 (after the path above)
+from donkey_saliency.pilots import reference
 
 TF_BATCH = 32  # TensorFlow's per-call overhead would swamp one frame's work
 TF_ROUNDS = 12
@@ -83,10 +83,10 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import onnxruntime as ort
 
-    from donkey_saliency.graph import graph_for
-    from donkey_saliency.methods import deep_level, middle_level
+    from donkey_saliency.compute.graph import graph_for
+    from donkey_saliency.compute.methods import deep_level, middle_level
     from donkey_saliency.pilots import load_pilot
-    from donkey_saliency.steering import PilotSteering
+    from donkey_saliency.tools.steering import PilotSteering
 
     import tensorflow as tf
 

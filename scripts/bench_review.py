@@ -29,8 +29,8 @@ CLI = os.path.join(os.path.dirname(sys.executable), "donkey-saliency")
 def make_tub(path, records):
     import numpy as np
 
-    from donkey_saliency.images import encode_jpeg
-    from donkey_saliency.tub_writer import TubV2Writer, image_file_name
+    from donkey_saliency.util.images import encode_jpeg
+    from donkey_saliency.tubs.write import TubV2Writer, image_file_name
 
     inputs = ["cam/image_array", "user/angle", "user/throttle", "user/mode", "pilot/angle", "pilot/throttle"]
     types = ["image_array", "float", "float", "str", "float", "float"]
@@ -99,7 +99,7 @@ def one_run(tub, scratch):
 
 
 def open_tub_figures(tub):
-    code = ("import time, sys\nfrom donkey_saliency.tub import open_tub\nt = time.monotonic()\n"
+    code = ("import time, sys\nfrom donkey_saliency.tubs.read import open_tub\nt = time.monotonic()\n"
             "tub = open_tub(sys.argv[1])\nelapsed = time.monotonic() - t\n"
             "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
             "print(elapsed, int(peak) / 1024.0, len(tub.entries))")

@@ -42,7 +42,7 @@ def pilot_only(graph):
     """The whole-pilot graph pruned to the pilot's outputs: what the pilot alone costs on our backend."""
     import onnx
 
-    from donkey_saliency.graph import SaliencyGraph
+    from donkey_saliency.compute.graph import SaliencyGraph
 
     proto = onnx.load_from_string(graph.onnx_bytes)
     keep = set(graph.pilot["outputs"])
@@ -63,7 +63,7 @@ def pilot_only(graph):
 def bench(model_path, model_type, frames, threads):
     import donkey_saliency
     from donkey_saliency import backends
-    from donkey_saliency.frames import prepare_frame
+    from donkey_saliency.compute.frames import prepare_frame
     from donkeycar.utils import get_model_by_type
 
     import donkeycar as dk
@@ -98,8 +98,8 @@ def bench(model_path, model_type, frames, threads):
 
 
 def read_frames(tub, count):
-    from donkey_saliency.images import read_rgb
-    from donkey_saliency.tub import camera_image_paths
+    from donkey_saliency.util.images import read_rgb
+    from donkey_saliency.tubs.read import camera_image_paths
 
     paths = camera_image_paths(tub)
     return [read_rgb(paths[i % len(paths)]) for i in range(count)]

@@ -75,7 +75,7 @@ def measure(part, frames, path, clients, seconds, quality):
     from donkeycar.parts.web_controller.web import LocalWebController
 
     from donkey_saliency.testing import ServerThread
-    from donkey_saliency.web import attach_web
+    from donkey_saliency.web.live import attach_web
 
     ctr = LocalWebController(port=0)
     web = attach_web(ctr, part, jpeg_quality=quality)
@@ -150,7 +150,7 @@ def main(argv=None):
         if not os.path.exists(path):
             raise SystemExit("not found: %s (give --model and --images)" % path)
 
-    from donkey_saliency.part import SaliencyPart
+    from donkey_saliency.car.part import SaliencyPart
 
     frames = load_frames(args.images)
     part = SaliencyPart(args.model)

@@ -35,13 +35,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from donkey_saliency import backends  # noqa: E402
 from donkey_saliency.keys import CAMERA_KEY, OUTPUTS  # noqa: E402
-from donkey_saliency.part import SaliencyPart  # noqa: E402
-from donkey_saliency.review_web import tub_being_written  # noqa: E402
+from donkey_saliency.car.part import SaliencyPart  # noqa: E402
+from donkey_saliency.web.review import tub_being_written  # noqa: E402
 from donkey_saliency.pilots import DEMO_PILOT  # noqa: E402
-from donkey_saliency.track import track_frames  # noqa: E402
-from donkey_saliency.tub import recording_inputs  # noqa: E402
+from donkey_saliency.tools.track import track_frames  # noqa: E402
+from donkey_saliency.tubs.read import recording_inputs  # noqa: E402
 from donkey_saliency.testing import ServerThread, read_mjpeg_part, write_catalog_tub  # noqa: E402
-from donkey_saliency.web import attach_web  # noqa: E402
+from donkey_saliency.web.live import attach_web  # noqa: E402
 
 # (first, last) as fractions of the run, and what goes wrong meanwhile.
 FAULTS = [

@@ -45,7 +45,7 @@ def mean_abs_diff(a, b):
 
 
 def decode_jpeg(data):
-    from donkey_saliency.opencv import import_cv2
+    from donkey_saliency.util.opencv import import_cv2
 
     cv2 = import_cv2()
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -148,7 +148,7 @@ def drive(args):
 
 def masks(args):
     import donkey_saliency
-    from donkey_saliency.part import SaliencyPart
+    from donkey_saliency.car.part import SaliencyPart
 
     facts = dict(python=sys.version.split()[0], numpy=np.__version__,
                  tensorflow_importable=importlib.util.find_spec("tensorflow") is not None)
@@ -191,7 +191,7 @@ def donkeycar54(args):
     from donkey_saliency import shared_pilot
     from donkey_saliency.errors import ModelError
     from donkey_saliency.pilots import load_pilot
-    from donkey_saliency.review import PilotPredictor
+    from donkey_saliency.tools.render import PilotPredictor
 
     keras_pilot = KerasLinear()
     model = keras_pilot.interpreter.model

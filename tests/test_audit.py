@@ -10,8 +10,8 @@ import pytest
 from browser import ARTIFACTS, DevTools, chromium_or_skip
 from conftest import real_data_or_skip, REALDATA, wait_for
 from donkey_saliency.cli import main
-from donkey_saliency.methods import DEFAULT_METHOD
-from donkey_saliency.tub import open_tub
+from donkey_saliency.compute.methods import DEFAULT_METHOD
+from donkey_saliency.tubs.read import open_tub
 
 PI_DATA = os.path.join(REALDATA, "..", "tub_v2_pi_linear")
 PI_TUB = os.path.join(PI_DATA, "data")
@@ -133,7 +133,7 @@ def band_drive(tmp_path_factory):
     two pilots."""
     from donkeycar.parts.tub_v2 import Tub
 
-    from donkey_saliency.track import track_frames
+    from donkey_saliency.tools.track import track_frames
 
     root = tmp_path_factory.mktemp("band")
     rng = np.random.RandomState(0)
@@ -264,7 +264,7 @@ def test_audit_a_tub_with_a_missing_image_fails_before_any_pilot_runs(tiny_pilot
 
 
 def test_the_steering_of_categorical_and_linear_outputs():
-    from donkey_saliency.audit_run import expected_steering
+    from donkey_saliency.tools.audit import expected_steering
 
     bins = np.zeros((3, 15), np.float32)
     bins[0, 14] = 1.0  # all on the rightmost bin

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import random_frames, real_data_or_skip, real_frames
-from donkey_saliency import backends, backward, graph
+from donkey_saliency import backends
+from donkey_saliency.compute import backward, graph
 from donkey_saliency.errors import InputError
 from donkey_saliency.pilots import load_pilot
 from test_graph import CUSTOM, build, donkey_models, saved
@@ -210,7 +211,7 @@ def test_every_method_runs_without_tensorflow_through_load_and_the_cli(pilot_fil
     import tensorflow as tf
     from test_readers import run_without_tensorflow
 
-    from donkey_saliency import methods
+    from donkey_saliency.compute import methods
 
     import cv2
 
@@ -225,7 +226,7 @@ def test_every_method_runs_without_tensorflow_through_load_and_the_cli(pilot_fil
         import numpy as np
         import donkey_saliency
         from donkey_saliency import cli
-        from donkey_saliency.images import read_rgb
+        from donkey_saliency.util.images import read_rgb
 
         frame = read_rgb(%r)
         for model_type, suffix, method, output in %r:

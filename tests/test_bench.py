@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import random_frames
-from donkey_saliency import bench, cli, methods
+from donkey_saliency.tools import bench
+from donkey_saliency import cli
+from donkey_saliency.compute import methods
 
 ROWS = [
     "ours: preprocess (api.prepare_frame)",
@@ -132,7 +134,7 @@ def test_random_frames_without_a_tub():
 
 def test_eager_visual_backprop_matches_the_numpy_reference(linear_pilot_path):
     """(b) in the bench is VisualBackProp, checked on donkey's linear architecture."""
-    from donkey_saliency import vbp
+    from donkey_saliency.compute import vbp
     from donkey_saliency.pilots import load_pilot
     from donkey_saliency.pilots import reference as framework
 

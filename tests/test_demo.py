@@ -11,8 +11,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from donkey_saliency import track
-from donkey_saliency.demo import find_images
+from donkey_saliency.tools import track
+from donkey_saliency.tools.demo import find_images
 from donkey_saliency.pilots import DEMO_PILOT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,7 +220,7 @@ def test_demo_stops_cleanly_on_ctrl_c_and_records_the_pilots_masks(tmp_path):
     import cv2
 
     from donkey_saliency import load
-    from donkey_saliency.overlay import mask_to_uint8
+    from donkey_saliency.compute.overlay import mask_to_uint8
 
     port = free_port()
     process, out, err = start_demo(tmp_path, "--port", str(port))

@@ -151,7 +151,7 @@ def _shared_car(model_path, tub_path, backend, loops):
     from donkeycar.parts.tub_v2 import TubWriter
     from donkeycar.vehicle import Vehicle
 
-    from donkey_saliency.vehicle import share_pilot_pass
+    from donkey_saliency.car.vehicle import share_pilot_pass
 
     vehicle = Vehicle()
     vehicle.add(_Camera(real_frames(4)), outputs=["cam/image_array"])

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from donkey_saliency import evaluate as ev
-from donkey_saliency import methods
+from donkey_saliency.tools import evaluate as ev
+from donkey_saliency.compute import methods
 
 
 # --- pure functions -------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def track_tub(tmp_path_factory):
     """A v2 tub written by donkeycar's own Tub, frames from the procedural track."""
     from donkeycar.parts.tub_v2 import Tub
 
-    from donkey_saliency.track import track_frames
+    from donkey_saliency.tools.track import track_frames
 
     path = str(tmp_path_factory.mktemp("tubs") / "track")
     tub = Tub(path, inputs=["cam/image_array", "user/angle"], types=["image_array", "float"])
@@ -169,7 +169,7 @@ def categorical_tflite(tmp_path_factory):
 @pytest.mark.slow
 def test_evaluate_writes_the_table_json_and_pictures(tiny_pilot_path, track_tub, tmp_path, capsys):
     from donkey_saliency.cli import main
-    from donkey_saliency.images import read_rgb
+    from donkey_saliency.util.images import read_rgb
 
     out = str(tmp_path / "eval")
     assert main(["evaluate", track_tub, "--model", tiny_pilot_path, "--frames", "5", "--out", out]) == 0
@@ -229,7 +229,7 @@ def test_evaluate_bad_input_is_one_line_and_exit_2(make_args, words, tiny_pilot_
 
 def test_mask_command_takes_a_method(tiny_pilot_path, tmp_path):
     from donkey_saliency.cli import main
-    from donkey_saliency.images import write_png
+    from donkey_saliency.util.images import write_png
 
     image = str(tmp_path / "frame.png")
     write_png(image, textured_image(2, (120, 160)))
@@ -252,7 +252,7 @@ def test_unknown_method_is_refused(tiny_pilot_path):
 
 def test_part_computes_the_configured_method(tiny_pilot_path):
     from donkey_saliency import load
-    from donkey_saliency.part import SaliencyPart
+    from donkey_saliency.car.part import SaliencyPart
 
     frame = textured_image(3, (120, 160))
     part = SaliencyPart(tiny_pilot_path, backend="onnxruntime", method="vbp-gxa-mid")
@@ -267,7 +267,7 @@ def test_part_falls_back_to_vbp_where_a_method_cannot_run(tiny_pilot_path, tmp_p
     """An exported .onnx graph has no gradients: the part logs why and shows VisualBackProp."""
     from donkey_saliency import load
     from donkey_saliency.cli import main
-    from donkey_saliency.part import SaliencyPart
+    from donkey_saliency.car.part import SaliencyPart
 
     exported = str(tmp_path / "pilot.onnx")
     assert main(["export", tiny_pilot_path, "--out", exported, "--output", "none"]) == 0

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import random_frames, real_data_or_skip, real_frames
-from donkey_saliency import backends, fileio, graph, vbp
+from donkey_saliency import backends
+from donkey_saliency.util import fileio
+from donkey_saliency.compute import graph, vbp
 from donkey_saliency.errors import ModelError
 from donkey_saliency.pilots import load_pilot
 from donkey_saliency.pilots import reference as framework
@@ -309,7 +311,7 @@ def test_whole_pilot_and_gradient_graphs_are_byte_identical_to_onnx_s(tiny_pilot
     """onnx_proto.py writes the backward pass's graph as the onnx package would, and onnx.checker takes it."""
     import onnx
 
-    from donkey_saliency import onnx_proto
+    from donkey_saliency.compute import onnx_proto
     from donkey_saliency.pilots import load_pilot
     from unit.test_onnx_proto import ONNX_BACKED
 

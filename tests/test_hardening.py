@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import wait_for
-from donkey_saliency.part import SaliencyPart
+from donkey_saliency.car.part import SaliencyPart
 from test_tub import make_v2_tub, read_tub
 from browser import DevTools, chromium_or_skip
 from test_web import LiveServer, camera_frame, live, open_stream  # noqa: F401 (live: fixture)
@@ -88,7 +88,7 @@ def start_worker(part):
 
 
 def saliency_records(caplog, level):
-    return [r for r in caplog.records if r.name == "donkey_saliency.part" and r.levelno == level]
+    return [r for r in caplog.records if r.name == "donkey_saliency.car.part" and r.levelno == level]
 
 
 # --- the car: web routes ----------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_5_alternating_faults_cannot_flood_the_log(tiny_pilot_path, caplog):
         raise ValueError("listener broke")
 
     part.add_listener(failing_listener)
-    caplog.set_level(logging.INFO, logger="donkey_saliency.part")
+    caplog.set_level(logging.INFO, logger="donkey_saliency.car.part")
     for i in range(300):
         part.run(camera_frame(i))
     warnings, infos = saliency_records(caplog, logging.WARNING), saliency_records(caplog, logging.INFO)
@@ -254,7 +254,7 @@ def test_5_alternating_faults_cannot_flood_the_log(tiny_pilot_path, caplog):
 
 def test_6_nan_masks_are_counted_and_never_recorded(tiny_pilot_path, caplog):
     part = part_with(tiny_pilot_path, nan=True)
-    caplog.set_level(logging.INFO, logger="donkey_saliency.part")
+    caplog.set_level(logging.INFO, logger="donkey_saliency.car.part")
     for i in range(5):
         overlay_image, mask, _, lag = part.run(camera_frame(i))
     assert part.latest is None and part.stats()["errors"] == 5 and part.stats()["processed"] == 0
@@ -264,7 +264,7 @@ def test_6_nan_masks_are_counted_and_never_recorded(tiny_pilot_path, caplog):
 
 
 def test_7_malformed_layer_maps_are_404_and_counted(tiny_pilot_path):
-    from donkey_saliency.overlay import layer_picture
+    from donkey_saliency.compute.overlay import layer_picture
 
     live = LiveServer(tiny_pilot_path)
     try:
@@ -309,9 +309,9 @@ def test_8_worker_survives_unexpected_errors_and_shutdown_joins_it(tiny_pilot_pa
 
 def test_17_bad_alpha_and_colormap_in_the_part_are_logged_and_replaced(tiny_pilot_path, caplog):
     from donkey_saliency.errors import InputError
-    from donkey_saliency.overlay import check_style
+    from donkey_saliency.compute.overlay import check_style
 
-    caplog.set_level(logging.ERROR, logger="donkey_saliency.part")
+    caplog.set_level(logging.ERROR, logger="donkey_saliency.car.part")
     part = SaliencyPart(tiny_pilot_path, alpha=5, colormap="nosuch")
     assert (part.alpha, part.colormap) == (0.5, "jet")
     assert "alpha must be between 0 and 1" in caplog.text
@@ -350,7 +350,7 @@ def image_of(tub, index):
 
 def test_10_zero_byte_jpeg_is_one_line_and_exit_2(tool_tubs, tiny_pilot_path, tmp_path):
     from donkey_saliency.errors import InputError
-    from donkey_saliency.images import decode_image
+    from donkey_saliency.util.images import decode_image
 
     with pytest.raises(InputError):
         decode_image(b"", "empty.jpg")
@@ -371,7 +371,7 @@ def test_10_zero_byte_jpeg_is_one_line_and_exit_2(tool_tubs, tiny_pilot_path, tm
 
 
 def test_11_catalog_line_that_is_not_an_object_is_a_deleted_stub(tool_tubs, tiny_pilot_path, tmp_path):
-    from donkey_saliency.tub import open_tub
+    from donkey_saliency.tubs.read import open_tub
 
     tub = copy_tub(tool_tubs["tub"], tmp_path / "tub")
     with open(os.path.join(tub, "catalog_2.catalog"), "a") as handle:
@@ -402,7 +402,7 @@ def test_12_max_len_zero_is_one_line_and_exit_2(tool_tubs, tiny_pilot_path, tmp_
 
 def test_16_paths_leading_out_of_the_tub_are_refused(tool_tubs, tiny_pilot_path, tmp_path):
     from donkey_saliency.errors import InputError
-    from donkey_saliency.tub import open_tub
+    from donkey_saliency.tubs.read import open_tub
 
     tub = copy_tub(tool_tubs["tub"], tmp_path / "tub")
     rewrite_manifest(tub, lambda catalogs: catalogs["paths"].append("../../../../../../etc/passwd"))
@@ -429,7 +429,7 @@ def test_16_paths_leading_out_of_the_tub_are_refused(tool_tubs, tiny_pilot_path,
 
 
 def test_15_two_backfills_to_one_output_cannot_collide(tool_tubs, tiny_pilot_path, tmp_path):
-    from donkey_saliency.backfill import OutputLock, partial_path
+    from donkey_saliency.tools.backfill import OutputLock, partial_path
 
     out = str(tmp_path / "copy")
     first = OutputLock(out).acquire()  # the first run, holding its lock, with its partial copy
@@ -473,7 +473,7 @@ def test_17_cli_validates_alpha_and_colormap_before_writing(tool_tubs, tiny_pilo
 def test_19_categorical_decoding_is_donkeycars_linear_unbin():
     from donkeycar.utils import linear_unbin as donkey_unbin
 
-    from donkey_saliency.review import decode_pilot_outputs, linear_unbin
+    from donkey_saliency.tools.render import decode_pilot_outputs, linear_unbin
 
     for b in range(20):
         throttle = np.zeros(20, np.float32)
@@ -489,7 +489,7 @@ def test_19_categorical_decoding_is_donkeycars_linear_unbin():
 def test_18_tflite_pilot_predictions_equal_the_keras_pilot(linear_pilot_path, tmp_path):
     from test_tflite import to_tflite
 
-    from donkey_saliency.review import KerasPilotPredictor, PilotPredictor
+    from donkey_saliency.tools.render import KerasPilotPredictor, PilotPredictor
 
     import shutil
 
@@ -511,7 +511,7 @@ def test_18_tflite_pilot_predictions_equal_the_keras_pilot(linear_pilot_path, tm
         writer.write_record({"cam/image_array": camera_frame(i), "user/angle": 0.0, "user/throttle": 0.2,
                              "user/mode": "user"})
     writer.close()
-    from donkey_saliency.review import compose_frame, render
+    from donkey_saliency.tools.render import compose_frame, render
 
     result = render(tub, str(tmp_path / "r.mp4"), model_path=tflite, backend="onnxruntime", scale=1, progress=False)
     assert result.frames == 3
@@ -603,7 +603,7 @@ def test_20_review_video_plays_in_headless_chromium(tool_tubs, tiny_pilot_path, 
     """The .webm (VP8) review video plays in Chromium to its end; the .mp4 (MPEG-4 Part 2, all that
     OpenCV's wheels can write as MP4) does not - which is why .webm exists."""
     chromium_or_skip()
-    from donkey_saliency.review import render
+    from donkey_saliency.tools.render import render
 
     results = {}
     for suffix in (".webm", ".mp4"):

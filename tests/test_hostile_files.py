@@ -81,8 +81,8 @@ def test_9_truncated_or_random_tflite_is_one_line_before_tensorflow_lite(tool_tu
 
 def test_9_steering_and_review_predictor_validate_before_the_interpreter(tmp_path):
     from donkey_saliency.errors import ModelError
-    from donkey_saliency.review import PilotPredictor
-    from donkey_saliency.steering import PilotSteering
+    from donkey_saliency.tools.render import PilotPredictor
+    from donkey_saliency.tools.steering import PilotSteering
 
     path = tmp_path / "random.tflite"
     path.write_bytes(b"\x10\x00\x00\x00TFL3" + np.random.RandomState(0).bytes(4000))
@@ -107,7 +107,7 @@ def name_image(tub, position, name):
 @pytest.mark.slow
 def test_10_nul_byte_in_an_image_name_is_one_line_and_a_400(tool_tubs, tiny_pilot_path, tmp_path):
     from donkey_saliency.errors import InputError
-    from donkey_saliency.tub import open_tub
+    from donkey_saliency.tubs.read import open_tub
 
     tub = copy_tub(tool_tubs["tub"], tmp_path / "tub")
     index = name_image(tub, 1, "1_cam_image_array_.jpg\x00.png")
@@ -159,7 +159,7 @@ def strict_json(data):
 
 
 def test_11_json_bytes_writes_null_for_undefined_figures():
-    from donkey_saliency.fileio import json_bytes
+    from donkey_saliency.util.fileio import json_bytes
 
     report = {"a": float("nan"), "b": [1.5, float("inf"), {"c": -float("inf")}], "d": np.float64("nan"), "e": "x"}
     assert strict_json(json_bytes(report)) == {"a": None, "b": [1.5, None, {"c": None}], "d": None, "e": "x"}
@@ -262,7 +262,7 @@ def append_sparse_line(catalog, size):
 @pytest.mark.slow
 def test_12_a_2_gb_catalog_line_is_refused_in_bounded_memory(tool_tubs, tmp_path):
     from donkey_saliency.errors import InputError
-    from donkey_saliency.tub import open_tub
+    from donkey_saliency.tubs.read import open_tub
 
     tub = copy_tub(tool_tubs["tub"], tmp_path / "tub")
     catalogs = sorted(n for n in os.listdir(tub) if n.endswith(".catalog"))
@@ -277,7 +277,7 @@ def test_12_a_2_gb_catalog_line_is_refused_in_bounded_memory(tool_tubs, tmp_path
 
 def test_12_oversized_manifest_and_meta_are_refused_unread(tool_tubs, tmp_path):
     from donkey_saliency.errors import InputError
-    from donkey_saliency.tub import open_tub
+    from donkey_saliency.tubs.read import open_tub
 
     tub = copy_tub(tool_tubs["tub"], tmp_path / "tub")
     with open(os.path.join(tub, "manifest.json"), "r+b") as handle:

@@ -8,8 +8,8 @@ import pytest
 from conftest import random_frames, wait_for
 from donkey_saliency import backends, load
 from donkey_saliency.keys import NO_MASK_LAG_MS, OUTPUTS
-from donkey_saliency.overlay import mask_to_uint8
-from donkey_saliency.part import SaliencyPart
+from donkey_saliency.compute.overlay import mask_to_uint8
+from donkey_saliency.car.part import SaliencyPart
 
 PHASE = 25  # loop iterations per phase
 
@@ -150,7 +150,7 @@ def test_vehicle_loop_survives_every_fault_and_recovers(vehicle_run):
 
 
 def test_each_fault_is_logged_once_per_cause(vehicle_run):
-    records = [r for r in vehicle_run["log"].get_records("setup") if r.name.startswith("donkey_saliency.part")]
+    records = [r for r in vehicle_run["log"].get_records("setup") if r.name.startswith("donkey_saliency.car.part")]
     warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     bad_shape = [m for m in warnings if "shape (120, 160, 7)" in m]
     backend_fault = [m for m in warnings if "injected backend fault" in m]
@@ -247,10 +247,10 @@ def test_a_listener_failing_every_frame_is_logged_once(tiny_pilot_path, caplog):
         raise AttributeError("module 'time' has no attribute 'thread_time'")
 
     part.add_listener(broken)
-    with caplog.at_level(logging.INFO, logger="donkey_saliency.part"):
+    with caplog.at_level(logging.INFO, logger="donkey_saliency.car.part"):
         for frame in random_frames(5):
             part.run(frame)
-    messages = [r.getMessage() for r in caplog.records if r.name == "donkey_saliency.part"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "donkey_saliency.car.part"]
     assert sum("listener failed" in m for m in messages) == 1, messages
     assert not any("recovered" in m for m in messages), messages
     assert part.stats()["processed"] == 5

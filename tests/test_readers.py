@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import random_frames
-from donkey_saliency import backends, graph, vbp
+from donkey_saliency import backends
+from donkey_saliency.compute import graph, vbp
 from donkey_saliency.errors import ModelError
-from donkey_saliency.methods import degrid
+from donkey_saliency.compute.methods import degrid
 from donkey_saliency.pilots import load_pilot
 from donkey_saliency.pilots import reference as framework
 from test_graph import donkey_models

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import real_data_or_skip
 from donkey_saliency import load
-from donkey_saliency.review import compose_frame, filter_report, layer_grid, render, write_layer_grid
-from donkey_saliency.backfill import backfill
+from donkey_saliency.tools.render import compose_frame, filter_report, layer_grid, render, write_layer_grid
+from donkey_saliency.tools.backfill import backfill
 from test_tub import make_v2_tub, read_tub, record_live_tub, rgb_image, synthetic_frame, tree_digest
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
@@ -123,7 +123,7 @@ def test_render_real_tub_with_real_pilot(tmp_path):
     count, size, frames = video_facts(out)
     assert result.computed and count == len(frames) == 40 and size == (960, 456)
     # The first frame's right half is record 100's overlay of the real pilot's mask (scaled 3x).
-    from donkey_saliency.overlay import overlay
+    from donkey_saliency.compute.overlay import overlay
 
     def expected_overlay(number):
         camera = cv2.cvtColor(cv2.imread(os.path.join(real_tub, "%d_cam-image_array_.jpg" % number)),
@@ -276,7 +276,7 @@ def test_filters_bad_inputs_exit_2(tubs, tiny_pilot_path, tmp_path):
 
 def test_colorize_table_equals_opencv_applycolormap():
     """overlay.colorize uses a cached 256-entry table; it must give exactly applyColorMap's colours."""
-    from donkey_saliency.overlay import COLORMAPS, colorize
+    from donkey_saliency.compute.overlay import COLORMAPS, colorize
 
     mask = np.random.default_rng(1).random((120, 160), dtype=np.float32)
     mask[0, :3] = (0.0, 1.0, 0.5)

@@ -17,9 +17,10 @@ from conftest import wait_for
 from test_review_page import INPUTS as PAGE_INPUTS
 from test_review_page import TYPES as PAGE_TYPES
 from test_review_page import CLI, COUNT, DELETED, Served, camera, donkey_deleted, write_tub
-from donkey_saliency import requests_guard, tub, tub_index
+from donkey_saliency.web import guard as requests_guard
+from donkey_saliency.tubs import read as tub, index as tub_index
 from donkey_saliency.errors import InputError
-from donkey_saliency.review_web import Review, application, limited_server
+from donkey_saliency.web.review import Review, application, limited_server
 from donkey_saliency.testing import ServerThread, write_catalog_tub
 
 BIG = 200000
@@ -58,9 +59,9 @@ def test_car_review_of_a_200000_record_tub_never_works_on_the_ioloop(tmp_path, m
     from donkeycar.parts.web_controller.web import LocalWebController
     from donkeycar.vehicle import Vehicle
 
-    from donkey_saliency.part import SaliencyPart
-    from donkey_saliency.review_web import tub_being_written
-    from donkey_saliency.web import attach_web
+    from donkey_saliency.car.part import SaliencyPart
+    from donkey_saliency.web.review import tub_being_written
+    from donkey_saliency.web.live import attach_web
 
     path = write_catalog_tub(str(tmp_path / "tub"), BIG, INPUTS, TYPES, [camera(k) for k in range(4)])
     parsed_on, started, release = [], threading.Event(), threading.Event()
@@ -260,8 +261,8 @@ CAR_ROUTES = ["/saliency", "/saliency/stats", "/saliency/layer/0.jpg", "/salienc
 def test_every_car_route_refuses_a_foreign_host(tmp_path):
     from donkeycar.parts.web_controller.web import LocalWebController
 
-    from donkey_saliency.part import SaliencyPart
-    from donkey_saliency.web import attach_web
+    from donkey_saliency.car.part import SaliencyPart
+    from donkey_saliency.web.live import attach_web
 
     path = write_tub(tmp_path / "tub", count=3, deleted=())
     ctr = LocalWebController(port=0)
@@ -339,8 +340,8 @@ def wait_closed(sock, timeout=15.0):
 def test_slow_clients_are_cut_off_and_refusals_logged_rate_limited(tmp_path, caplog):
     from donkeycar.parts.web_controller.web import LocalWebController
 
-    from donkey_saliency.part import SaliencyPart
-    from donkey_saliency.web import attach_web
+    from donkey_saliency.car.part import SaliencyPart
+    from donkey_saliency.web.live import attach_web
 
     ctr = LocalWebController(port=0)
     attach_web(ctr, SaliencyPart(str(tmp_path / "no-pilot.h5")))

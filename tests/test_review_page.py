@@ -13,9 +13,9 @@ import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
 from conftest import real_data_or_skip, wait_for
-from donkey_saliency.review_web import MAX_POST_BYTES, Review, application, top_disagreements
+from donkey_saliency.web.review import MAX_POST_BYTES, Review, application, top_disagreements
 from donkey_saliency.keys import OVERLAY_KEY
-from donkey_saliency.tub_index import TubIndex
+from donkey_saliency.tubs.index import TubIndex
 from donkey_saliency.testing import ServerThread
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
@@ -36,7 +36,7 @@ def camera(i):
 
 
 def recorded_overlay(i):
-    from donkey_saliency.overlay import overlay
+    from donkey_saliency.compute.overlay import overlay
 
     yy, xx = np.mgrid[0:120, 0:160]
     mask = np.exp(-(((xx - (i * 3) % 160) / 30.0) ** 2 + ((yy - 80) / 20.0) ** 2)).astype(np.float32)
@@ -249,9 +249,9 @@ def test_car_server_mounts_the_tub_being_written_read_only(tmp_path):
     from donkeycar.parts.web_controller.web import LocalWebController
     from donkeycar.vehicle import Vehicle
 
-    from donkey_saliency.part import SaliencyPart
-    from donkey_saliency.review_web import tub_being_written
-    from donkey_saliency.web import attach_web
+    from donkey_saliency.car.part import SaliencyPart
+    from donkey_saliency.web.review import tub_being_written
+    from donkey_saliency.web.live import attach_web
 
     vehicle = Vehicle()
     ctr = LocalWebController(port=0)
@@ -450,7 +450,7 @@ def test_review_page_on_the_real_tub_with_the_real_pilot(tmp_path):
     chromium_or_skip()
     pilot, tub = real_data_or_skip()
     import donkey_saliency
-    from donkey_saliency.review import PilotPredictor
+    from donkey_saliency.tools.render import PilotPredictor
 
     server = Served(tub)
     server.review.saliency = donkey_saliency.load(pilot).__enter__()

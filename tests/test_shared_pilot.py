@@ -13,7 +13,7 @@ from test_graph import donkey_models
 
 import donkey_saliency
 from donkey_saliency.errors import ModelError
-from donkey_saliency.methods import degrid
+from donkey_saliency.compute.methods import degrid
 from donkey_saliency.pilots import load_pilot
 
 OUTPUT_TOLERANCE = 1e-5
@@ -113,8 +113,8 @@ def test_whole_pilot_runs_without_tensorflow(pilot_files):
 
     script = """
         import numpy as np
-        from donkey_saliency import interpreter
-        from donkey_saliency.graph import graph_for
+        from donkey_saliency.car import interpreter
+        from donkey_saliency.compute.graph import graph_for
         from donkey_saliency import backends
         graph = graph_for(%r, whole=True, float_input=True)
         backend = backends.create(graph, "onnxruntime")
@@ -149,7 +149,7 @@ def test_trunk_graph_is_unchanged_by_the_whole_pilot_reader(pilot_files):
     """The part's own pass keeps its graph (and cache key): the whole pilot is a separate graph."""
     from donkey_saliency import backends
     from donkey_saliency.api import Saliency
-    from donkey_saliency.graph import graph_for
+    from donkey_saliency.compute.graph import graph_for
 
     trunk = graph_for(pilot_files["linear"][".h5"], cache_dir=False)
     whole = graph_for(pilot_files["linear"][".h5"], cache_dir=False, whole=True)
@@ -175,7 +175,7 @@ def started_part(model_path, **options):
 def test_accepted_mask_is_recorded_with_its_own_frame_and_streamed(pilot_files):
     """What SALIENCY_SHARE_PILOT wires: the interpreter's listener hands each mask to the part, and the
     loop's run_threaded returns that frame's mask with lag 0 without a pass of its own."""
-    from donkey_saliency.overlay import mask_to_uint8
+    from donkey_saliency.compute.overlay import mask_to_uint8
 
     path = pilot_files["linear"][".h5"]
     pilot = donkey_saliency.shared_pilot(path, "linear", backend="onnxruntime")
@@ -211,7 +211,7 @@ def test_sync_ms_records_the_current_frame_when_it_is_ready_in_time(pilot_files,
         if sync_ms:
             assert lag_ms == 0.0 and mask_u8.any()
             standalone = donkey_saliency.load(pilot_files["linear"][".h5"], backend="onnxruntime")
-            from donkey_saliency.overlay import mask_to_uint8
+            from donkey_saliency.compute.overlay import mask_to_uint8
 
             np.testing.assert_array_equal(mask_u8, mask_to_uint8(standalone.mask(frames[0])))
         else:
@@ -228,7 +228,7 @@ def test_a_pilot_file_the_interpreter_cannot_read_leaves_the_stock_interpreter(t
     from donkeycar.parts.keras import KerasLinear
     from donkeycar.vehicle import Vehicle
 
-    from donkey_saliency.vehicle import share_pilot_pass
+    from donkey_saliency.car.vehicle import share_pilot_pass
 
     pilot = KerasLinear(interpreter=KerasInterpreter())
     V = Vehicle()
@@ -272,7 +272,7 @@ import donkeycar
 assert donkeycar.__file__.startswith(%r), donkeycar.__file__
 from donkeycar.parts.interpreter import KerasInterpreter
 from donkeycar.parts.keras import KerasCategorical, KerasLinear, KerasMemory
-from donkey_saliency.interpreter import SaliencyInterpreter
+from donkey_saliency.car.interpreter import SaliencyInterpreter
 frames = np.load(%r)
 for cls, path in ((KerasLinear, %r), (KerasMemory, %r), (KerasCategorical, %r)):
     stock, shared = cls(interpreter=KerasInterpreter()), cls(interpreter=SaliencyInterpreter(backend="onnxruntime"))
@@ -323,7 +323,7 @@ def test_layers_after_the_last_map_run_in_the_whole_pilot_graph(tmp_path, suffix
     import tensorflow as tf
 
     from donkey_saliency import backends
-    from donkey_saliency.graph import graph_for
+    from donkey_saliency.compute.graph import graph_for
 
     tf.keras.utils.set_random_seed(3)
     model = custom_pilot()
@@ -375,7 +375,7 @@ def test_with_a_gradient_method_the_loop_runs_the_pilot_alone(pilot_files):
     saliency head (same outputs, no mask), so the backward pass stays in the part's worker."""
     import onnx
 
-    from donkey_saliency.interpreter import SaliencyInterpreter
+    from donkey_saliency.car.interpreter import SaliencyInterpreter
 
     path = pilot_files["linear"][".h5"]
     alone = SaliencyInterpreter(backend="onnxruntime", head=False)

@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 
 from conftest import REAL_TUB, real_data_or_skip
-from donkey_saliency import backends, cli, trt_cache, trt_tools
+from donkey_saliency import backends, cli
+from donkey_saliency.backends import trt_cache
+from donkey_saliency.backends import trt_tools
 from donkey_saliency.backends import tensorrt as trt_backend
 from donkey_saliency.backends import trt_api, trt_engine
 from donkey_saliency.backends.onnxruntime import OnnxRuntimeBackend
 from donkey_saliency.backends.tensorrt import GpuSession, TensorRTBackend
 from donkey_saliency.backends.trt_api import TensorSpec
 from donkey_saliency.errors import BackendUnavailable, InputError
-from donkey_saliency.tub import camera_image_paths
+from donkey_saliency.tubs.read import camera_image_paths
 
 
 def tensorrt_usable():
@@ -33,7 +35,7 @@ needs_no_tensorrt = pytest.mark.skipif(tensorrt_usable(), reason="TensorRT is us
 @pytest.fixture(scope="session")
 def tiny_graph(tiny_pilot_path):
     """The fused graph of a tiny in-test conv net (exported without touching any cache)."""
-    from donkey_saliency.graph import export
+    from donkey_saliency.compute.graph import export
     from donkey_saliency.pilots import load_pilot
 
     return export(load_pilot(tiny_pilot_path))
@@ -648,13 +650,13 @@ def test_a_savedmodel_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_p
 # What runs on a Jetson Nano's Python 3.6 with TensorRT 8.0/8.2: the backend, its builder and
 # version shims, the engine cache and the selftest's tools.
 TRT_PATH_FILES = ["backends/__init__.py", "backends/base.py", "backends/onnxruntime.py", "backends/tensorrt.py",
-                  "backends/trt_api.py", "backends/trt_engine.py", "backends/trt_fp16.py", "api.py", "trt_cache.py",
-                  "trt_tools.py", "errors.py", "pilots/__init__.py", "pilots/keras.py", "pilots/trunk.py"]
+                  "backends/trt_api.py", "backends/trt_engine.py", "backends/trt_fp16.py", "api.py",
+                  "backends/trt_cache.py", "backends/trt_tools.py", "errors.py", "pilots/__init__.py", "pilots/keras.py", "pilots/trunk.py"]
 PY36_CHECK = """
 import importlib, sys
 for name in sys.argv[1:]:
     importlib.import_module(name)
-from donkey_saliency import trt_cache
+from donkey_saliency.backends import trt_cache
 from donkey_saliency.backends import tensorrt, trt_engine
 reason = tensorrt.unavailable_reason()
 assert reason.startswith("TensorRT backend unavailable - missing tensorrt"), reason

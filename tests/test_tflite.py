@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import REAL_TUB, random_frames, real_data_or_skip, real_frames, tflite_output_names
-from donkey_saliency import backends, cli, graph, vbp
+from donkey_saliency import backends, cli
+from donkey_saliency.compute import graph, vbp
 from donkey_saliency.errors import ModelError
 from donkey_saliency.pilots import load_pilot
 from donkey_saliency.pilots.tflite import read_graph
@@ -271,7 +272,7 @@ def test_a_file_without_signature_runs_as_donkeycar_54_runs_it(pilots, frames, t
     review's pilot values and the trunk's layer names all as from the file with a signature."""
     import tensorflow as tf
 
-    from donkey_saliency.review import PilotPredictor
+    from donkey_saliency.tools.render import PilotPredictor
 
     h5, with_signature = pilots["linear"]
     path = signatureless_tflite(h5, tmp_path / "pilot54.tflite")

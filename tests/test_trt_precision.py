@@ -194,14 +194,14 @@ def test_fp16_variant_runs_the_trunk_in_fp16_and_keeps_the_head_fp32(tiny_graph)
 
 @pytest.fixture(scope="module")
 def tiny_graph(tiny_pilot_path):
-    from donkey_saliency.graph import export
+    from donkey_saliency.compute.graph import export
     from donkey_saliency.pilots import load_pilot
 
     return export(load_pilot(tiny_pilot_path))
 
 
 def _fp16_against_fp32(graph, frames):
-    from donkey_saliency import trt_tools
+    from donkey_saliency.backends import trt_tools
 
     feed = {graph.input_name: frames}
     reference, candidate = _run(graph.onnx_bytes, feed), _run(trt_fp16.fp16_variant(graph.onnx_bytes), feed)
@@ -215,7 +215,7 @@ def _fp16_against_fp32(graph, frames):
 
 
 def test_fp16_variant_gives_masks_close_to_fp32(tiny_graph):
-    from donkey_saliency import trt_tools
+    from donkey_saliency.backends import trt_tools
 
     reference, candidate = _fp16_against_fp32(tiny_graph, trt_tools.procedural_frames(6))
     assert np.abs(reference["mask"] - candidate["mask"]).max() > 0  # it really computed in fp16
@@ -225,7 +225,7 @@ def test_fp16_variant_of_a_real_whole_pilot_keeps_its_outputs_close():
     """The real v1 pilot as the shared-pilot graph: float input, the pilot's dense layers (fp16) and
     outputs (cast back to fp32 under their own names) beside the mask."""
     from conftest import REAL_PILOT, real_frames
-    from donkey_saliency.graph import graph_for
+    from donkey_saliency.compute.graph import graph_for
 
     graph = graph_for(REAL_PILOT, cache_dir=False, whole=True, float_input=True)
     frames = (real_frames(6) / 255.0).astype(np.float32)

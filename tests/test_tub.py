@@ -11,11 +11,11 @@ import pytest
 
 from conftest import real_data_or_skip
 from donkey_saliency import load
-from donkey_saliency.backfill import backfill, partial_path
-from donkey_saliency.images import encode_jpeg
+from donkey_saliency.tools.backfill import backfill, partial_path
+from donkey_saliency.util.images import encode_jpeg
 from donkey_saliency.keys import RECORD_KEYS, RECORD_TYPES
-from donkey_saliency.overlay import mask_to_uint8
-from donkey_saliency.tub import recording_inputs
+from donkey_saliency.compute.overlay import mask_to_uint8
+from donkey_saliency.tubs.read import recording_inputs
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
 BASE_INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
@@ -39,7 +39,7 @@ def synthetic_frame(i, shape=(120, 160)):
 
 def tree_digest(path):
     """sha256 over every file name and content under path: 'the source is untouched'."""
-    from donkey_saliency.fileio import file_digest
+    from donkey_saliency.util.fileio import file_digest
 
     return file_digest(path)
 
@@ -149,7 +149,7 @@ def record_live_tub(path, pilot, records=40, frames=None, max_seconds=120):
     from donkeycar.vehicle import Vehicle
 
     from donkey_saliency.keys import OUTPUTS
-    from donkey_saliency.part import SaliencyPart
+    from donkey_saliency.car.part import SaliencyPart
 
     frames = frames if frames is not None else [synthetic_frame(i) for i in range(10)]
     inputs, types, message = recording_inputs(str(path), list(BASE_INPUTS), list(BASE_TYPES), False)
@@ -415,7 +415,7 @@ TUB_DAMAGE = {
 @pytest.mark.parametrize("case", sorted(TUB_DAMAGE))
 def test_a_damaged_tub_is_an_input_error_naming_the_file_and_nothing_is_written(case, tiny_pilot_path, tmp_path):
     from donkey_saliency.errors import InputError
-    from donkey_saliency.tub import open_tub
+    from donkey_saliency.tubs.read import open_tub
 
     version, name, change, message = TUB_DAMAGE[case]
     tub = make_v1_tub(tmp_path / "tub") if version == 1 else make_v2_tub(tmp_path / "tub", count=12, deleted=())

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import wait_for
 from donkey_saliency import add_saliency
-from donkey_saliency.drive_view import DriveViewToggle
+from donkey_saliency.car.drive_view import DriveViewToggle
 from donkey_saliency.keys import OUTPUTS, RECORD_KEYS, RECORD_TYPES
-from donkey_saliency.part import SaliencyPart
+from donkey_saliency.car.part import SaliencyPart
 from donkey_saliency.testing import ServerThread, read_mjpeg_part
 from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream
 
@@ -349,7 +349,7 @@ def test_a_library_that_cannot_be_imported_is_one_error_line_and_the_car_drives(
                                                                                 monkeypatch):
     from donkeycar.vehicle import Vehicle
 
-    monkeypatch.setitem(__import__("sys").modules, "donkey_saliency.vehicle", None)  # as onnx broke on JetPack 5
+    monkeypatch.setitem(__import__("sys").modules, "donkey_saliency.car.vehicle", None)  # as onnx broke on JetPack 5
     vehicle = Vehicle()
     part, errors = add_and_drive(vehicle, config(), caplog, model_path=tiny_pilot_path)
     assert part is None and len(vehicle.parts) == 2

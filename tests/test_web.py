@@ -11,12 +11,12 @@ import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
 from conftest import donkeycar_video_or_skip, wait_for
-from donkey_saliency.drive_view import DriveViewToggle
+from donkey_saliency.car.drive_view import DriveViewToggle
 from donkey_saliency.keys import OUTPUTS
-from donkey_saliency.overlay import layer_picture
-from donkey_saliency.part import SaliencyPart
+from donkey_saliency.compute.overlay import layer_picture
+from donkey_saliency.car.part import SaliencyPart
 from donkey_saliency.testing import ServerThread, read_mjpeg_part
-from donkey_saliency.web import STATS_FIELDS, attach_web
+from donkey_saliency.web.live import STATS_FIELDS, attach_web
 
 CLIENTS = 8
 FRAMES_PER_CLIENT = 20
@@ -229,7 +229,7 @@ def test_camera_stream_and_layer_maps(live):
         assert picture.shape[1] >= shape[1] and picture.shape[1] % shape[1] == 0  # whole-factor upscale
     assert live.request("/saliency/layer/%d.jpg" % len(figures["layer_shapes"]))[0] == 404
     # Nothing from a request names a file: anything else under /saliency is simply not a route.
-    for path in ("/saliency/../../etc/passwd", "/saliency/%2e%2e/setup.cfg", "/saliency/web_static/saliency.html",
+    for path in ("/saliency/../../etc/passwd", "/saliency/%2e%2e/setup.cfg", "/saliency/static/saliency.html",
                  "/saliency/layer/-1.jpg", "/saliency/layer/x.jpg"):
         assert live.request(path)[0] == 404, path
 

@@ -1,6 +1,6 @@
 """The backend interface: one lifecycle (activate -> infer -> close), a context manager.
 
-A backend runs a :class:`~donkey_saliency.graph.SaliencyGraph` (the fused ONNX graph: uint8
+A backend runs a :class:`~donkey_saliency.compute.graph.SaliencyGraph` (the fused ONNX graph: uint8
 frames in, ``mask`` and per-layer maps out). Subclasses fill in ``_activate``, ``_infer`` and
 ``_close``; heavy libraries are imported inside them, never at module import.
 """

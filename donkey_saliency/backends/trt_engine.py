@@ -19,7 +19,7 @@ import logging
 import os
 import time
 
-from .. import trt_cache
+from . import trt_cache
 from ..errors import BackendUnavailable
 from .trt_api import supports_uint8_input, trt_version
 from .trt_fp16 import fp16_variant, is_fp32_name

@@ -6,7 +6,7 @@ neither needs TensorFlow. A SavedModel directory does (TensorFlow is the only th
 import os
 
 from ..errors import ModelError
-from ..fileio import size_text
+from ..util.fileio import size_text
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 TFLITE_SUFFIXES = (".tflite",)

@@ -11,7 +11,7 @@ import re
 import numpy as np
 
 from ..errors import ModelError, first_line
-from ..fileio import read_limited
+from ..util.fileio import read_limited
 from . import MAX_PILOT_BYTES
 from .flatbuffer import FlatbufferError, Table
 from .network import append, dense, Input, Layer, Network, refuse, TRUNK_END

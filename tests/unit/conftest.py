@@ -23,7 +23,7 @@ def tiny_trunk():
 
 @pytest.fixture
 def tiny_graph(tiny_trunk):
-    from donkey_saliency import graph
+    from donkey_saliency.compute import graph
 
     return graph.SaliencyGraph(graph.build(tiny_trunk).SerializeToString(), tiny_trunk.input_shape,
                                tiny_trunk.layer_names, [c.out_hw for c in tiny_trunk.convs])

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from donkey_saliency import audit
+from donkey_saliency.compute import attention as audit
 
 
 def test_row_shares_sum_to_one_and_a_blank_mask_spreads_evenly():

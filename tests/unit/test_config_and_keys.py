@@ -3,7 +3,7 @@ import ast
 import os
 
 from donkey_saliency import config, keys
-from donkey_saliency.tub import recording_inputs
+from donkey_saliency.tubs.read import recording_inputs
 
 SNIPPET = os.path.join(os.path.dirname(__file__), "..", "..", "myconfig_snippets", "saliency.py")
 

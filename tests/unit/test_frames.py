@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from donkey_saliency.errors import InputError
-from donkey_saliency.frames import as_uint8_image, fit_to_model, prepare_batch, prepare_frame
+from donkey_saliency.compute.frames import as_uint8_image, fit_to_model, prepare_batch, prepare_frame
 
 
 def test_float_frames_in_zero_one_are_scaled_and_rgba_loses_alpha():

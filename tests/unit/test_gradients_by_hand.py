@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from donkey_saliency import backends, graph, methods
+from donkey_saliency import backends
+from donkey_saliency.compute import graph, methods
 from donkey_saliency.errors import InputError
 from donkey_saliency.pilots.network import Input, Layer, Network, TRUNK_END, dense
 from donkey_saliency.pilots.trunk import Activation, TrunkBuilder

@@ -7,7 +7,7 @@ import pytest
 from onnx import helper as onnx_helper
 from onnx import numpy_helper
 
-from donkey_saliency import graph, onnx_proto
+from donkey_saliency.compute import graph, onnx_proto
 
 ONNX_BACKED = types.SimpleNamespace(
     make_node=onnx_helper.make_node, make_tensor_value_info=onnx_helper.make_tensor_value_info,

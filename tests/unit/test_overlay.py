@@ -4,8 +4,8 @@ import pytest
 
 from donkey_saliency.config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from donkey_saliency.errors import InputError
-from donkey_saliency.overlay import (COLORMAPS, blend, check_style, colorize, layer_picture, mask_to_uint8, overlay,
-                                     side_by_side, stretch, to_rgb)
+from donkey_saliency.compute.overlay import (
+    COLORMAPS, blend, check_style, colorize, layer_picture, mask_to_uint8, overlay, side_by_side, stretch, to_rgb)
 
 
 def test_the_default_style_is_a_valid_style():

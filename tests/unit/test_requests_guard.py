@@ -2,7 +2,7 @@
 import logging
 import socket
 
-from donkey_saliency.requests_guard import AllowedHosts, RefusalLog, declared_length, host_name, same_origin
+from donkey_saliency.web.guard import AllowedHosts, RefusalLog, declared_length, host_name, same_origin
 
 HOST = "car.local:8887"
 

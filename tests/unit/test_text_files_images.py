@@ -6,11 +6,11 @@ import stat
 import numpy as np
 import pytest
 
-from donkey_saliency.console import Progress, table_lines
+from donkey_saliency.util.console import Progress, table_lines
 from donkey_saliency.errors import InputError
-from donkey_saliency.fileio import atomic_write, file_digest
-from donkey_saliency.images import decode_image, encode_jpeg, read_image, write_png
-from donkey_saliency.stats import median, median_ms
+from donkey_saliency.util.fileio import atomic_write, file_digest
+from donkey_saliency.util.images import decode_image, encode_jpeg, read_image, write_png
+from donkey_saliency.util.stats import median, median_ms
 
 
 def test_table_lines_align_columns_and_right_align_numbers():

@@ -1,7 +1,7 @@
 """trt_cache.py: the engine cache file (header + engine bytes) and when a cached engine is reused."""
 import pytest
 
-from donkey_saliency import trt_cache
+from donkey_saliency.backends import trt_cache
 
 
 def meta(**changes):

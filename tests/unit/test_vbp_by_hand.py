@@ -7,7 +7,8 @@ Frames are 0/255 so the pilot's img/255 input is 0/1.
 import numpy as np
 import pytest
 
-from donkey_saliency import backends, graph, vbp
+from donkey_saliency import backends
+from donkey_saliency.compute import graph, vbp
 from donkey_saliency.pilots.trunk import Activation, TrunkBuilder
 
 RELU = Activation("relu", None)

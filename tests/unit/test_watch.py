@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 
-from donkey_saliency.watch import AttentionWatch, checked_line
+from donkey_saliency.car.watch import AttentionWatch, checked_line
 
 
 def mask_with_top_share(share, height=12, width=4, line=4):

@@ -1,0 +1,1 @@
+"""donkey_saliency.tools."""
