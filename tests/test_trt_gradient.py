@@ -1,0 +1,244 @@
+"""The gradient graph (compute/backward.py, nodes 'grad/') on TensorRT, checked without a GPU.
+
+What can be checked here, and is: the backend binds exactly the outputs a method's pruned graph has
+(names and shapes read from the graph's own ONNX value infos) on the binding API (8.0-8.4) and the
+tensor API (8.5+, 10, 11 strongly typed); which pilots' graphs it takes; the fp16 variant (what a
+strongly typed build compiles) keeps 'grad/' in fp32 and gives masks within the selftest's fp16
+tolerance on ONNX Runtime; every operator and attribute the graph uses is in TensorRT's ONNX
+parser from 8.2 on. What cannot: nothing here builds or runs an engine (no GPU, no TensorRT core
+library) - the engine-to-graph comparison on a GPU is ``donkey-saliency selftest``.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import REAL_PILOT, real_data_or_skip, real_frames
+from donkey_saliency.backends import trt_api, trt_engine, trt_fp16, trt_tools
+from donkey_saliency.backends.tensorrt import refusal
+from donkey_saliency.backends.trt_api import TensorSpec
+from donkey_saliency.compute import methods
+from donkey_saliency.compute.graph import graph_for
+from donkey_saliency.errors import BackendUnavailable
+
+V2_MODELS = os.path.join(os.path.dirname(REAL_PILOT), "..", "tub_v2_pi_linear", "models")
+REAL_PILOTS = [REAL_PILOT, os.path.join(V2_MODELS, "mypilot.tflite"),
+               os.path.join(V2_MODELS, "OFFICIAL_DEMO_MODEL.tflite")]
+LEVELS = 5  # conv levels of donkey's default linear pilot (all three real pilots)
+
+
+def method_graph(path, method, features=False):
+    """The graph a car builds for ``method``: the whole pilot, pruned to what the method reads."""
+    output = None if method == methods.VBP else "steering"
+    return graph_for(path, cache_dir=False, whole=True, output=output,
+                     keep=methods.needed_outputs(method, LEVELS, features=features))
+
+
+def run_onnxruntime(onnx_bytes, feed):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed)))
+
+
+# --- the shapes the backend binds ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
+def test_expected_shapes_are_exactly_what_the_methods_graph_outputs(method):
+    real_data_or_skip()
+    graph = method_graph(REAL_PILOT, method)
+    shapes = trt_api.expected_shapes(graph)
+    computed = run_onnxruntime(graph.onnx_bytes, {"frame": real_frames(1)})
+    assert shapes.pop("frame") == (1, 120, 160, 3)
+    assert shapes == {name: value.shape for name, value in computed.items()}
+    needed = methods.needed_outputs(method, LEVELS)
+    assert set(shapes) == needed | set(graph.pilot["outputs"])  # the pilot's own outputs stay
+    assert ("mask" in shapes) == (method in (methods.VBP, methods.VBP_X_INPUT_GRADIENT))
+
+
+def test_declared_outputs_read_every_value_info_onnx_reads():
+    import onnx
+
+    real_data_or_skip()
+    for graph in [method_graph(REAL_PILOT, methods.GRAD_CAM, features=True), graph_for(REAL_PILOT, cache_dir=False)]:
+        proto = onnx.load_from_string(graph.onnx_bytes)
+        want = [(o.name, [d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim])
+                for o in proto.graph.output]
+        assert trt_api.declared_outputs(graph.onnx_bytes) == want
+
+
+class BindingApiEngine(object):
+    """What TensorRT 8.0-8.4's engine and context answer (binding indices), for shapes given."""
+
+    def __init__(self, specs):
+        self.specs = specs
+        self.num_bindings = len(specs)
+        self.bound = None
+
+    def get_binding_name(self, index):
+        return self.specs[index][0]
+
+    def binding_is_input(self, index):
+        return self.specs[index][0] == "frame"
+
+    def get_binding_dtype(self, index):
+        return self.specs[index][2]
+
+    def get_binding_index(self, name):
+        return [s[0] for s in self.specs].index(name)
+
+    def get_binding_shape(self, index):
+        return self.specs[index][1]
+
+    def set_binding_shape(self, index, shape):
+        return tuple(shape) == self.specs[index][1]
+
+    def execute_async_v2(self, bindings, stream_handle):
+        self.bound = bindings
+
+
+class TensorApiEngine(object):
+    """What TensorRT 8.5+ (the only API of 10 and 11) answers: named I/O tensors."""
+
+    class TensorIOMode(object):
+        INPUT, OUTPUT = "INPUT", "OUTPUT"
+
+    def __init__(self, specs):
+        self.specs = {s[0]: s for s in specs}
+        self.order = [s[0] for s in specs]
+        self.num_io_tensors = len(specs)
+        self.addresses = {}
+
+    def get_tensor_name(self, index):
+        return self.order[index]
+
+    def get_tensor_mode(self, name):
+        return self.TensorIOMode.INPUT if name == "frame" else self.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        return self.specs[name][2]
+
+    def get_tensor_shape(self, name):
+        return self.specs[name][1]
+
+    def set_input_shape(self, name, shape):
+        return tuple(shape) == self.specs[name][1]
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = address
+
+    def execute_async_v3(self, stream_handle):
+        return True
+
+
+class DataType(object):
+    def __init__(self, name):
+        self.name = name
+
+
+@pytest.mark.parametrize("engine_class", [BindingApiEngine, TensorApiEngine], ids=["binding API", "tensor API"])
+@pytest.mark.parametrize("method", [methods.INPUT_GRADIENT, methods.GRAD_CAM, "gxa-mid", methods.VBP])
+def test_every_api_path_binds_every_output_of_the_graph(engine_class, method):
+    """An engine whose tensors are what ONNX Runtime computes from the graph (as TensorRT's parser
+    makes them, in an order of its own) passes check_io and gets a buffer for every one of them."""
+    real_data_or_skip()
+    graph = method_graph(REAL_PILOT, method)
+    computed = run_onnxruntime(graph.onnx_bytes, {"frame": real_frames(1)})
+    tensors = [("frame", (1, 120, 160, 3), DataType("UINT8"))]
+    tensors += [(name, value.shape, DataType("FLOAT")) for name, value in sorted(computed.items(), reverse=True)]
+    engine = engine_class(tensors)
+    trt = TensorApiEngine  # the module's TensorIOMode, for io_names
+    trt_api.set_input_shape(engine, engine, "frame", (1, 120, 160, 3))
+    specs = trt_api.io_specs(trt, engine, engine)
+    frame, outputs = trt_api.check_io(specs, graph)
+    assert frame.dtype == np.uint8 and sorted(o.name for o in outputs) == sorted(computed)
+    buffers = {spec.name: 1000 + i for i, spec in enumerate(specs)}
+    bindings = trt_api.bind(engine, engine, specs, buffers)
+    if engine_class is BindingApiEngine:
+        assert bindings == [buffers[name] for name, _, _ in tensors]
+    else:
+        assert bindings is None and engine.addresses == buffers
+    # a missing gradient output, or one of another size, refuses the engine (ONNX Runtime runs it then)
+    gradient = [name for name in computed if name not in graph.pilot["outputs"] and not name.startswith("mean_")][0]
+    with pytest.raises(BackendUnavailable, match="%s missing" % gradient):
+        trt_api.check_io([s for s in specs if s.name != gradient], graph)
+    wrong = [TensorSpec(s.name, (1, 1, 1), s.dtype, False) if s.name == gradient else s for s in specs]
+    with pytest.raises(BackendUnavailable, match=r"%s has shape \(1, 1, 1\)" % gradient):
+        trt_api.check_io(wrong, graph)
+
+
+def test_the_strongly_typed_builds_graph_declares_the_same_outputs():
+    """TensorRT 11 compiles fp16_variant(graph) but the backend checks the engine against the graph:
+    the variant keeps every output's name, fp32 type and shape."""
+    real_data_or_skip()
+    for method in (methods.INPUT_GRADIENT, methods.GRAD_CAM):
+        graph = method_graph(REAL_PILOT, method)
+        variant = trt_fp16.fp16_variant(graph.onnx_bytes)
+        assert trt_api.declared_outputs(variant) == trt_api.declared_outputs(graph.onnx_bytes)
+
+
+def test_the_float_input_rewrite_keeps_the_gradient_graphs_outputs():
+    """TensorRT < 8.5 builds the graph with a float32 'frame' (onnx_proto's rewrite, no onnx package):
+    the same outputs, bit for bit, for the same pixels."""
+    real_data_or_skip()
+    graph = method_graph(REAL_PILOT, methods.INPUT_GRADIENT)
+    frames = real_frames(2)
+    widened = trt_engine.with_float_input(graph.onnx_bytes)
+    assert trt_api.declared_outputs(widened) == trt_api.declared_outputs(graph.onnx_bytes)
+    original = run_onnxruntime(graph.onnx_bytes, {"frame": frames})
+    floats = run_onnxruntime(widened, {"frame": frames.astype(np.float32)})
+    for name in original:
+        np.testing.assert_array_equal(floats[name], original[name])
+
+
+# --- which graphs the backend takes ---------------------------------------------------------------------
+
+def test_a_plain_pilots_gradient_graph_is_taken():
+    real_data_or_skip()
+    for path in REAL_PILOTS:
+        assert refusal(method_graph(path, methods.INPUT_GRADIENT)) is None
+
+
+@pytest.mark.slow
+def test_categorical_is_taken_and_pilots_with_other_inputs_go_to_onnxruntime(tmp_path):
+    from test_graph import donkey_models
+
+    models = donkey_models()
+    path = str(tmp_path / "categorical.h5")
+    models["categorical"]().save(path)
+    assert refusal(graph_for(path, cache_dir=False, output="steering")) is None
+    for kind in ("memory", "behavior", "imu"):
+        path = str(tmp_path / (kind + ".h5"))
+        models[kind]().save(path)
+        reason = refusal(graph_for(path, cache_dir=False, output="steering"))
+        assert reason and reason.startswith("the TensorRT backend feeds the frame alone; this pilot also reads")
+
+
+# --- the fp16 variant on real pilots: masks against fp32 --------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [methods.INPUT_GRADIENT, methods.GRAD_CAM, methods.VBP])
+@pytest.mark.parametrize("path", REAL_PILOTS, ids=os.path.basename)
+def test_fp16_variant_masks_are_within_the_selftest_tolerance(path, method):
+    """The fp16 variant (trunk and pilot layers fp16, 'vbp/' and 'grad/' fp32) on ONNX Runtime's CPU:
+    the method's masks against the fp32 graph's, by the selftest's own comparison and fp16 tolerance."""
+    import onnx
+    from onnx import TensorProto, shape_inference
+
+    real_data_or_skip()
+    graph = method_graph(path, method)
+    variant = trt_fp16.fp16_variant(graph.onnx_bytes)
+    model = shape_inference.infer_shapes(onnx.load_from_string(variant))
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.value_info}
+    grad_nodes = [n for n in model.graph.node if n.name.startswith("grad/")]
+    assert (len(grad_nodes) > 0) == (method != methods.VBP)
+    for node in grad_nodes:  # every float tensor a backward node reads or writes is fp32
+        assert TensorProto.FLOAT16 not in {types.get(t) for t in list(node.input) + list(node.output)}, node.name
+    frames = real_frames(8)
+    masks = methods.MethodMasks(method, path)  # what the part and api.Saliency turn outputs into
+    reference = masks(run_onnxruntime(graph.onnx_bytes, {"frame": frames}))
+    candidate = masks(run_onnxruntime(variant, {"frame": frames}))
+    summary = trt_tools.compare_masks(reference, candidate)
+    passed, failures = trt_tools.verdict(summary, trt_tools.TOLERANCES["fp16"])
+    assert passed, (failures, summary)
