@@ -313,3 +313,13 @@ def test_every_operator_of_every_methods_graph_is_in_tensorrt_8_2s_parser():
                 used.add(node.op_type)
     # the backward pass's own: polyphase transposed convs, relu masks, the dense layers' transposes
     assert {"DepthToSpace", "Greater", "Gemm", "Pad", "Slice", "Expand", "ReduceSum"} <= used
+
+
+def test_the_fp16_variant_without_onnx_is_one_line_with_the_install_hint(monkeypatch):
+    """Only TensorRT 11's fp16 build needs onnx; where it is missing (a car's runtime extra installs
+    none) the build is refused with the hint, and the part falls back, instead of an ImportError."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the injected fault: onnx not installed
+    with pytest.raises(BackendUnavailable, match=r"needs the onnx package: pip install onnx"):
+        trt_fp16.fp16_variant(b"")
