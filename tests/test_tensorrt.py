@@ -651,8 +651,8 @@ def test_a_savedmodel_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_p
 # version shims, the engine cache and the selftest's tools.
 TRT_PATH_FILES = ["backends/__init__.py", "backends/base.py", "backends/onnxruntime.py", "backends/tensorrt.py",
                   "backends/trt_api.py", "backends/trt_engine.py", "backends/trt_fp16.py", "api.py",
-                  "backends/trt_cache.py", "backends/trt_tools.py", "errors.py", "pilots/__init__.py", "pilots/keras.py", "pilots/trunk.py",
-                  "compute/onnx_proto.py"]
+                  "backends/trt_cache.py", "backends/trt_tools.py", "errors.py", "pilots/__init__.py",
+                  "pilots/keras.py", "pilots/trunk.py", "compute/onnx_proto.py"]
 PY36_CHECK = """
 import importlib, sys
 for name in sys.argv[1:]:

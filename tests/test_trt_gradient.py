@@ -207,7 +207,13 @@ def test_categorical_is_taken_and_pilots_with_other_inputs_go_to_onnxruntime(tmp
     models = donkey_models()
     path = str(tmp_path / "categorical.h5")
     models["categorical"]().save(path)
-    assert refusal(graph_for(path, cache_dir=False, output="steering")) is None
+    categorical = graph_for(path, cache_dir=False, output="steering",
+                            keep=methods.needed_outputs(methods.INPUT_GRADIENT, LEVELS))
+    assert refusal(categorical) is None
+    shapes = trt_api.expected_shapes(categorical)
+    computed = run_onnxruntime(categorical.onnx_bytes, {"frame": np.zeros((1, 120, 160, 3), np.uint8)})
+    assert {n: s for n, s in shapes.items() if n != "frame"} == {n: v.shape for n, v in computed.items()}
+    assert shapes["angle_out"] == (1, 15) and "input_gradient" in shapes  # the bins, bound as they are
     for kind in ("memory", "behavior", "imu"):
         path = str(tmp_path / (kind + ".h5"))
         models[kind]().save(path)
