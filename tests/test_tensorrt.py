@@ -651,7 +651,8 @@ def test_a_savedmodel_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_p
 # version shims, the engine cache and the selftest's tools.
 TRT_PATH_FILES = ["backends/__init__.py", "backends/base.py", "backends/onnxruntime.py", "backends/tensorrt.py",
                   "backends/trt_api.py", "backends/trt_engine.py", "backends/trt_fp16.py", "api.py",
-                  "backends/trt_cache.py", "backends/trt_tools.py", "errors.py", "pilots/__init__.py", "pilots/keras.py", "pilots/trunk.py"]
+                  "backends/trt_cache.py", "backends/trt_tools.py", "errors.py", "pilots/__init__.py",
+                  "pilots/keras.py", "pilots/trunk.py", "compute/onnx_proto.py"]
 PY36_CHECK = """
 import importlib, sys
 for name in sys.argv[1:]:
@@ -672,6 +673,17 @@ class Context(object):
 session = tensorrt.GpuSession(Context()).open(lambda s: s.keep("engine", object()))
 session.close()
 assert events == ["push", "pop", "push", "detach"], events
+# TensorRT < 8.5's float-input graph and the outputs the backend binds: read and written without onnx
+from donkey_saliency.backends import trt_api
+from donkey_saliency.compute import onnx_proto as p
+graph = p.make_graph([p.make_node("Cast", ["frame"], ["x"], name="vbp/Cast", to=p.TensorProto.FLOAT)], "g",
+                     [p.make_tensor_value_info("frame", p.TensorProto.UINT8, ["N", 2, 2, 3])],
+                     [p.make_tensor_value_info("input_gradient", p.TensorProto.FLOAT, ["N", 2, 2])])
+data = p.make_model(graph, [p.make_opsetid("", 13)]).SerializeToString()
+widened = trt_engine.with_float_input(data)
+assert widened != data and p.with_input_type(widened, "frame", p.TensorProto.UINT8) == data
+assert trt_api.declared_outputs(widened) == [("input_gradient", [None, 2, 2])]
+assert "onnx" not in sys.modules
 print("python %d.%d: ok" % sys.version_info[:2])
 """
 

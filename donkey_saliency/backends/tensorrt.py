@@ -7,8 +7,9 @@ three in its worker thread:
   TensorFlow in the same process, uses - not a second context next to it), pushes it, loads the
   engine (``trt_engine.EngineLoader``: cache or build), allocates page-locked host and device buffers
   for batch 1, a stream and four events, and pops the context;
-- ``infer`` pushes the context, copies a uint8 frame up, runs the engine, copies ``mask`` and the
-  per-layer maps back, waits on an event (sleeping, not spinning a core the car needs) and pops;
+- ``infer`` pushes the context, copies a uint8 frame up, runs the engine, copies every output the
+  graph declares back (``mask`` or a gradient method's maps, the per-layer means, a whole pilot's
+  own outputs), waits on an event (sleeping, not spinning a core the car needs) and pops;
 - ``close`` pushes the context, releases everything in reverse order of creation, then detaches
   the context while it is current (pycuda releases a current primary context from any thread, so a
   close from another thread frees everything too; it waits for an inference in flight).
@@ -79,6 +80,16 @@ def unavailable_reason():
         return "tensorrt and pycuda import, but the CUDA driver does not start (%s)" % first_line(error, None)
     if count < 1:
         return "tensorrt and pycuda import, but there is no CUDA device"
+    return None
+
+
+def refusal(graph):
+    """Why this backend will not run ``graph`` (one line, and ONNX Runtime runs it instead), or None.
+    It feeds the frame alone: a whole pilot that also reads other inputs (memory, behaviour, IMU) is
+    refused; a plain pilot's graph is taken with whatever outputs it has (the backward pass's too)."""
+    extra = (graph.pilot or {}).get("inputs")
+    if extra:
+        return "the TensorRT backend feeds the frame alone; this pilot also reads %s" % ", ".join(n for n, _ in extra)
     return None
 
 
@@ -205,9 +216,9 @@ class TensorRTBackend(Backend):
         reason = unavailable_reason()
         if reason:
             raise BackendUnavailable(reason)
-        if self.graph.pilot and self.graph.pilot.get("inputs"):
-            raise BackendUnavailable("the TensorRT backend feeds the frame alone; this pilot also reads %s"
-                                     % ", ".join(name for name, _ in self.graph.pilot["inputs"]))
+        refused = refusal(self.graph)
+        if refused:
+            raise BackendUnavailable(refused)
         import pycuda.driver as cuda
 
         cuda.init()

@@ -61,19 +61,45 @@ class TensorSpec(object):
         return "TensorSpec(%r, %s, %s, %s)" % (self.name, self.shape, self.dtype, "in" if self.is_input else "out")
 
 
+def declared_outputs(onnx_bytes):
+    """[(name, dims)] of a serialized ONNX model's graph outputs, in graph order; a dim is an int, or
+    None where it is symbolic ('N') or not given. Read from the bytes: the car has no ``onnx``."""
+    from ..compute.onnx_proto import _fields  # the protobuf reader of the project's own serializer
+
+    def message(data, number):
+        return [value for field, wire, value in _fields(data) if field == number and wire == 2]
+
+    outputs = []
+    for graph in message(onnx_bytes, 7):  # ModelProto.graph
+        for info in message(graph, 12):  # GraphProto.output: ValueInfoProto
+            name = message(info, 1)[0].decode("utf-8")
+            dims = []
+            for tensor_type in [t for kind in message(info, 2) for t in message(kind, 1)]:  # TypeProto.tensor_type
+                for shape in message(tensor_type, 2):
+                    for dim in message(shape, 1):
+                        sizes = [v for f, w, v in _fields(dim) if f == 1 and w == 0]  # dim_value, else dim_param
+                        dims.append(sizes[0] if sizes else None)
+            outputs.append((name, dims))
+    return outputs
+
+
 def expected_shapes(graph):
-    """name -> (shape at batch 1) for the graph's input and outputs the backend returns."""
+    """name -> (shape at batch 1) of the graph's input and of every output it declares - whatever the
+    method kept (``mask``, ``mean_i``, ``input_gradient``, ``gxa_i``, ``gradcam_i``, the pilot's own
+    outputs...): the engine TensorRT builds from the graph must have exactly these."""
     height, width, channels = graph.input_shape
-    shapes = {graph.input_name: (1, height, width, channels), graph.mask_name: (1, height, width)}
-    for name, (h, w) in zip(graph.mean_names, graph.level_shapes):
-        shapes[name] = (1, h, w)
+    shapes = {graph.input_name: (1, height, width, channels)}
+    for name, dims in declared_outputs(graph.onnx_bytes):
+        if not dims or any(d is None for d in dims[1:]):
+            raise BackendUnavailable("graph output %r has no fixed shape after the batch (%s)" % (name, dims))
+        shapes[name] = (1,) + tuple(dims[1:])
     return shapes
 
 
 def check_io(specs, graph):
     """Raise BackendUnavailable unless the engine's tensors are what the graph promises: one input
-    'frame' (uint8, or float32 on TensorRT < 8.5) at batch 1, and ``mask`` and every ``mean_i``
-    with the right shapes. Returns (input spec, output specs)."""
+    'frame' (uint8, or float32 on TensorRT < 8.5) at batch 1, and every output the graph declares
+    with its shape (:func:`expected_shapes`). Returns (input spec, output specs)."""
     inputs = [s for s in specs if s.is_input]
     outputs = [s for s in specs if not s.is_input]
     if [s.name for s in inputs] != [graph.input_name]:

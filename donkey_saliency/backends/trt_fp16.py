@@ -16,10 +16,13 @@ Two ways TensorRT is told so, chosen in ``trt_engine`` by what the installed bin
   and explicit Casts where data crosses between fp16 and fp32 nodes. It runs on ONNX Runtime too,
   which is how it is checked without a GPU.
 
-Valid Python 3.6 (JetPack 4.6's Python); onnx is imported where used.
+Valid Python 3.6 (JetPack 4.6's Python); onnx is imported where used, and only this variant needs it:
+without it an fp16 build on such a TensorRT is refused with the install hint (and the car falls back).
 """
 
 FP32_PREFIXES = ("vbp/", "grad/")  # the one home of these prefixes for every precision decision
+ONNX_HINT = ("an fp16 engine on a TensorRT with only strongly typed networks (11) is built from the graph's "
+             "fp16 variant, which needs the onnx package: pip install onnx (or build with --precision fp32)")
 
 
 def is_fp32_name(name):
@@ -46,8 +49,13 @@ def fp16_variant(onnx_bytes):
     in fp16, and the rest, the graph's inputs and its outputs as they were (fp32 outputs stay fp32).
     Returns serialized ONNX bytes; raises ValueError for a graph this pass cannot rewrite."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, defs, helper, numpy_helper, shape_inference
+    try:
+        import onnx
+        from onnx import TensorProto, defs, helper, numpy_helper, shape_inference
+    except ImportError as error:
+        from ..errors import BackendUnavailable
+
+        raise BackendUnavailable("%s (%s)" % (ONNX_HINT, error))
 
     FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
     model = onnx.load_from_string(onnx_bytes)
