@@ -199,9 +199,12 @@ def cmd_bench(args):
 
 # --- build-engine / selftest (TensorRT) ---------------------------------------------------------
 def _add_build_engine(sub, shared):
-    p = sub.add_parser("build-engine", help="build (or find in the cache) the TensorRT engine for a pilot")
+    p = sub.add_parser("build-engine", help="build (or find in the cache) the TensorRT engine for a pilot's "
+                                              "saliency graph: the method's, as the part runs it",
+                       parents=[shared.method])
     p.add_argument("model", help="pilot file (.h5 .keras .tflite, SavedModel dir, or an exported .onnx)")
-    p.add_argument("--precision", default="fp16", help="fp16 (default; fp32 where the GPU lacks fast fp16) or fp32")
+    p.add_argument("--precision", default=None,
+                   help="fp16 or fp32 (default fp16, fp32 for a gradient method's graph; fp32 where the GPU lacks fast fp16)")
     p.add_argument("--cache-dir", default=None,
                    help="cache directory; engines go to DIR/engines (default ~/.cache/donkey_saliency)")
     p.add_argument("--workspace-mb", type=int, default=None, help="TensorRT builder workspace in MB (default 256)")
@@ -209,9 +212,11 @@ def _add_build_engine(sub, shared):
 
 
 def cmd_build_engine(args):
-    trt_tools.check_precision(args.precision)
+    if args.precision is not None:
+        trt_tools.check_precision(args.precision)
     trt_tools.require_tensorrt()  # before the pilot is loaded: one line saying what to install
-    graph = graph_for(args.model, cache_dir=args.cache_dir)
+    # the graph the part will run (SALIENCY_METHOD/OUTPUT/LEVEL), so its first drive finds the engine cached
+    graph = load(args.model, "tensorrt", cache_dir=args.cache_dir, **method_choice(args)).graph
     engine = trt_tools.open_engine(graph, args.precision, args.cache_dir, args.rebuild, args.workspace_mb)
     try:
         print(trt_tools.engine_line(engine))

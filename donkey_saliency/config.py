@@ -19,7 +19,7 @@ DEFAULTS = dict(
     SALIENCY_LEVEL=None,             # grad-cam's conv level (0 = shallowest); None: the deepest
     SALIENCY_ORT_PROVIDERS=None,     # e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]
     SALIENCY_THREADS=1,              # ONNX Runtime intra-op threads: keep cores for the car
-    SALIENCY_TRT_PRECISION="fp16",   # fp16 | fp32
+    SALIENCY_TRT_PRECISION=None,     # fp16 | fp32; None: fp16, or fp32 for a gradient method's graph
     SALIENCY_CACHE_DIR=None,         # None: ~/.cache/donkey_saliency
     SALIENCY_IMAGE_KEY=None,         # None: cam/image_array_trans with TRANSFORMATIONS, else cam/image_array
     SALIENCY_ALPHA=DEFAULT_ALPHA,

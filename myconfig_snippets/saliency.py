@@ -14,7 +14,7 @@ SALIENCY_OUTPUT = "steering"      # steering | throttle: the decision a gradient
 SALIENCY_LEVEL = None             # grad-cam's conv level (0 = shallowest); None: the deepest
 SALIENCY_ORT_PROVIDERS = None     # ONNX Runtime providers, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]
 SALIENCY_THREADS = 1              # ONNX Runtime CPU threads: leave the other cores to the car
-SALIENCY_TRT_PRECISION = "fp16"   # TensorRT engine precision: fp16 (default where the GPU has it) | fp32
+SALIENCY_TRT_PRECISION = None      # fp16 | fp32; None: fp16, or fp32 for a gradient method's graph (its backward pass)
 SALIENCY_CACHE_DIR = None         # exported graphs and TensorRT engines; None: ~/.cache/donkey_saliency
 SALIENCY_IMAGE_KEY = None         # None: the image the pilot sees (cam/image_array_trans when
                                   # TRANSFORMATIONS is set, as complete.py does), else cam/image_array

@@ -27,6 +27,14 @@ from .trt_fp16 import fp16_variant, is_fp32_name
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp16", "fp32")
+
+
+def default_precision(graph):
+    """fp16 for a graph without a backward pass; fp32 for one with it. Measured on ONNX Runtime with the
+    fp16 variant (tests/test_trt_gradient.py): an fp16 trunk flips a few ReLU gates near 0 and the fp32
+    backward pass follows them (input-gradient's worst pixel 0.04-0.10, over the selftest's 0.05), while
+    the trunk is under half of that graph's work, so fp16 would buy little there."""
+    return "fp32" if getattr(graph, "output", None) else "fp16"
 DEFAULT_WORKSPACE_MB = 256  # plenty for this graph; a Nano has 4 GB shared with the CPU
 # Precision-constraint flags, strictest first: TensorRT 8.2+ has the pair, 8.0/8.1 only STRICT_TYPES
 # (which itself falls back to the fastest kernel when no constrained one exists).
@@ -292,7 +300,7 @@ class EngineLoader(object):
     cached). Says where it came from: ``engine_source`` ("cache" | "built"), ``engine_path``,
     ``build_seconds``, ``precision`` (what the engine really runs), ``meta`` (its cache key fields).
 
-    Options (the backend's): ``precision`` ("fp16" default, "fp32"), ``cache_dir`` (the base cache
+    Options (the backend's): ``precision`` ("fp16", "fp32"; None: ``default_precision``), ``cache_dir`` (the base cache
     dir; engines go to ``<cache_dir>/engines``; ``False``: no cache), ``workspace_mb``, ``rebuild``."""
 
     def __init__(self, graph, options):
@@ -318,7 +326,7 @@ class EngineLoader(object):
     def engine_bytes(self, trt, gpu_name, compute_capability):
         """Serialized engine from the cache when one matches exactly, else built (and cached). The
         cache is tried first: no TensorRT builder is made at all when it hits."""
-        requested = self.options.get("precision") or "fp16"
+        requested = self.options.get("precision") or default_precision(self.graph)
         effective_precision(requested, True)  # refuses an unknown name before anything else
         data = self._cached(trt, gpu_name, compute_capability, requested)
         if data is not None:
