@@ -329,3 +329,14 @@ def test_the_fp16_variant_without_onnx_is_one_line_with_the_install_hint(monkeyp
     monkeypatch.setitem(sys.modules, "onnx", None)  # the injected fault: onnx not installed
     with pytest.raises(BackendUnavailable, match=r"needs the onnx package: pip install onnx"):
         trt_fp16.fp16_variant(b"")
+
+
+@pytest.mark.parametrize("method, precision", [("vbp", "fp16"), ("grad-cam", "fp32"), ("input-gradient", "fp32")])
+def test_the_engine_precision_follows_the_graph_unless_set(method, precision):
+    """Unset, a gradient method's graph is built in fp32 (its fp16 trunk flips ReLU gates the fp32
+    backward pass follows: the table above), VisualBackProp's in fp16; a setting wins."""
+    from donkey_saliency.backends.trt_engine import EngineLoader, default_precision
+
+    graph = method_graph(REAL_PILOT, method)
+    assert default_precision(graph) == precision
+    assert EngineLoader(graph, dict(precision="fp16")).options["precision"] == "fp16"
