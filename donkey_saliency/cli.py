@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from . import load
+from .api import PilotPass, pilot_values_for
 from .backends import trt_tools
 from .tools.backfill import backfill
 from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
@@ -29,6 +30,7 @@ from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, OUTPUTS
 from .compute.overlay import check_style, overlay
 from .pilots import DEMO_PILOT, load_pilot
 from .web.review import DEFAULT_PORT, Review, serve
+from .web.review_pair import PilotPair
 
 EXIT_BAD_INPUT = 2
 # Laptop tools that need Python 3.8+ (TensorFlow, the simulated track). A Jetson Nano's JetPack 4.6
@@ -398,13 +400,10 @@ def cmd_review(args):
             if not os.path.exists(model):
                 raise ModelError("model file not found: %s" % model)
         if len(args.model) == 2:
-            from .tools.audit import PilotPass
-            from .web.review_pair import PilotPair
-
             passes = []
             try:
                 for model in args.model:
-                    passes.append(PilotPass(model, args.backend, **method_choice(args)))
+                    passes.append(PilotPass(model, args.backend, masks=True, **method_choice(args)))
             except BaseException:
                 for one in passes:
                     one.close()
@@ -414,9 +413,7 @@ def cmd_review(args):
             model = args.model[0]
             review.saliency = load(model, backend=args.backend, **method_choice(args)).activate()
             if not review.has_pilot_keys:
-                from .tools.render import PilotPredictor
-
-                predictor = PilotPredictor.for_model(model)  # None (logged) where it cannot run the file
+                predictor = pilot_values_for(model, args.backend)  # None (logged) for a graph without them
                 if predictor is not None:
                     review.compute_pilot(predictor)  # the pilot's values, for the timeline
 

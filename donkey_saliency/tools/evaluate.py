@@ -24,14 +24,16 @@ Three measures, on the same frames for every method, with the pilot's own steeri
 
 Every method's masks come from the fused graph's one run (its backward pass, no TensorFlow).
 
-Pure functions first (they take arrays and return arrays), then the pilot's steering (Keras or the
-TFLite interpreter; TensorFlow is a development dependency, never needed on the car: it judges, it does
-not compute the masks), then the runner.
+The pilot's steering comes from its whole graph too (``api.PilotPass``: the car's own way to run the
+pilot, no TensorFlow); a categorical pilot's two ways: the expected value over its bins (primary) and
+donkeycar's ``linear_unbin`` (the arg-max it drives by). Pure functions first (they take arrays and
+return arrays), then the runner.
 """
 import os
 
 import numpy as np
 
+from ..api import PilotPass, Saliency
 from ..compute import methods
 from ..compute.graph import graph_for
 from ..util.console import Progress, table_lines
@@ -43,7 +45,6 @@ from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, check_method, chec
 from ..util.opencv import import_cv2
 from ..compute.overlay import overlay, side_by_side
 from ..pilots import load_pilot
-from .steering import PilotSteering
 from ..backends.trt_tools import tub_frames
 from ..tubs.read import open_tub
 
@@ -64,6 +65,11 @@ METRICS = ("salient_over_whole", "background_over_whole", "deletion_auc", "inser
 # as tall) to keep anything of itself in view; a smaller camera frame upscaled to the pilot's input
 # holds no more than its own few pixels (a 1x1 frame: a constant image, every figure undefined).
 MIN_FRAME_SIDE = 2 * max(abs(d) for d in SHIFTS) + 1
+PILOT_NOTES = {  # how the report reads each kind of pilot's steering
+    "categorical": "angle from the 15-bin softmax: expected value over bins (primary) and "
+                   "donkeycar.utils.linear_unbin (argmax)",
+    "memory": "memory input (previous angle/throttle) all zeros, donkeycar's start memory",
+}
 HIGHER_IS_BETTER = dict(salient_over_whole=True, background_over_whole=False, deletion_auc=True,
                         insertion_auc=False)
 
@@ -200,13 +206,10 @@ def _frames(tub, count, input_shape):
 def graph_outputs(graph, frames, backend="auto", batch=64):
     """Every output of ``graph`` for uint8 ``frames`` at its input size, batched (the pilot's other
     inputs held at zeros, as ``api.Saliency`` holds them)."""
-    from .. import backends
-
     outputs = {}
-    with backends.create(graph, backend) as runner:
+    with Saliency(graph, backend) as saliency:
         for i in range(0, len(frames), batch):
-            chunk = frames[i:i + batch]
-            for name, value in runner.infer(chunk, graph.default_feeds(len(chunk))).items():
+            for name, value in saliency.infer(frames[i:i + batch]).items():
                 outputs.setdefault(name, []).append(value)
     return {name: np.concatenate(v) for name, v in outputs.items()}
 
@@ -360,7 +363,7 @@ def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_
                  method=None, output=DEFAULT_OUTPUT, level=None, draws=BOOTSTRAP_DRAWS, progress=True, sanity=True):
     """Evaluate every method on ``frames`` frames of ``tub``; write DIR/evaluate.json and PNGs when
     ``out_dir`` is given. Returns the report (the JSON's content)."""
-    # Everything a user can get wrong is checked before TensorFlow loads.
+    # Everything a user can get wrong is checked before the pilot is read.
     if not 0.0 < area <= 0.5:
         raise InputError("--area must be in (0, 0.5]")
     if frames < 1:
@@ -371,29 +374,32 @@ def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_
     if check_output(output) != "steering":
         raise InputError("evaluate measures the pilot's steering; --output %s is not measured yet" % output)
     open_tub(tub)
-    steering = PilotSteering(model_path)
-    images = _frames(tub, frames, steering.input_shape)
-    masks = method_masks(model_path, images, backend=backend, output=output, level=level,
-                         default_method=default_method)
-    order = [default_method] + [m for m in masks if m != default_method]
-    bar = Progress(len(images), "evaluate", enabled=progress)
-    per_frame, examples = [], []
-    for index, image in enumerate(images):
-        result, pictures = evaluate_frame(image, {m: masks[m][index] for m in order}, steering, area)
-        per_frame.append(result)
-        if len(examples) < EXAMPLES and index % max(len(images) // EXAMPLES, 1) == 0:
-            examples.append((image, masks[default_method][index], pictures[default_method]))
-        bar.update(1)
-    bar.close()
+    with PilotPass(model_path, backend) as pilot:
+        images = _frames(tub, frames, pilot.input_shape)
+        masks = method_masks(model_path, images, backend=backend, output=output, level=level,
+                             default_method=default_method)
+        order = [default_method] + [m for m in masks if m != default_method]
+        bar = Progress(len(images), "evaluate", enabled=progress)
+        per_frame, examples = [], []
+        for index, image in enumerate(images):
+            result, pictures = evaluate_frame(image, {m: masks[m][index] for m in order}, pilot.steering_decodings,
+                                              area)
+            per_frame.append(result)
+            if len(examples) < EXAMPLES and index % max(len(images) // EXAMPLES, 1) == 0:
+                examples.append((image, masks[default_method][index], pictures[default_method]))
+            bar.update(1)
+        bar.close()
+        kind = pilot.kind
     tables = summarize(per_frame, order, default_method, draws)
     if sanity:
         checks = sanity_check(model_path, images, masks, backend=backend, output=output, level=level)
         for table in tables.values():
             for method, figures in checks.items():
                 table[method].update(figures)
-    primary = steering.decoding_names[0]
+    primary = next(iter(tables))
     report = dict(frames=len(images), default_method=default_method, methods=tables[primary],
-                  pilot=dict(path=model_path, kind=steering.kind, steering=steering.note, decoding=primary),
+                  pilot=dict(path=model_path, kind=kind, steering=PILOT_NOTES.get(kind, "angle output as is"),
+                             decoding=primary),
                   tub=tub, area=area, shifts_px=list(SHIFTS), fractions=list(FRACTIONS), interval=INTERVAL,
                   bootstrap_draws=draws, output=output,
                   by_decoding={name: t for name, t in tables.items() if name != primary})

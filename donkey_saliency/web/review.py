@@ -169,7 +169,7 @@ class Review(object):
 
     def compute_pilot(self, predictor):
         """Start predicting the pilot's steering and throttle for every record (a background thread)
-        with ``predictor`` (``review.PilotPredictor``); the timeline shows them as they arrive."""
+        with ``predictor`` (``api.PilotPass``, closed with the review); the timeline shows them as they arrive."""
         self.pilot = PilotValues(self, predictor)
         self.pilot.start()
 
@@ -358,6 +358,7 @@ class PilotValues(object):
     def stop(self):
         self._stop.set()
         self._thread.join(30)
+        self.predictor.close()
 
     def _run(self):
         index, key = self.review.index, self.review.image_key
@@ -373,7 +374,7 @@ class PilotValues(object):
                         wanted.append(i)
                     except (InputError, TypeError):
                         continue  # no camera image: no pilot value
-                for i, values in zip(wanted, self.predictor.predict(frames) if frames else []):
+                for i, values in zip(wanted, self.predictor.angle_and_throttle(frames) if frames else []):
                     if values is not None:
                         self.angle[i], self.throttle[i] = values
                 self.done = min(first + self.batch, len(self.angle))
