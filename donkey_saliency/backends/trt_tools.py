@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from . import trt_cache
 from ..api import Saliency
 from .tensorrt import TensorRTBackend, unavailable_reason

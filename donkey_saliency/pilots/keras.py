@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 
 from ..errors import ModelError, first_line
-from . import check_size, MAX_CONFIG_BYTES, MAX_PILOT_BYTES
+from .limits import check_size, MAX_CONFIG_BYTES, MAX_PILOT_BYTES
 from .network import append, dense, Input, Layer, Network, refuse, TRUNK_END
 from .trunk import activation, Affine, batch_norm, model_type_from_names, SEQUENCE_HINT, TrunkBuilder
 

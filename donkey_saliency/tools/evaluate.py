@@ -29,13 +29,14 @@ pilot, no TensorFlow); a categorical pilot's two ways: the expected value over i
 donkeycar's ``linear_unbin`` (the arg-max it drives by). Pure functions first (they take arrays and
 return arrays), then the runner.
 """
+import copy
 import os
 
 import numpy as np
 
 from ..api import PilotPass, Saliency
 from ..compute import methods
-from ..compute.graph import graph_for
+from ..compute.graph import export, graph_for
 from ..util.console import Progress, table_lines
 from ..errors import InputError, ModelError
 from ..util.fileio import atomic_write, json_bytes
@@ -45,6 +46,8 @@ from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, check_method, chec
 from ..util.opencv import import_cv2
 from ..compute.overlay import overlay, side_by_side
 from ..pilots import load_pilot
+from ..pilots.network import Network
+from ..pilots.trunk import Conv
 from ..backends.trt_tools import tub_frames
 from ..tubs.read import open_tub
 
@@ -230,11 +233,6 @@ def method_masks(model_path, frames, backend="auto", output=DEFAULT_OUTPUT, leve
 def randomized_pilot(pilot, convs=0, seed=0):
     """A copy of ``pilot`` (read with its network) with every dense layer's weights re-drawn (Gaussian,
     each layer's own spread, zero bias), and the ``convs`` deepest conv layers' too."""
-    import copy
-
-    from ..pilots.network import Network
-    from ..pilots.trunk import Conv
-
     rng = np.random.RandomState(seed)
 
     def redraw(weight):
@@ -280,8 +278,6 @@ def spearman(a, b):
 def sanity_check(model_path, frames, masks, backend="auto", output=DEFAULT_OUTPUT, level=None, seed=0):
     """{method: {'randomized_head_spearman': rho, 'cascade_spearman': [rho with the dense layers and the
     k deepest convs re-drawn, k = 1..]}}: a mask that explains the decision must change (rho low)."""
-    from ..compute.graph import export
-
     pilot = load_pilot(model_path, whole=True)
     steps = pilot.trunk.steps
     result = {method: dict(randomized_head_spearman=None, cascade_spearman=[]) for method in methods.METHODS}
