@@ -18,6 +18,7 @@ import numpy as np
 from ..compute import attention as audit
 from ..api import PilotPass
 from .audit_report import attention_picture, record_picture_name, REVIEW_URL, write_outputs
+from ..config import AUDIT_DEPENDENCE_FRAMES
 from ..util.console import Progress
 from ..errors import InputError, ModelError
 from .evaluate import SHIFTS, shift_image
@@ -29,7 +30,6 @@ from ..compute.overlay import overlay, resize_to
 from ..tubs.read import open_tub, require_field
 
 BATCH = 32   # frames per inference: 64 costs ~160 MiB more of ONNX Runtime buffers for two pilots, no faster
-DEPENDENCE_FRAMES = 400   # the dependence test's frames: the 90 % interval says what this many give
 OFF_TRACK_COUNT = 12
 # Under 1 % above the line is no look away: the masks' 3x3 de-gridding spills a row's worth over it.
 OFF_TRACK_MIN_SHARE = 0.01
@@ -90,7 +90,7 @@ def check_arguments(models, frames, dependence_frames, out_dir):
 
 
 def run_audit(tub, models, frames=None, out_dir=None, backend="auto", method=None,
-              dependence_frames=DEPENDENCE_FRAMES, image_key=CAMERA_KEY, review_url=None, progress=True):
+              dependence_frames=AUDIT_DEPENDENCE_FRAMES, image_key=CAMERA_KEY, review_url=None, progress=True):
     """Audit ``models`` (one or two pilot files) over ``tub``; the report (audit.json's content),
     and DIR/audit.json, PNGs and audit.html when ``out_dir`` is given."""
     check_arguments(models, frames, dependence_frames, out_dir)

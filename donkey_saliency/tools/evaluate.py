@@ -37,6 +37,7 @@ import numpy as np
 from ..api import PilotPass, Saliency
 from ..compute import methods
 from ..compute.graph import export, graph_for
+from ..config import EVALUATE_AREA, EVALUATE_FRAMES
 from ..util.console import Progress, table_lines
 from ..errors import InputError, ModelError
 from ..util.fileio import atomic_write, json_bytes
@@ -51,8 +52,6 @@ from ..pilots.trunk import Conv
 from ..backends.trt_tools import tub_frames
 from ..tubs.read import open_tub
 
-DEFAULT_AREA = 0.15
-DEFAULT_FRAMES = 150
 SHIFTS = (-12, -9, -6, -3, 3, 6, 9, 12)
 FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 11))  # 5 % .. 50 %
 RANK_BLUR_SIGMA = 1.0      # the light blur before ranking: blob-like regions, not scattered pixels
@@ -87,7 +86,7 @@ def ranking(mask, sigma=RANK_BLUR_SIGMA):
     return np.argsort(-smooth.ravel(), kind="stable")
 
 
-def top_region(mask, area=DEFAULT_AREA, sigma=RANK_BLUR_SIGMA):
+def top_region(mask, area=EVALUATE_AREA, sigma=RANK_BLUR_SIGMA):
     """bool (H, W): exactly round(area x H x W) pixels, the top of ``ranking``."""
     mask = np.asarray(mask)
     region = np.zeros(mask.size, bool)
@@ -292,7 +291,7 @@ def sanity_check(model_path, frames, masks, backend="auto", output=DEFAULT_OUTPU
     return result
 
 
-def evaluate_frame(image, masks, steering, area=DEFAULT_AREA):
+def evaluate_frame(image, masks, steering, area=EVALUATE_AREA):
     """Per-method figures for one frame: {decoding: {method: {...}}} plus the images of the shift
     test at EXAMPLE_SHIFT (for the example picture)."""
     base_images = [image, blurred(image)] + [shift_image(image, d) for d in SHIFTS]
@@ -355,7 +354,7 @@ def summarize(per_frame_results, methods_order, default_method, draws=BOOTSTRAP_
     return out
 
 
-def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_dir=None, backend="auto",
+def run_evaluate(tub, model_path, frames=EVALUATE_FRAMES, area=EVALUATE_AREA, out_dir=None, backend="auto",
                  method=None, output=DEFAULT_OUTPUT, level=None, draws=BOOTSTRAP_DRAWS, progress=True, sanity=True):
     """Evaluate every method on ``frames`` frames of ``tub``; write DIR/evaluate.json and PNGs when
     ``out_dir`` is given. Returns the report (the JSON's content)."""
