@@ -44,6 +44,7 @@ from ..util.fileio import atomic_write, json_bytes
 from ..compute.frames import fit_to_model
 from ..util.images import write_png
 from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, check_method, check_output
+from ..util.deps import require
 from ..util.opencv import import_cv2
 from ..compute.overlay import overlay, side_by_side
 from ..pilots import load_pilot
@@ -435,9 +436,7 @@ def format_table(report):
 
 def curves_png(report):
     """RGB image: mean deletion and insertion curves per method, and the shift-test ratios."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib").use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=80)

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from ..errors import InputError
+from ..util.deps import require
 from ..util.images import encode_jpeg, read_rgb
 from ..keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
 from ..compute.methods import describe
@@ -510,6 +511,7 @@ def serve(review, host="127.0.0.1", port=8890, ready=None, allowed_hosts=()):
     closed at once."""
     import asyncio
 
+    require("tornado")  # one line saying how to get it, not a traceback
     from tornado.ioloop import IOLoop
     from tornado.netutil import bind_sockets
 
@@ -557,6 +559,7 @@ def _handlers():
 
 
 def _make_handlers():
+    require("tornado")
     from tornado.ioloop import IOLoop
     from tornado.web import RedirectHandler, RequestHandler, stream_request_body
 
