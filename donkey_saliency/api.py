@@ -238,7 +238,7 @@ class PilotPass(object):
 
     def steering_decodings(self, frames):
         """{decoding: (N,) steering}, the primary one first: a categorical pilot's expected value and
-        donkeycar's arg-max (``pilots.decode.DECODINGS``); else {'steering': the angle output}."""
+        donkeycar's arg-max (``linear_unbin``); else {'steering': the angle output}."""
         return steering_decodings(self._angle(self.outputs(frames)))
 
     def angle_and_throttle(self, frames):

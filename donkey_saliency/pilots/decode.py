@@ -9,7 +9,6 @@ import numpy as np
 ANGLE_BINS = 15
 THROTTLE_BINS = 20
 CATEGORICAL_THROTTLE_RANGE = 0.5  # donkeycar's KerasCategorical default (cfg.MODEL_CATEGORICAL_MAX_THROTTLE_RANGE)
-DECODINGS = ("expected", "linear_unbin")  # a categorical pilot's steering, the primary one first
 
 
 def linear_unbin(arr, N=15, offset=-1, R=2.0):  # noqa: N803 - donkeycar's signature
@@ -30,7 +29,7 @@ def expected_steering(angle):
 
 def steering_decodings(angle):
     """{decoding: (N,) steering} of an angle output (N, k), the primary one first: a categorical
-    pilot's expected value and donkeycar's arg-max (``DECODINGS``); else {'steering': column 0}."""
+    pilot's expected value and donkeycar's arg-max; else {'steering': column 0}."""
     angle = np.asarray(angle, np.float64).reshape(len(angle), -1)
     if angle.shape[1] != ANGLE_BINS:
         return {"steering": angle[:, 0]}
