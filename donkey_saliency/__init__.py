@@ -3,7 +3,7 @@
 ``import donkey_saliency`` needs numpy alone; ONNX Runtime, TensorRT, TensorFlow and donkeycar
 are imported where they are used.
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def load(model_path, backend="auto", **options):
@@ -24,22 +24,16 @@ def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     Never raises: whatever fails (a library, the pilot, a backend, the web routes) is one ERROR line
     saying how to fix it, the vehicle's parts are left as they were, and it returns None: the car
     drives without saliency."""
-    parts, wiring = list(V.parts), [list(entry.get("inputs") or []) for entry in V.parts]
     try:
         from .car.vehicle import add_saliency as _add
-
-        return _add(V, cfg, ctr=ctr, inputs=inputs, types=types, model_path=model_path)
-    except Exception as error:  # noqa: BLE001 - the car must drive on
+    except Exception as error:  # noqa: BLE001 - the car must drive on (a library the wiring needs is missing)
         import logging
 
         from .errors import setup_failure
 
-        V.parts[:] = parts
-        for entry, entry_inputs in zip(parts, wiring):
-            if entry.get("inputs") is not None:
-                entry["inputs"][:] = entry_inputs
         logging.getLogger(__name__).error("saliency: off, the car drives without it: %s", setup_failure(error))
         return None
+    return _add(V, cfg, ctr=ctr, inputs=inputs, types=types, model_path=model_path)
 
 
 def shared_pilot(model_path, model_type=None, cfg=None, backend="auto", **options):

@@ -9,11 +9,14 @@ model's input size.
 """
 import logging
 
+import numpy as np
+
 from . import backends
-from .errors import InputError, first_line
+from .errors import InputError, ModelError, first_line
 from .compute.frames import prepare_batch, prepare_frame
 from .compute.graph import graph_for
-from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, MethodMasks, check_output
+from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, VBP, MethodMasks, check_output
+from .pilots.decode import ANGLE_BINS, angle_and_throttle, expected_steering, steering_decodings
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +171,10 @@ class Saliency(object):
         """The graph's own (VisualBackProp) mask in ``outputs`` (of a batch, or of one frame)."""
         return outputs[self.graph.mask_name]
 
+    def pilot_outputs_of(self, outputs):
+        """A whole-pilot graph's own outputs in ``outputs``, in donkeycar's order (its interpreters')."""
+        return [outputs[name] for name in self.graph.pilot["outputs"]]
+
     def means_of(self, outputs):
         """Each conv layer's channel-averaged map in ``outputs``, shallow to deep."""
         return [outputs[name] for name in self.graph.mean_names]
@@ -184,3 +191,92 @@ class Saliency(object):
     def mask(self, rgb):
         """float32 (H, W) in [0, 1] at the model's input size, for one frame."""
         return self.masks(prepare_frame(rgb, self.graph.input_shape)[None])[0]
+
+
+class PilotPass(object):
+    """A pilot's own outputs for uint8 frames (any size: fitted to the pilot's input), from its whole
+    graph on a backend (``Saliency.open(whole=True)``): the one way the tools read a pilot's steering
+    and throttle, as the car's ``SaliencyInterpreter`` does; no TensorFlow. ``masks=True``: also the
+    masks of ``method`` from the same pass (``masks_and_steering``); else the pilot alone. Inputs
+    besides the image get zeros: donkeycar's start memory (``mem_start_speed`` 0). The backend starts
+    in the thread of the first pass (CUDA contexts are per thread)."""
+
+    BATCH = 64
+
+    def __init__(self, model_path, backend="auto", masks=False, method=DEFAULT_METHOD, output=DEFAULT_OUTPUT,
+                 level=None, batch=BATCH):
+        if not masks:
+            method = VBP  # the pilot alone: no backward pass, no mask
+        self.saliency = Saliency.open(model_path, backend, method=method, output=output, level=level, whole=True,
+                                      head=masks)
+        if self.saliency.pilot is None:
+            raise ModelError("%s is an exported saliency graph without the pilot's outputs; give the pilot file "
+                             "(.h5, .keras or .tflite)" % model_path)
+        self.path = model_path
+        self.batch = batch
+        self.input_shape = self.saliency.input_shape
+        self._sizes = None  # each output's width, learnt from the first pass
+
+    def _pass(self, frames):
+        outputs = self.saliency.infer(frames)
+        values = [np.asarray(v).reshape(len(v), -1) for v in self.saliency.pilot_outputs_of(outputs)]
+        self._sizes = self._sizes or [v.shape[1] for v in values]
+        return outputs, values
+
+    def _angle(self, values):
+        """The steering output: a categorical pilot's 15-bin softmax, else the first output."""
+        return next((v for v in values if v.shape[1] == ANGLE_BINS), values[0])
+
+    def outputs(self, frames):
+        """Per output, in donkeycar's order: (N, k) values, ``batch`` frames per pass."""
+        parts = [self._pass(frames[i:i + self.batch])[1] for i in range(0, len(frames), self.batch)]
+        return [np.concatenate(column) for column in zip(*parts)] if parts else []
+
+    def steering(self, frames):
+        """(N,) steering: a categorical pilot's expected value over its bins (smooth), else its angle."""
+        return expected_steering(self._angle(self.outputs(frames)))
+
+    def steering_decodings(self, frames):
+        """{decoding: (N,) steering}, the primary one first: a categorical pilot's expected value and
+        donkeycar's arg-max (``linear_unbin``); else {'steering': the angle output}."""
+        return steering_decodings(self._angle(self.outputs(frames)))
+
+    def angle_and_throttle(self, frames):
+        """[(angle, throttle) as donkeycar drives them, or None where the layout is not one it reads]."""
+        values = self.outputs(frames)
+        return [angle_and_throttle([v[i] for v in values]) for i in range(len(frames))]
+
+    def masks_and_steering(self, frames):
+        """(N, H, W) masks of the method and (N,) steering from one pass over one batch (``masks=True``)."""
+        outputs, values = self._pass(frames)
+        return np.asarray(self.saliency.method_masks_of(outputs), np.float32), expected_steering(self._angle(values))
+
+    @property
+    def kind(self):
+        """categorical | memory (inputs besides the image) | inferred (one output of one value) | linear."""
+        if self._sizes is None:
+            self._pass(np.zeros((1,) + tuple(self.input_shape), np.uint8))
+        if ANGLE_BINS in self._sizes:
+            return "categorical"
+        if self.saliency.pilot["inputs"]:
+            return "memory"
+        return "inferred" if self._sizes == [1] else "linear"
+
+    def close(self):
+        self.saliency.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def pilot_values_for(model_path, backend="auto"):
+    """The pilot's values for the review page and the video: a :class:`PilotPass`, or None (one warning)
+    for an exported graph that carries no pilot outputs."""
+    if str(model_path).lower().endswith(".onnx") and graph_for(model_path).pilot is None:
+        logger.warning("pilot values n/a: %s is an exported saliency graph without the pilot's outputs", model_path)
+        return None
+    return PilotPass(model_path, backend)

@@ -4,10 +4,12 @@ Each command is a ``cmd_<name>(args)`` function plus one ``_add_<name>(sub, shar
 its own arguments; the options several commands take (``--backend``, ``--alpha``/``--colormap``,
 ``--image-key``, ``--force``, ``--method``) are declared once, in ``SharedOptions``, and joined in as
 argparse parents. ``COMMANDS`` is the table of them. Bad input ends with one line on stderr and exit
-status 2; nothing is half-written. The laptop tools (bench, demo, review, evaluate: TensorFlow, Python
-3.8+) are imported by their command only, so the car's commands run on its Python 3.6.
+status 2; nothing is half-written. The car/laptop boundary is the folder: a command whose work is done
+in tools/ (Python 3.8+, may use TensorFlow) reaches it through ``laptop_tool``, when it runs, and
+refuses in one line on an older Python (a Jetson Nano's 3.6); every other command runs on the car.
 """
 import argparse
+import importlib
 import io
 import logging
 import os
@@ -15,10 +17,9 @@ import sys
 
 import numpy as np
 
-from . import load
+from .api import PilotPass, Saliency, pilot_values_for
 from .backends import trt_tools
-from .tools.backfill import backfill
-from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from .config import AUDIT_DEPENDENCE_FRAMES, DEFAULT_ALPHA, DEFAULT_COLORMAP, EVALUATE_AREA, EVALUATE_FRAMES
 from .util.console import table_lines
 from .errors import first_line, InputError, ModelError, SaliencyError
 from .util.fileio import atomic_write
@@ -29,11 +30,19 @@ from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, OUTPUTS
 from .compute.overlay import check_style, overlay
 from .pilots import DEMO_PILOT, load_pilot
 from .web.review import DEFAULT_PORT, Review, serve
+from .web.review_pair import PilotPair
 
 EXIT_BAD_INPUT = 2
-# Laptop tools that need Python 3.8+ (TensorFlow, the simulated track). A Jetson Nano's JetPack 4.6
-# has Python 3.6: every other command is for the car and runs there.
-NEEDS_PYTHON_38 = ("bench", "demo")
+LAPTOP_PYTHON = (3, 8)  # what tools/ needs; a Jetson Nano's JetPack 4.6 has Python 3.6
+
+
+def laptop_tool(name):
+    """The module ``tools/<name>.py``, imported when its command runs; InputError (one line) on a
+    Python older than tools/ needs, before anything else is done."""
+    if sys.version_info < LAPTOP_PYTHON:
+        raise InputError("needs Python %d.%d or newer (this is %d.%d); run it on a laptop"
+                         % (LAPTOP_PYTHON + tuple(sys.version_info[:2])))
+    return importlib.import_module(".tools." + name, __package__)
 
 
 class SharedOptions(object):
@@ -107,7 +116,7 @@ def cmd_mask(args):
         raise ModelError("model file not found: %s" % args.model)
     # Read every image first: a bad one fails before anything is written.
     images = [(path, read_image(path)) for path in args.images]
-    with load(args.model, backend=args.backend, **method_choice(args)) as saliency:
+    with Saliency.open(args.model, backend=args.backend, **method_choice(args)) as saliency:
         results = [(path, image, saliency.mask(image)) for path, image in images]
     for path, image, mask in results:
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -176,8 +185,7 @@ def _add_bench(sub, shared):
 def cmd_bench(args):
     import json
 
-    from .tools.bench import format_report, run_bench
-
+    bench = laptop_tool("bench")
     model = args.model
     if model is None:
         if not os.path.exists(DEMO_PILOT):
@@ -189,9 +197,9 @@ def cmd_bench(args):
     def progress(message):
         print("bench: " + message, file=sys.stderr, flush=True)
 
-    report = run_bench(model, frames=args.frames, tub=args.tub, backend=args.backend, loops=args.loops,
-                       hz=args.hz, progress=progress)
-    print(format_report(report))
+    report = bench.run_bench(model, frames=args.frames, tub=args.tub, backend=args.backend, loops=args.loops,
+                             hz=args.hz, progress=progress)
+    print(bench.format_report(report))
     if args.json:
         atomic_write(args.json, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     return 0
@@ -267,13 +275,12 @@ def _add_demo(sub, shared):
 
 
 def cmd_demo(args):
-    from .tools.demo import Demo
-
+    demo_module = laptop_tool("demo")
     if args.seconds is not None and args.seconds <= 0:
         raise InputError("--seconds must be positive")
     if not 0 < args.port < 65536:
         raise InputError("--port must be between 1 and 65535")
-    demo = Demo(port=args.port, seconds=args.seconds, model_path=args.model, tub_path=args.out_tub,
+    demo = demo_module.Demo(port=args.port, seconds=args.seconds, model_path=args.model, tub_path=args.out_tub,
                 frames_dir=args.frames, seed=args.seed, backend=args.backend)
     demo.build()
     return demo.run()
@@ -292,7 +299,7 @@ def _add_backfill(sub, shared):
 
 
 def cmd_backfill(args):
-    result = backfill(args.tub, args.model, out_path=args.out, batch=args.batch, backend=args.backend,
+    result = laptop_tool("backfill").backfill(args.tub, args.model, out_path=args.out, batch=args.batch, backend=args.backend,
                       image_key=args.image_key, alpha=args.alpha, colormap=args.colormap, workers=args.workers,
                       threads=args.threads, **method_choice(args))
     print("%s: %d records (%d deleted, copied still marked deleted), %d masks, %.1f s (%.0f frames/s), "
@@ -317,9 +324,7 @@ def _add_render(sub, shared):
 
 
 def cmd_render(args):
-    from .tools.render import render
-
-    result = render(args.tub, args.out, model_path=args.model, start=args.start, end=args.end, fps=args.fps,
+    result = laptop_tool("render").render(args.tub, args.out, model_path=args.model, start=args.start, end=args.end, fps=args.fps,
                     scale=args.scale, backend=args.backend, alpha=args.alpha, colormap=args.colormap,
                     image_key=args.image_key, recompute=args.recompute, force=args.force, **method_choice(args))
     print("%s: %d frames, %dx%d, %g fps, saliency %s" % (result.path, result.frames, result.size[0], result.size[1],
@@ -336,9 +341,7 @@ def _add_layers(sub, shared):
 
 
 def cmd_layers(args):
-    from .tools.render import write_layer_grid
-
-    grid = write_layer_grid(args.model, args.image, args.out, backend=args.backend, colormap=args.colormap,
+    grid = laptop_tool("render").write_layer_grid(args.model, args.image, args.out, backend=args.backend, colormap=args.colormap,
                             force=args.force)
     for name, (h, w, c) in grid.layers:
         flat = grid.flat[name]
@@ -361,9 +364,7 @@ def _add_filters(sub, shared):
 
 
 def cmd_filters(args):
-    from .tools.render import filter_report
-
-    report = filter_report(args.tub, args.model, out_path=args.out, threshold=args.threshold, rare=args.rare,
+    report = laptop_tool("render").filter_report(args.tub, args.model, out_path=args.out, threshold=args.threshold, rare=args.rare,
                            batch=args.batch, backend=args.backend, image_key=args.image_key, force=args.force)
     print(report.table)
     if report.path:
@@ -403,13 +404,10 @@ def cmd_review(args):
             if not os.path.exists(model):
                 raise ModelError("model file not found: %s" % model)
         if len(args.model) == 2:
-            from .tools.audit import PilotPass
-            from .web.review_pair import PilotPair
-
             passes = []
             try:
                 for model in args.model:
-                    passes.append(PilotPass(model, args.backend, **method_choice(args)))
+                    passes.append(PilotPass(model, args.backend, masks=True, **method_choice(args)))
             except BaseException:
                 for one in passes:
                     one.close()
@@ -417,11 +415,9 @@ def cmd_review(args):
             review.compare(PilotPair(passes, args.model, review.index, review.image_key))
         elif args.model:
             model = args.model[0]
-            review.saliency = load(model, backend=args.backend, **method_choice(args)).activate()
+            review.saliency = Saliency.open(model, backend=args.backend, **method_choice(args)).activate()
             if not review.has_pilot_keys:
-                from .tools.render import PilotPredictor
-
-                predictor = PilotPredictor.for_model(model)  # None (logged) where it cannot run the file
+                predictor = pilot_values_for(model, args.backend)  # None (logged) for a graph without them
                 if predictor is not None:
                     review.compute_pilot(predictor)  # the pilot's values, for the timeline
 
@@ -436,26 +432,23 @@ def cmd_review(args):
 
 # --- evaluate (evaluate.py) -------------------------------------------------------------------------
 def _add_evaluate(sub, shared):
-    from .tools.evaluate import DEFAULT_AREA, DEFAULT_FRAMES
-
     p = sub.add_parser("evaluate", help="how much of the pilot's steering the mask explains: shift test, "
                                         "deletion/insertion, against baselines, with paired bootstrap intervals",
                        parents=[shared.backend, shared.method])
     p.add_argument("tub", help="tub directory (v2, or a donkeycar 3 v1 tub)")
     p.add_argument("--model", required=True, help="pilot file (.h5 .keras .tflite)")
-    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
-                   help="frames spread evenly over the tub (default %d)" % DEFAULT_FRAMES)
-    p.add_argument("--area", type=float, default=DEFAULT_AREA,
-                   help="salient region: this top fraction of the mask (default %g)" % DEFAULT_AREA)
+    p.add_argument("--frames", type=int, default=EVALUATE_FRAMES,
+                   help="frames spread evenly over the tub (default %d)" % EVALUATE_FRAMES)
+    p.add_argument("--area", type=float, default=EVALUATE_AREA,
+                   help="salient region: this top fraction of the mask (default %g)" % EVALUATE_AREA)
     p.add_argument("--out", help="directory for evaluate.json, curves.png and example_*.png")
 
 
 def cmd_evaluate(args):
-    from .tools.evaluate import format_table, run_evaluate
-
-    report = run_evaluate(args.tub, args.model, frames=args.frames, area=args.area, out_dir=args.out,
+    evaluate = laptop_tool("evaluate")
+    report = evaluate.run_evaluate(args.tub, args.model, frames=args.frames, area=args.area, out_dir=args.out,
                           backend=args.backend, method=args.method, output=args.output, level=args.level)
-    print(format_table(report))
+    print(evaluate.format_table(report))
     if args.out:
         print(os.path.join(args.out, "evaluate.json"))
     return 0
@@ -463,8 +456,6 @@ def cmd_evaluate(args):
 
 # --- audit (audit_run.py, audit.py, audit_report.py) --------------------------------------------------
 def _add_audit(sub, shared):
-    from .tools.audit import DEPENDENCE_FRAMES
-
     p = sub.add_parser("audit", help="where one or two pilots look over a drive, how much their steering "
                                      "depends on the top rows, and whether to set ROI_CROP_TOP",
                        parents=[shared.backend, shared.image_key, shared.method])
@@ -472,8 +463,8 @@ def _add_audit(sub, shared):
     p.add_argument("--model", action="append", required=True,
                    help="pilot file (.h5 .keras .tflite); give it twice to compare two pilots")
     p.add_argument("--frames", type=int, help="frames spread evenly over the tub's live records (default: all)")
-    p.add_argument("--dependence-frames", type=int, default=DEPENDENCE_FRAMES,
-                   help="of those, the frames the crop and shift test runs on (default %d)" % DEPENDENCE_FRAMES)
+    p.add_argument("--dependence-frames", type=int, default=AUDIT_DEPENDENCE_FRAMES,
+                   help="of those, the frames the crop and shift test runs on (default %d)" % AUDIT_DEPENDENCE_FRAMES)
     p.add_argument("--out", default="audit", help="output directory for audit.json, audit.html and PNGs "
                                                   "(default ./audit)")
     p.add_argument("--review-url", help="the review page the record links open (default: `donkey-saliency "
@@ -481,9 +472,7 @@ def _add_audit(sub, shared):
 
 
 def cmd_audit(args):
-    from .tools.audit import run_audit
-
-    report = run_audit(args.tub, args.model, frames=args.frames, out_dir=args.out, backend=args.backend,
+    report = laptop_tool("audit").run_audit(args.tub, args.model, frames=args.frames, out_dir=args.out, backend=args.backend,
                        method=args.method, dependence_frames=args.dependence_frames, image_key=args.image_key,
                        review_url=args.review_url)
     for pilot in report["pilots"]:
@@ -534,10 +523,6 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_tensorflow()
-    if args.command in NEEDS_PYTHON_38 and sys.version_info < (3, 8):
-        print("donkey-saliency %s: needs Python 3.8 or newer (this is %d.%d); run it on a laptop"
-              % ((args.command,) + tuple(sys.version_info[:2])), file=sys.stderr)
-        return EXIT_BAD_INPUT
     handler = HANDLERS[args.command]
     try:
         return handler(args) or 0

@@ -55,3 +55,10 @@ def image_key(cfg):
     if hasattr(cfg, "TRANSFORMATIONS") or hasattr(cfg, "POST_TRANSFORMATIONS"):
         return CAMERA_TRANS_KEY
     return CAMERA_KEY
+
+
+# The laptop tools' command-line defaults, here so that the car's cli.py declares every command's
+# options without importing tools/ (Python 3.8+, may use TensorFlow).
+EVALUATE_AREA = 0.15       # evaluate --area: the salient region, this top fraction of the mask
+EVALUATE_FRAMES = 150      # evaluate --frames
+AUDIT_DEPENDENCE_FRAMES = 400  # audit --dependence-frames: the 90 % interval says what this many give

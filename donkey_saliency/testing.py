@@ -8,6 +8,9 @@ import logging
 import os
 import threading
 
+from .util.images import encode_jpeg
+from .web.guard import SERVER_LIMITS
+
 
 def read_mjpeg_part(stream):
     """One part of a multipart/x-mixed-replace stream (ours, or donkeycar's /video) from a file-like
@@ -40,8 +43,6 @@ class ServerThread(object):
     ``server_options`` says otherwise."""
 
     def __init__(self, ctr, address="127.0.0.1", port=0, server_options=None):
-        from .web.guard import SERVER_LIMITS
-
         self.server_options = dict(SERVER_LIMITS if server_options is None else server_options)
         self.ctr = ctr
         self.address = address
@@ -138,8 +139,6 @@ def write_catalog_tub(path, count, inputs, types, frames, catalog_len=1000):
     template: the first image input of record i names ``frames[i % len(frames)]`` (each saved once
     as a JPEG), ``user/angle`` is a saw-tooth, ``user/throttle`` 0.3, ``user/mode`` "user" (where
     they are inputs). For tests and benchmarks of long drives; a donkeycar TubWriter carries on from it."""
-    from .util.images import encode_jpeg
-
     image_key = next(k for k, t in zip(inputs, types) if t == "image_array")
     os.makedirs(os.path.join(path, "images"))
     for k, frame in enumerate(frames):

@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -75,6 +76,14 @@ def relevance_function(model, pilot, steering, level):
     return relevance, tuple(int(v) for v in handle.shape[1:])
 
 
+def keras_layout(model):
+    """Where a Keras pilot's image input and angle output are, and whether the angle is 15 bins."""
+    sizes = [int(np.prod(t.shape[1:])) for t in model.outputs]
+    categorical = 15 in sizes
+    return types.SimpleNamespace(image_input=[len(t.shape) for t in model.inputs].index(4), categorical=categorical,
+                                 angle_output=sizes.index(15) if categorical else 0)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", nargs="?", default=DEMO)
@@ -86,7 +95,6 @@ def main(argv=None):
     from donkey_saliency.compute.graph import graph_for
     from donkey_saliency.compute.methods import deep_level, middle_level
     from donkey_saliency.pilots import load_pilot
-    from donkey_saliency.tools.steering import PilotSteering
 
     import tensorflow as tf
 
@@ -99,8 +107,8 @@ def main(argv=None):
     rng = np.random.RandomState(0)
     frames = rng.randint(0, 256, (args.frames, 1) + graph.input_shape).astype(np.uint8)
     pilot = load_pilot(args.model)
-    steering = PilotSteering(args.model)
     model = reference.keras_model(args.model)
+    steering = keras_layout(model)
     trunk = tf.function(tf.keras.Model(model.inputs[steering.image_input], reference.map_tensors(model, pilot.trunk)))
     levels = len(pilot.trunk.map_sources)
     extras = []

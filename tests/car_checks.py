@@ -191,7 +191,7 @@ def donkeycar54(args):
     from donkey_saliency import shared_pilot
     from donkey_saliency.errors import ModelError
     from donkey_saliency.pilots import load_pilot
-    from donkey_saliency.tools.render import PilotPredictor
+    from donkey_saliency.api import PilotPass
 
     keras_pilot = KerasLinear()
     model = keras_pilot.interpreter.model
@@ -210,8 +210,8 @@ def donkeycar54(args):
     facts["theirs"] = [float(v) for v in theirs.run(frame)]
     facts["ours"] = [float(v) for v in ours.run(frame)]
     facts["mask_shape"] = list(ours.interpreter.latest_mask.shape)
-    review = PilotPredictor.for_model(path)
-    facts["review"] = [float(np.asarray(v).ravel()[0]) for v in review.runner.outputs((frame / 255.0)[None])[0]]
+    with PilotPass(path, "onnxruntime") as review:
+        facts["review"] = [float(v[0, 0]) for v in review.outputs(frame[None])]
     exported = os.path.join(args.out, "exported")
     model.export(exported)
     try:

@@ -109,9 +109,9 @@ def test_back_project_from_the_means_is_visual_backprop(tiny_pilot_path):
     frames = textured_image(1, (120, 160))[None].repeat(2, 0)
     with load(tiny_pilot_path, backend="onnxruntime", method="vbp") as saliency:
         outputs = saliency.infer(frames)
-        means = [outputs[n] for n in saliency.graph.mean_names]
+        means, mask = saliency.means_of(outputs), saliency.mask_of(outputs)
     steps = load_pilot(tiny_pilot_path).trunk.steps
-    assert np.allclose(methods.back_project(steps, means), outputs["mask"], atol=1e-5)
+    assert np.allclose(methods.back_project(steps, means), mask, atol=1e-5)
 
 
 def test_smooth_random_and_mean_masks():

@@ -473,7 +473,7 @@ def test_17_cli_validates_alpha_and_colormap_before_writing(tool_tubs, tiny_pilo
 def test_19_categorical_decoding_is_donkeycars_linear_unbin():
     from donkeycar.utils import linear_unbin as donkey_unbin
 
-    from donkey_saliency.tools.render import decode_pilot_outputs, linear_unbin
+    from donkey_saliency.pilots.decode import angle_and_throttle, linear_unbin
 
     for b in range(20):
         throttle = np.zeros(20, np.float32)
@@ -481,15 +481,17 @@ def test_19_categorical_decoding_is_donkeycars_linear_unbin():
         angle = np.zeros(15, np.float32)
         angle[b % 15] = 1.0
         expected = (donkey_unbin(angle), donkey_unbin(throttle, N=20, offset=0.0, R=0.5))
-        assert decode_pilot_outputs([angle, throttle]) == pytest.approx(expected, abs=1e-12)
+        assert angle_and_throttle([angle, throttle]) == pytest.approx(expected, abs=1e-12)
         assert linear_unbin(throttle, N=20, offset=0.0, R=0.5) == pytest.approx(b * 0.025)
-    assert decode_pilot_outputs([np.zeros(3)]) is None
+    assert angle_and_throttle([np.zeros(3)]) is None
 
 
 def test_18_tflite_pilot_predictions_equal_the_keras_pilot(linear_pilot_path, tmp_path):
     from test_tflite import to_tflite
 
-    from donkey_saliency.tools.render import KerasPilotPredictor, PilotPredictor
+    from donkey_saliency.api import PilotPass
+    from donkey_saliency.compute.frames import fit_to_model
+    from donkey_saliency.pilots.reference import keras_model
 
     import shutil
 
@@ -497,8 +499,11 @@ def test_18_tflite_pilot_predictions_equal_the_keras_pilot(linear_pilot_path, tm
     shutil.copyfile(linear_pilot_path, h5)
     tflite = to_tflite(h5)
     frames = [camera_frame(i) for i in range(4)] + [np.full((90, 120, 3), 200, np.uint8)]
-    from_tflite = PilotPredictor.for_model(tflite).predict(frames)
-    from_keras = PilotPredictor(KerasPilotPredictor(h5)).predict(frames)
+    with PilotPass(tflite, "onnxruntime") as pilot:
+        from_tflite = pilot.angle_and_throttle(frames)
+    model = keras_model(h5)  # the oracle: Keras itself
+    x = np.stack([fit_to_model(f, model.inputs[0].shape[1:]) for f in frames]).astype(np.float32) / 255.0
+    from_keras = [(float(a), float(t)) for a, t in zip(*[np.ravel(o) for o in model(x, training=False)])]
     assert all(p is not None for p in from_tflite)
     np.testing.assert_allclose(np.array(from_tflite), np.array(from_keras), atol=1e-4)
     # render draws them: a tub without pilot/angle, the .tflite pilot.

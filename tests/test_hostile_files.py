@@ -81,14 +81,12 @@ def test_9_truncated_or_random_tflite_is_one_line_before_tensorflow_lite(tool_tu
 
 def test_9_steering_and_review_predictor_validate_before_the_interpreter(tmp_path):
     from donkey_saliency.errors import ModelError
-    from donkey_saliency.tools.render import PilotPredictor
-    from donkey_saliency.tools.steering import PilotSteering
+    from donkey_saliency.api import PilotPass
 
     path = tmp_path / "random.tflite"
     path.write_bytes(b"\x10\x00\x00\x00TFL3" + np.random.RandomState(0).bytes(4000))
-    for make in (PilotSteering, PilotPredictor.for_model):
-        with pytest.raises(ModelError, match="damaged or truncated"):
-            make(str(path))
+    with pytest.raises(ModelError, match="damaged or truncated"):
+        PilotPass(str(path), "onnxruntime")
 
 
 # --- 10: a NUL byte in an image name -----------------------------------------------------------------

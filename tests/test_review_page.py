@@ -450,11 +450,11 @@ def test_review_page_on_the_real_tub_with_the_real_pilot(tmp_path):
     chromium_or_skip()
     pilot, tub = real_data_or_skip()
     import donkey_saliency
-    from donkey_saliency.tools.render import PilotPredictor
+    from donkey_saliency.api import PilotPass
 
     server = Served(tub)
-    server.review.saliency = donkey_saliency.load(pilot).__enter__()
-    server.review.compute_pilot(PilotPredictor.for_model(pilot))
+    server.review.saliency = donkey_saliency.load(pilot).activate()
+    server.review.compute_pilot(PilotPass(pilot))
     browser = None
     try:
         browser, page = open_page(tmp_path, server.base + "/saliency/review", 1280, 900)

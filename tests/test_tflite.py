@@ -272,7 +272,7 @@ def test_a_file_without_signature_runs_as_donkeycar_54_runs_it(pilots, frames, t
     review's pilot values and the trunk's layer names all as from the file with a signature."""
     import tensorflow as tf
 
-    from donkey_saliency.tools.render import PilotPredictor
+    from donkey_saliency.api import PilotPass
 
     h5, with_signature = pilots["linear"]
     path = signatureless_tflite(h5, tmp_path / "pilot54.tflite")
@@ -292,6 +292,7 @@ def test_a_file_without_signature_runs_as_donkeycar_54_runs_it(pilots, frames, t
         outputs = backend.infer(x, {})
     for name, value in zip(whole.pilot["outputs"], expected):
         np.testing.assert_allclose(outputs[name], value, atol=GRAPH_TOLERANCE)
-    review = PilotPredictor.for_model(path).runner.outputs(x)[0]
-    np.testing.assert_allclose(np.concatenate([np.ravel(v) for v in review]),
+    with PilotPass(path, "onnxruntime", batch=1) as review:
+        values = review.outputs(frames[:1])
+    np.testing.assert_allclose(np.concatenate([np.ravel(v) for v in values]),
                                np.concatenate([np.ravel(v[0]) for v in expected]), atol=GRAPH_TOLERANCE)

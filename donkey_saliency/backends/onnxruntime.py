@@ -1,16 +1,7 @@
 """ONNX Runtime backend: the CPU everywhere, or any execution provider the installed build has."""
 from .base import Backend
-from ..errors import BackendUnavailable
-
-INSTALL_HINT = "pip install onnxruntime (or onnxruntime-gpu for the CUDA/TensorRT providers)"
-
-
-def _import_ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendUnavailable("onnxruntime is not installed: " + INSTALL_HINT)
-    return onnxruntime
+from ..errors import BackendUnavailable, MissingLibrary
+from ..util.deps import require
 
 
 class OnnxRuntimeBackend(Backend):
@@ -21,13 +12,13 @@ class OnnxRuntimeBackend(Backend):
     @classmethod
     def availability(cls):
         try:
-            _import_ort()
-        except BackendUnavailable as error:
+            require("onnxruntime")
+        except MissingLibrary as error:
             return False, str(error)
         return True, ""
 
     def _activate(self):
-        ort = _import_ort()
+        ort = require("onnxruntime")
         wanted = list(self.options.get("providers") or ["CPUExecutionProvider"])
         have = ort.get_available_providers()
         missing = [p for p in wanted if p not in have]

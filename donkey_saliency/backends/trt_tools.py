@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from . import trt_cache
 from ..api import Saliency
 from .tensorrt import TensorRTBackend, unavailable_reason
@@ -214,10 +214,11 @@ def compare_outputs(reference, candidate, graph):
     """name -> compare_masks summary for ``mask`` and every ``mean_i``. The mean maps are channel
     averages of ReLU outputs on their own scale, so both are divided by the reference's peak first:
     their differences read as a share of that peak, like the mask's."""
-    summaries = {graph.mask_name: compare_masks(reference[graph.mask_name], candidate[graph.mask_name])}
-    for name in graph.mean_names:
-        peak = max(float(np.abs(reference[name]).max()), 1e-12)
-        summaries[name] = compare_masks(reference[name] / peak, candidate[name] / peak)
+    outputs = Saliency(graph)  # reads the outputs (mask_of, means_of); never activated
+    summaries = {"mask": compare_masks(outputs.mask_of(reference), outputs.mask_of(candidate))}
+    for i, (expected, got) in enumerate(zip(outputs.means_of(reference), outputs.means_of(candidate))):
+        peak = max(float(np.abs(expected).max()), 1e-12)
+        summaries["mean_%d" % i] = compare_masks(expected / peak, got / peak)
     return summaries
 
 
@@ -385,10 +386,9 @@ def selftest(graph, frames, precisions=("fp32", "fp16"), cache_dir=None, rebuild
         engines = [r for r in runs.values() if r.backend_name == "tensorrt"]
         if len(engines) == 2 and engines[0].precision != engines[1].precision:
             fp32, fp16 = sorted(engines, key=lambda r: r.precision != "fp32")
-            comparison = compare_masks(fp32.outputs[graph.mask_name], fp16.outputs[graph.mask_name])
-            checks.extend(comparison_checks("fp16 engine vs fp32 engine:", {graph.mask_name: comparison},
-                                            TOLERANCES["fp16"]))
-        checks.append(worker.submit(forced_fallback, graph, batch, expected[graph.mask_name]).result())
+            comparison = compare_masks(reference.mask_of(fp32.outputs), reference.mask_of(fp16.outputs))
+            checks.extend(comparison_checks("fp16 engine vs fp32 engine:", {"mask": comparison}, TOLERANCES["fp16"]))
+        checks.append(worker.submit(forced_fallback, graph, batch, reference.mask_of(expected)).result())
     finally:
         worker.shutdown(wait=True)
     return dict(graph=graph, frames=len(batch), checks=checks, runs=runs, ort_ms=median_ms(ort_seconds),

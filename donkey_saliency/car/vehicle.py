@@ -7,6 +7,7 @@ inputs/types in place so saliency is recorded with every record.
 import logging
 
 from .. import config
+from ..errors import setup_failure
 from .interpreter import SaliencyInterpreter
 from ..keys import CAMERA_KEY, DRIVE_IMAGE_KEY, OUTPUTS
 from .part import SaliencyPart
@@ -50,9 +51,25 @@ def add_drive_view(V, web_controller, toggle):
 
 
 def add_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
+    """``donkey_saliency.add_saliency``: never raises. Whatever fails (a library, the pilot, a backend,
+    the web routes) is one ERROR line saying how to fix it, the vehicle's parts are left as they were,
+    and it returns None: the car drives without saliency."""
+    parts, wiring = list(V.parts), [list(entry.get("inputs") or []) for entry in V.parts]
+    try:
+        return wire_saliency(V, cfg, ctr=ctr, inputs=inputs, types=types, model_path=model_path)
+    except Exception as error:  # noqa: BLE001 - the car must drive on
+        V.parts[:] = parts
+        for entry, entry_inputs in zip(parts, wiring):
+            if entry.get("inputs") is not None:
+                entry["inputs"][:] = entry_inputs
+        logger.error("saliency: off, the car drives without it: %s", setup_failure(error))
+        return None
+
+
+def wire_saliency(V, cfg, ctr=None, inputs=None, types=None, model_path=None):
     """Add live saliency to vehicle ``V``. ``inputs``/``types`` are the TubWriter's lists, extended
     in place when SALIENCY_RECORD is on. Returns the part, or None when saliency is off.
-    Never raises for a bad model: the part logs and stays inert, the car drives on."""
+    A bad model does not raise: the part logs and stays inert, the car drives on."""
     s = config.settings(cfg)
     if not s["SALIENCY_ENABLED"]:
         return None

@@ -15,8 +15,9 @@ import json
 import logging
 import os
 
-from .. import __version__
+from ..version import __version__
 from . import onnx_proto as helper
+from .backward import add_backward
 from .onnx_proto import TensorProto
 from ..errors import ModelError, first_line
 from ..util.fileio import atomic_write, default_cache_dir, file_digest
@@ -370,8 +371,6 @@ def _pilot_layers(b, trunk, network, end):
 
 def _gradient_outputs(b, trunk, image, maps, network, tensors, output, raw):
     """The backward pass's outputs (backward.py) as graph outputs; value infos."""
-    from .backward import add_backward
-
     made = add_backward(b, image, maps, network, tensors, output)
     height, width, channels = trunk.input_shape
     shapes = dict(input_gradient=[height, width], input_x_gradient=[height, width],

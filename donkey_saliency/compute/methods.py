@@ -13,6 +13,7 @@ import numpy as np
 
 from .backward import DEFAULT_OUTPUT, OUTPUTS, check_output  # noqa: F401 - the output's one home is backward.py
 from ..errors import InputError
+from ..pilots import load_pilot
 from ..pilots.trunk import pad_before
 from .vbp import min_max, visual_backprop
 
@@ -265,8 +266,6 @@ class MethodMasks(object):
             if not self.model_path or str(self.model_path).lower().endswith(".onnx"):
                 raise InputError("method %s needs the pilot file (.h5/.keras/.tflite), not an exported graph"
                                  % self.method)
-            from ..pilots import load_pilot
-
             self._steps = load_pilot(self.model_path).trunk.steps
         return self._steps
 

@@ -6,15 +6,11 @@ neither needs TensorFlow. A SavedModel directory does (TensorFlow is the only th
 import os
 
 from ..errors import ModelError
-from ..util.fileio import size_text
+from .keras import keras_network, keras_trunk, read as read_keras
+from .tflite import read_graph, tflite_network, tflite_trunk
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 TFLITE_SUFFIXES = (".tflite",)
-# Bounds on what a pilot file makes us read (a Donkeycar pilot is a few MB; its config some KB): a
-# damaged or hostile file (a zip bomb, a compressed HDF5 dataset of any declared shape) is refused
-# from its declared sizes, before anything is inflated.
-MAX_PILOT_BYTES = 1 << 30
-MAX_CONFIG_BYTES = 16 << 20
 # The linear pilot shipped with the package (scripts/train_demo_pilot.py): demo and bench drive with it.
 DEMO_PILOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "demo_pilot.h5")
 
@@ -29,13 +25,6 @@ class Pilot(object):
         self.network = network  # the layers past the trunk (network.py), when read with whole=True
 
 
-def check_size(path, what, size, limit):
-    """ModelError unless ``size`` bytes (``what`` of the pilot file, as the file declares it) fit ``limit``."""
-    if size > limit:
-        raise ModelError("%s: %s would take %s, over the %s a pilot may hold; refusing to read it (damaged or "
-                         "not a pilot)" % (path, what, size_text(size), size_text(limit)))
-
-
 def check_pilot_file(path):
     """Read a .tflite or Keras pilot file with the project's own bounded readers, ModelError when it is
     damaged: before TensorFlow (Lite), whose loaders do not verify files (a truncated .tflite can crash
@@ -43,13 +32,9 @@ def check_pilot_file(path):
     path = os.fspath(path)
     lower = path.lower().rstrip("/")
     if lower.endswith(TFLITE_SUFFIXES):
-        from .tflite import read_graph
-
         read_graph(path)
     elif lower.endswith(KERAS_SUFFIXES) and not os.path.isdir(path):
-        from .keras import read
-
-        read(path)
+        read_keras(path)
 
 
 def load_pilot(path, whole=False):
@@ -60,15 +45,11 @@ def load_pilot(path, whole=False):
         raise ModelError("model file not found: %s" % path)
     lower = path.lower().rstrip("/")
     if lower.endswith(TFLITE_SUFFIXES):
-        from .tflite import tflite_network, tflite_trunk
-
         trunk = tflite_trunk(path)
         return Pilot(path, trunk, "tflite", tflite_network(path, trunk) if whole else None)
     if not os.path.isdir(path) and not lower.endswith(KERAS_SUFFIXES):
         raise ModelError("%s: unknown pilot format (expected .h5, .keras, .tflite or a SavedModel directory)"
                          % path)
-    from .keras import keras_network, keras_trunk, read
-
-    keras_file = read(path)
+    keras_file = read_keras(path)
     trunk = keras_trunk(keras_file)
     return Pilot(path, trunk, "keras", keras_network(keras_file, trunk) if whole else None)

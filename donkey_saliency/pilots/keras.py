@@ -15,7 +15,8 @@ import zipfile
 import numpy as np
 
 from ..errors import ModelError, first_line
-from . import check_size, MAX_CONFIG_BYTES, MAX_PILOT_BYTES
+from ..util.deps import require
+from .limits import check_size, MAX_CONFIG_BYTES, MAX_PILOT_BYTES
 from .network import append, dense, Input, Layer, Network, refuse, TRUNK_END
 from .trunk import activation, Affine, batch_norm, model_type_from_names, SEQUENCE_HINT, TrunkBuilder
 
@@ -27,14 +28,6 @@ _IDENTITIES = {"Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout"
                "ActivityRegularization", "Identity"}
 # Decoder branches (donkey's 'latent' model) hang off the trunk; they are not on the decision path.
 _DECODER_BRANCH = {"Conv2DTranspose", "UpSampling2D"}
-
-
-def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise ModelError("reading a Keras pilot needs h5py (pip install h5py)")
-    return h5py
 
 
 class _Layer(object):
@@ -79,7 +72,7 @@ def read(path):
 
 
 def _read_h5(path):
-    h5py = _h5py()
+    h5py = require("h5py")
     with h5py.File(path, "r") as handle:
         config = _attribute(path, handle.attrs, "model_config", None)
         if config is None:
@@ -121,7 +114,7 @@ def _member(path, archive, name, limit):
 
 
 def _read_keras_zip(path):
-    h5py = _h5py()
+    h5py = require("h5py")
     with zipfile.ZipFile(path) as archive:
         config = json.loads(_member(path, archive, "config.json", MAX_CONFIG_BYTES).decode("utf-8"))
         data = _member(path, archive, "model.weights.h5", MAX_PILOT_BYTES)
@@ -148,7 +141,7 @@ def import_tensorflow():
     Jetson shared with the CPU) that TensorRT then lacks. Once TensorFlow has set up its devices (a
     car whose own pilot runs on TensorFlow) it is left alone."""
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # should anything touch the GPU anyway
-    import tensorflow as tf
+    tf = require("tensorflow")
 
     try:
         tf.config.set_visible_devices([], "GPU")

@@ -5,18 +5,11 @@ never imports this module.
 import numpy as np
 
 from ..errors import ModelError, first_line
-
-
-def _tensorflow():
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise ModelError("the framework-side reference needs TensorFlow (pip install tensorflow)")
-    return tf
+from ..util.deps import require
 
 
 def keras_model(path):
-    tf = _tensorflow()
+    tf = require("tensorflow")
     try:
         return tf.keras.models.load_model(path, compile=False)
     except Exception as error:
@@ -30,14 +23,14 @@ def map_tensors(model, trunk):
 
 def keras_submodel(model, trunk):
     """A Keras model from the image input to each conv step's post-activation map."""
-    tf = _tensorflow()
+    tf = require("tensorflow")
     return tf.keras.Model(model.get_layer(trunk.input_source).output, map_tensors(model, trunk))
 
 
 def tflite_interpreter(path):
     """tf.lite.Interpreter keeping every tensor. It does not verify the flatbuffer (a damaged file can
     crash it): open only files that ``pilots.load_pilot`` has read."""
-    tf = _tensorflow()
+    tf = require("tensorflow")
     interpreter = tf.lite.Interpreter(model_path=path, experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
     return interpreter

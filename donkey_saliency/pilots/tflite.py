@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ModelError, first_line
 from ..util.fileio import read_limited
-from . import MAX_PILOT_BYTES
+from .limits import MAX_PILOT_BYTES
 from .flatbuffer import FlatbufferError, Table
 from .network import append, dense, Input, Layer, Network, refuse, TRUNK_END
 from .trunk import Affine, SEQUENCE_HINT, TrunkBuilder, activation, model_type_from_names

@@ -1,8 +1,8 @@
 """``donkey-saliency audit``: one or two pilots over a drive, with the attention arithmetic of
 ``audit.py``, written out by ``audit_report.py``.
 
-Each pilot runs as the project's whole-pilot graph (``api.Saliency`` with ``whole=True``: the pilot's
-outputs and the mask from one pass, no TensorFlow), so an audit needs no car and no TensorFlow for
+Each pilot runs as the project's whole-pilot graph (``api.PilotPass``: the pilot's outputs and the
+mask from one pass, no TensorFlow), so an audit needs no car and no TensorFlow for
 the default method. Two passes over the tub:
 1. every audited frame (``--frames``: spread evenly over the live records, default all): the mask and
    the steering of each pilot; per frame the row shares, the top-15 % region (two pilots), and the
@@ -16,62 +16,26 @@ import os
 import numpy as np
 
 from ..compute import attention as audit
-from ..api import Saliency
+from ..api import PilotPass
 from .audit_report import attention_picture, record_picture_name, REVIEW_URL, write_outputs
+from ..config import AUDIT_DEPENDENCE_FRAMES
 from ..util.console import Progress
 from ..errors import InputError, ModelError
 from .evaluate import SHIFTS, shift_image
 from ..compute.frames import prepare_batch
 from ..util.images import read_rgb
 from ..keys import CAMERA_KEY
-from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, check_method
+from ..compute.methods import DEFAULT_METHOD, check_method
 from ..compute.overlay import overlay, resize_to
 from ..tubs.read import open_tub, require_field
 
 BATCH = 32   # frames per inference: 64 costs ~160 MiB more of ONNX Runtime buffers for two pilots, no faster
-DEPENDENCE_FRAMES = 400   # the dependence test's frames: the 90 % interval says what this many give
 OFF_TRACK_COUNT = 12
 # Under 1 % above the line is no look away: the masks' 3x3 de-gridding spills a row's worth over it.
 OFF_TRACK_MIN_SHARE = 0.01
 DISAGREE_COUNT = 12
 MAX_PILOTS = 2
 FILL = "the drive's mean image (per pixel, over the audited frames)"
-
-
-def expected_steering(angle):
-    """The pilot's steering from its angle output (N, k): a categorical pilot's 15 bins give the
-    expected value in donkeycar's scale (smooth, unlike the arg-max it drives by); else column 0."""
-    angle = np.asarray(angle, np.float64).reshape(len(angle), -1)
-    if angle.shape[1] == 15:
-        return angle @ np.linspace(-1.0, 1.0, 15)
-    return angle[:, 0]
-
-
-class PilotPass(object):
-    """One pilot's whole graph on a backend (api.Saliency): masks of ``method`` and steering for uint8
-    frames. Inputs besides the image (a memory pilot's) get zeros: donkeycar's start memory."""
-
-    def __init__(self, model_path, backend="auto", method=DEFAULT_METHOD, output=DEFAULT_OUTPUT, level=None):
-        self.saliency = Saliency.open(model_path, backend, method=method, output=output, level=level, whole=True)
-        if self.saliency.pilot is None:
-            raise ModelError("%s is an exported saliency graph without the pilot's outputs; audit needs the "
-                             "pilot file (.h5, .keras or .tflite)" % model_path)
-        self.saliency.activate()
-        self.path = model_path
-        self.input_shape = self.saliency.input_shape
-        self._angle = self.saliency.pilot["outputs"][0]
-
-    def masks_and_steering(self, x):
-        outputs = self.saliency.infer(x)
-        masks = self.saliency.method_masks_of(outputs)
-        return np.asarray(masks, np.float32), expected_steering(outputs[self._angle])
-
-    def steering(self, x):
-        return np.concatenate([expected_steering(self.saliency.infer(x[i:i + BATCH])[self._angle])
-                               for i in range(0, len(x), BATCH)])
-
-    def close(self):
-        self.saliency.close()
 
 
 class DriveSums(object):
@@ -126,7 +90,7 @@ def check_arguments(models, frames, dependence_frames, out_dir):
 
 
 def run_audit(tub, models, frames=None, out_dir=None, backend="auto", method=None,
-              dependence_frames=DEPENDENCE_FRAMES, image_key=CAMERA_KEY, review_url=None, progress=True):
+              dependence_frames=AUDIT_DEPENDENCE_FRAMES, image_key=CAMERA_KEY, review_url=None, progress=True):
     """Audit ``models`` (one or two pilot files) over ``tub``; the report (audit.json's content),
     and DIR/audit.json, PNGs and audit.html when ``out_dir`` is given."""
     check_arguments(models, frames, dependence_frames, out_dir)
@@ -141,7 +105,7 @@ def run_audit(tub, models, frames=None, out_dir=None, backend="auto", method=Non
     pilots = []
     try:
         for model in models:
-            pilots.append(PilotPass(model, backend, method))
+            pilots.append(PilotPass(model, backend, masks=True, method=method, batch=BATCH))
         sums, ious = _first_pass(pilots, entries, image_key, dependence_frames, progress)
         report = dict(tub=source.path, image_key=image_key, frames=len(entries), method=method, fill=FILL,
                       interval=audit.INTERVAL, bootstrap_draws=audit.BOOTSTRAP_DRAWS, shifts_px=list(SHIFTS),

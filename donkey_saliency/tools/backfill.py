@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT
-from .. import load
+from ..api import Saliency
 from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from ..util.console import Progress
 from ..errors import InputError
@@ -263,7 +263,7 @@ def _backfill_locked(source, model_path, out_path, batch, backend, image_key, al
                      progress, saliency, choice):
     own = saliency is None
     if own:
-        saliency = load(model_path, backend=backend, threads=threads or default_threads(), **choice)
+        saliency = Saliency.open(model_path, backend=backend, threads=threads or default_threads(), **choice)
     started = time.monotonic()
     work = partial_path(out_path)
     writer = None

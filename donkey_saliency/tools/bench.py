@@ -117,15 +117,13 @@ def time_methods(model_path, frames, backend="auto", output=DEFAULT_OUTPUT, cach
     the pilot's own inference (its whole graph without the head: what the drive loop runs with
     SALIENCY_SHARE_PILOT and a gradient method) and of each method's mask (preprocess, the graph's run,
     the NumPy finish), all on the same frames in one run."""
-    from .. import load
-
     timings = {}
     with Saliency.open(model_path, backend, cache_dir=cache_dir, method=VBP, whole=True, head=False,
                        threads=1) as pilot:  # the pilot alone, as the drive loop runs it
         timings["pilot"] = _median_ms(pilot.infer_frame, [prepare_frame(f, pilot.input_shape) for f in frames])
     for method in sorted(METHODS):
-        with load(model_path, backend=backend, method=method, output=output, cache_dir=cache_dir,
-                  threads=1) as saliency:
+        with Saliency.open(model_path, backend=backend, method=method, output=output, cache_dir=cache_dir,
+                           threads=1) as saliency:
             timings[method] = _median_ms(saliency.mask, frames)
     return timings
 

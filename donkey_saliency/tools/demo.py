@@ -27,7 +27,7 @@ import types as pytypes
 
 import numpy as np
 
-from .. import add_saliency
+from ..car.vehicle import add_saliency
 from ..errors import InputError, ModelError, first_line
 from ..compute.frames import fit_to_model
 from ..util.images import read_rgb

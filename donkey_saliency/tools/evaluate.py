@@ -24,31 +24,35 @@ Three measures, on the same frames for every method, with the pilot's own steeri
 
 Every method's masks come from the fused graph's one run (its backward pass, no TensorFlow).
 
-Pure functions first (they take arrays and return arrays), then the pilot's steering (Keras or the
-TFLite interpreter; TensorFlow is a development dependency, never needed on the car: it judges, it does
-not compute the masks), then the runner.
+The pilot's steering comes from its whole graph too (``api.PilotPass``: the car's own way to run the
+pilot, no TensorFlow); a categorical pilot's two ways: the expected value over its bins (primary) and
+donkeycar's ``linear_unbin`` (the arg-max it drives by). Pure functions first (they take arrays and
+return arrays), then the runner.
 """
+import copy
 import os
 
 import numpy as np
 
+from ..api import PilotPass, Saliency
 from ..compute import methods
-from ..compute.graph import graph_for
+from ..compute.graph import export, graph_for
+from ..config import EVALUATE_AREA, EVALUATE_FRAMES
 from ..util.console import Progress, table_lines
 from ..errors import InputError, ModelError
 from ..util.fileio import atomic_write, json_bytes
 from ..compute.frames import fit_to_model
 from ..util.images import write_png
 from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, check_method, check_output
+from ..util.deps import require
 from ..util.opencv import import_cv2
 from ..compute.overlay import overlay, side_by_side
 from ..pilots import load_pilot
-from .steering import PilotSteering
+from ..pilots.network import Network
+from ..pilots.trunk import Conv
 from ..backends.trt_tools import tub_frames
 from ..tubs.read import open_tub
 
-DEFAULT_AREA = 0.15
-DEFAULT_FRAMES = 150
 SHIFTS = (-12, -9, -6, -3, 3, 6, 9, 12)
 FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 11))  # 5 % .. 50 %
 RANK_BLUR_SIGMA = 1.0      # the light blur before ranking: blob-like regions, not scattered pixels
@@ -64,6 +68,11 @@ METRICS = ("salient_over_whole", "background_over_whole", "deletion_auc", "inser
 # as tall) to keep anything of itself in view; a smaller camera frame upscaled to the pilot's input
 # holds no more than its own few pixels (a 1x1 frame: a constant image, every figure undefined).
 MIN_FRAME_SIDE = 2 * max(abs(d) for d in SHIFTS) + 1
+PILOT_NOTES = {  # how the report reads each kind of pilot's steering
+    "categorical": "angle from the 15-bin softmax: expected value over bins (primary) and "
+                   "donkeycar.utils.linear_unbin (argmax)",
+    "memory": "memory input (previous angle/throttle) all zeros, donkeycar's start memory",
+}
 HIGHER_IS_BETTER = dict(salient_over_whole=True, background_over_whole=False, deletion_auc=True,
                         insertion_auc=False)
 
@@ -78,7 +87,7 @@ def ranking(mask, sigma=RANK_BLUR_SIGMA):
     return np.argsort(-smooth.ravel(), kind="stable")
 
 
-def top_region(mask, area=DEFAULT_AREA, sigma=RANK_BLUR_SIGMA):
+def top_region(mask, area=EVALUATE_AREA, sigma=RANK_BLUR_SIGMA):
     """bool (H, W): exactly round(area x H x W) pixels, the top of ``ranking``."""
     mask = np.asarray(mask)
     region = np.zeros(mask.size, bool)
@@ -200,13 +209,10 @@ def _frames(tub, count, input_shape):
 def graph_outputs(graph, frames, backend="auto", batch=64):
     """Every output of ``graph`` for uint8 ``frames`` at its input size, batched (the pilot's other
     inputs held at zeros, as ``api.Saliency`` holds them)."""
-    from .. import backends
-
     outputs = {}
-    with backends.create(graph, backend) as runner:
+    with Saliency(graph, backend) as saliency:
         for i in range(0, len(frames), batch):
-            chunk = frames[i:i + batch]
-            for name, value in runner.infer(chunk, graph.default_feeds(len(chunk))).items():
+            for name, value in saliency.infer(frames[i:i + batch]).items():
                 outputs.setdefault(name, []).append(value)
     return {name: np.concatenate(v) for name, v in outputs.items()}
 
@@ -227,11 +233,6 @@ def method_masks(model_path, frames, backend="auto", output=DEFAULT_OUTPUT, leve
 def randomized_pilot(pilot, convs=0, seed=0):
     """A copy of ``pilot`` (read with its network) with every dense layer's weights re-drawn (Gaussian,
     each layer's own spread, zero bias), and the ``convs`` deepest conv layers' too."""
-    import copy
-
-    from ..pilots.network import Network
-    from ..pilots.trunk import Conv
-
     rng = np.random.RandomState(seed)
 
     def redraw(weight):
@@ -277,8 +278,6 @@ def spearman(a, b):
 def sanity_check(model_path, frames, masks, backend="auto", output=DEFAULT_OUTPUT, level=None, seed=0):
     """{method: {'randomized_head_spearman': rho, 'cascade_spearman': [rho with the dense layers and the
     k deepest convs re-drawn, k = 1..]}}: a mask that explains the decision must change (rho low)."""
-    from ..compute.graph import export
-
     pilot = load_pilot(model_path, whole=True)
     steps = pilot.trunk.steps
     result = {method: dict(randomized_head_spearman=None, cascade_spearman=[]) for method in methods.METHODS}
@@ -293,7 +292,7 @@ def sanity_check(model_path, frames, masks, backend="auto", output=DEFAULT_OUTPU
     return result
 
 
-def evaluate_frame(image, masks, steering, area=DEFAULT_AREA):
+def evaluate_frame(image, masks, steering, area=EVALUATE_AREA):
     """Per-method figures for one frame: {decoding: {method: {...}}} plus the images of the shift
     test at EXAMPLE_SHIFT (for the example picture)."""
     base_images = [image, blurred(image)] + [shift_image(image, d) for d in SHIFTS]
@@ -356,11 +355,11 @@ def summarize(per_frame_results, methods_order, default_method, draws=BOOTSTRAP_
     return out
 
 
-def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_dir=None, backend="auto",
+def run_evaluate(tub, model_path, frames=EVALUATE_FRAMES, area=EVALUATE_AREA, out_dir=None, backend="auto",
                  method=None, output=DEFAULT_OUTPUT, level=None, draws=BOOTSTRAP_DRAWS, progress=True, sanity=True):
     """Evaluate every method on ``frames`` frames of ``tub``; write DIR/evaluate.json and PNGs when
     ``out_dir`` is given. Returns the report (the JSON's content)."""
-    # Everything a user can get wrong is checked before TensorFlow loads.
+    # Everything a user can get wrong is checked before the pilot is read.
     if not 0.0 < area <= 0.5:
         raise InputError("--area must be in (0, 0.5]")
     if frames < 1:
@@ -371,29 +370,32 @@ def run_evaluate(tub, model_path, frames=DEFAULT_FRAMES, area=DEFAULT_AREA, out_
     if check_output(output) != "steering":
         raise InputError("evaluate measures the pilot's steering; --output %s is not measured yet" % output)
     open_tub(tub)
-    steering = PilotSteering(model_path)
-    images = _frames(tub, frames, steering.input_shape)
-    masks = method_masks(model_path, images, backend=backend, output=output, level=level,
-                         default_method=default_method)
-    order = [default_method] + [m for m in masks if m != default_method]
-    bar = Progress(len(images), "evaluate", enabled=progress)
-    per_frame, examples = [], []
-    for index, image in enumerate(images):
-        result, pictures = evaluate_frame(image, {m: masks[m][index] for m in order}, steering, area)
-        per_frame.append(result)
-        if len(examples) < EXAMPLES and index % max(len(images) // EXAMPLES, 1) == 0:
-            examples.append((image, masks[default_method][index], pictures[default_method]))
-        bar.update(1)
-    bar.close()
+    with PilotPass(model_path, backend) as pilot:
+        images = _frames(tub, frames, pilot.input_shape)
+        masks = method_masks(model_path, images, backend=backend, output=output, level=level,
+                             default_method=default_method)
+        order = [default_method] + [m for m in masks if m != default_method]
+        bar = Progress(len(images), "evaluate", enabled=progress)
+        per_frame, examples = [], []
+        for index, image in enumerate(images):
+            result, pictures = evaluate_frame(image, {m: masks[m][index] for m in order}, pilot.steering_decodings,
+                                              area)
+            per_frame.append(result)
+            if len(examples) < EXAMPLES and index % max(len(images) // EXAMPLES, 1) == 0:
+                examples.append((image, masks[default_method][index], pictures[default_method]))
+            bar.update(1)
+        bar.close()
+        kind = pilot.kind
     tables = summarize(per_frame, order, default_method, draws)
     if sanity:
         checks = sanity_check(model_path, images, masks, backend=backend, output=output, level=level)
         for table in tables.values():
             for method, figures in checks.items():
                 table[method].update(figures)
-    primary = steering.decoding_names[0]
+    primary = next(iter(tables))
     report = dict(frames=len(images), default_method=default_method, methods=tables[primary],
-                  pilot=dict(path=model_path, kind=steering.kind, steering=steering.note, decoding=primary),
+                  pilot=dict(path=model_path, kind=kind, steering=PILOT_NOTES.get(kind, "angle output as is"),
+                             decoding=primary),
                   tub=tub, area=area, shifts_px=list(SHIFTS), fractions=list(FRACTIONS), interval=INTERVAL,
                   bootstrap_draws=draws, output=output,
                   by_decoding={name: t for name, t in tables.items() if name != primary})
@@ -434,9 +436,7 @@ def format_table(report):
 
 def curves_png(report):
     """RGB image: mean deletion and insertion curves per method, and the shift-test ratios."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib").use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=80)

@@ -13,8 +13,6 @@ Pictures are plain uint8 RGB arrays drawn with OpenCV; files are written to a te
 """
 import collections
 import contextlib
-import importlib
-import logging
 import os
 import sys
 import tempfile
@@ -22,7 +20,7 @@ import tempfile
 import numpy as np
 
 from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, describe
-from .. import load
+from ..api import Saliency, pilot_values_for
 from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from ..util.console import Progress, table_lines
 from ..errors import InputError, ModelError
@@ -32,7 +30,6 @@ from ..util.images import read_rgb, write_png
 from ..keys import CAMERA_KEY, LAG_KEY, OVERLAY_KEY
 from ..util.opencv import import_cv2
 from ..compute.overlay import check_style, colorize, mask_to_uint8, overlay, side_by_side, stretch, to_rgb
-from ..pilots import check_pilot_file, KERAS_SUFFIXES
 from ..tubs.read import open_tub, require_field
 
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
@@ -42,8 +39,6 @@ RED, ORANGE, YELLOW = (255, 60, 60), (255, 165, 0), (255, 230, 120)
 # Review video containers: .webm (VP8) plays in browsers; .mp4 is MPEG-4 Part 2, since OpenCV's wheels
 # carry no H.264 encoder: it plays in VLC and ffplay, not in Chromium or Firefox.
 VIDEO_CODECS = {".webm": "VP80", ".mp4": "mp4v"}
-
-logger = logging.getLogger(__name__)
 
 
 def _text(image, text, org, scale=0.45, color=WHITE, thickness=1):
@@ -73,132 +68,7 @@ def _check_output(path, force, suffixes):
 
 def _open_saliency(model, backend, features=False, **choice):
     """An active Saliency; ``choice``: method, output, level (api.Saliency.open)."""
-    return load(model, backend=backend, features=features, **choice).activate()
-
-
-# --------------------------------------------------------------------------------------------
-# Pilot predictions (for the video's "pilot" bars when the tub has no pilot/angle)
-
-def linear_unbin(arr, N=15, offset=-1, R=2.0):
-    """donkeycar's ``utils.linear_unbin``, to the letter: a one-hot (or softmax) array -> the value of
-    its largest bin. KerasCategorical decodes steering with the defaults and throttle with
-    ``N=20, offset=0, R=throttle_range`` (0.5 by default)."""
-    return float(np.argmax(arr) * (R / (N + offset)) + offset)
-
-
-CATEGORICAL_THROTTLE_RANGE = 0.5  # donkeycar's KerasCategorical default (cfg.MODEL_CATEGORICAL_MAX_THROTTLE_RANGE)
-
-
-def decode_pilot_outputs(values):
-    """A pilot's outputs for one frame -> (angle, throttle), or None for layouts we cannot read:
-    linear (two scalars, or one pair) and categorical (15 steering bins, 20 throttle bins)."""
-    flat = [np.ravel(v) for v in values]
-    if len(flat) == 1 and flat[0].size == 2:
-        return float(flat[0][0]), float(flat[0][1])
-    if len(flat) >= 2 and flat[0].size == 1 and flat[1].size == 1:
-        return float(flat[0][0]), float(flat[1][0])
-    if len(flat) >= 2 and flat[0].size == 15 and flat[1].size == 20:
-        return (linear_unbin(flat[0]),
-                linear_unbin(flat[1], N=20, offset=0.0, R=CATEGORICAL_THROTTLE_RANGE))
-    return None
-
-
-class KerasPilotPredictor(object):
-    """The pilot's steering and throttle for frames, from a Keras file (.h5 / .keras)."""
-
-    def __init__(self, model_path):
-        from ..pilots.reference import keras_model
-
-        self.model = keras_model(model_path)
-        self.input_shape = tuple(int(d) for d in self.model.inputs[0].shape[1:])
-        self.usable = len(self.model.inputs) == 1
-
-    def outputs(self, x):
-        outputs = self.model(x, training=False)
-        outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
-        return [[o[i] for o in outputs] for i in range(len(x))]
-
-
-def tflite_interpreter_class():
-    """The TFLite Interpreter the car has: tflite_runtime's (donkeycar 5.3 on a Pi), ai_edge_litert's
-    (donkeycar 5.4), else TensorFlow's; None without any."""
-    for module in ("tflite_runtime.interpreter", "ai_edge_litert.interpreter"):
-        try:
-            return importlib.import_module(module).Interpreter
-        except ImportError:
-            pass
-    try:
-        import tensorflow as tf
-        return tf.lite.Interpreter
-    except ImportError:
-        return None
-
-
-class TflitePilotPredictor(object):
-    """The same from a .tflite file, run the way donkeycar's ``TfLite`` interpreter runs it: the
-    ``serving_default`` signature, outputs in the signature's order; in a file without a signature
-    (donkeycar 5.4 writes them) inputs by tensor name and outputs in tensor index order, as 5.4 does."""
-
-    def __init__(self, model_path, interpreter_class):
-        self.interpreter = interpreter_class(model_path=model_path)
-        signature = self.interpreter.get_signature_list().get("serving_default")
-        details = self.interpreter.get_input_details()
-        self.usable = len(details) == 1
-        self.input_shape = tuple(int(d) for d in details[0]["shape"][1:])
-        if signature:
-            self.runner = self.interpreter.get_signature_runner()
-            self.input_keys = list(signature["inputs"])
-            self.output_keys = list(signature["outputs"])
-        else:
-            self.runner = None
-            self.interpreter.allocate_tensors()
-            self.input_index = details[0]["index"]
-            self.output_indices = sorted(d["index"] for d in self.interpreter.get_output_details())
-
-    def outputs(self, x):
-        results = []
-        for frame in x:
-            feed = frame[None].astype(np.float32)
-            if self.runner is not None:
-                out = self.runner(**{self.input_keys[0]: feed})
-                results.append([np.asarray(out[k][0]) for k in self.output_keys])
-            else:
-                self.interpreter.set_tensor(self.input_index, feed)
-                self.interpreter.invoke()
-                results.append([np.array(self.interpreter.get_tensor(i)[0]) for i in self.output_indices])
-        return results
-
-
-class PilotPredictor(object):
-    """The pilot's (angle, throttle) for frames (uint8 RGB, any size), from any pilot file whose
-    outputs the review can read: Keras (.h5/.keras) or .tflite. ``for_model`` returns None (and logs
-    one line) where it cannot run the file; the video then says "pilot n/a"."""
-
-    def __init__(self, runner):
-        self.runner = runner
-
-    @classmethod
-    def for_model(cls, model_path):
-        check_pilot_file(model_path)  # before TensorFlow (Lite) sees it: ModelError for a damaged file
-        path = str(model_path).lower().rstrip("/")
-        if path.endswith(KERAS_SUFFIXES):
-            return cls(KerasPilotPredictor(model_path))
-        if path.endswith(".tflite"):
-            interpreter_class = tflite_interpreter_class()
-            if interpreter_class is None:
-                logger.warning("pilot bars n/a: running %s needs ai-edge-litert, tflite-runtime or tensorflow",
-                               model_path)
-                return None
-            return cls(TflitePilotPredictor(model_path, interpreter_class))
-        logger.warning("pilot bars n/a: the review runs Keras and .tflite pilots, not %s", model_path)
-        return None
-
-    def predict(self, frames):
-        """[(angle, throttle)] or [None] per frame."""
-        if not self.runner.usable or not len(frames):
-            return [None] * len(frames)
-        x = np.stack([fit_to_model(f, self.runner.input_shape) for f in frames]).astype(np.float32) / 255.0
-        return [decode_pilot_outputs(values) for values in self.runner.outputs(x)]
+    return Saliency.open(model, backend=backend, features=features, **choice).activate()
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,7 +178,7 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
     predictor = None
     try:
         if model_path and not has_pilot:
-            predictor = PilotPredictor.for_model(model_path)
+            predictor = pilot_values_for(model_path, backend)
         suffix = os.path.splitext(out_path)[1].lower()
         tmp = _temp_beside(out_path, suffix)
         writer = None
@@ -324,7 +194,7 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                 else:
                     masks = saliency.masks(cameras if len(set(c.shape for c in cameras)) > 1 else np.stack(cameras))
                     overlays = [overlay(c, m, alpha, colormap) for c, m in zip(cameras, masks)]
-                pilots = predictor.predict(cameras) if predictor is not None else [None] * len(chunk)
+                pilots = predictor.angle_and_throttle(cameras) if predictor is not None else [None] * len(chunk)
                 for entry, camera, picture, pilot in zip(chunk, cameras, overlays, pilots):
                     record = entry.record
                     user = (_number(record, "user/angle"), _number(record, "user/throttle"))
@@ -360,8 +230,9 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                 os.unlink(tmp)
             raise
     finally:
-        if saliency is not None:
-            saliency.close()
+        for one in (saliency, predictor):
+            if one is not None:
+                one.close()
     return RenderResult(out_path, written, size, fps, not recorded)
 
 

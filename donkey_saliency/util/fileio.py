@@ -1,8 +1,10 @@
 """Files written so that nothing is ever half-written, with the modes open() would give; the cache
-directory; content digests. A leaf module (standard library only)."""
+directory; content digests. Below everything but errors.py (standard library otherwise)."""
 import hashlib
 import os
 import tempfile
+
+from ..errors import InputError
 
 
 def default_file_mode():
@@ -62,8 +64,6 @@ def read_limited(path, limit, what, error_class=None):
     """The bytes of ``path``, reading at most ``limit`` + 1 of them: ``error_class`` (InputError by
     default) naming the limit when the file holds more. For files a tool is handed, which may be
     hostile: a bounded read never fills memory, whatever size the file claims or has."""
-    from ..errors import InputError
-
     with open(path, "rb") as handle:
         too_big = os.fstat(handle.fileno()).st_size > limit  # a regular file says so unread
         data = b"" if too_big else handle.read(limit + 1)  # others (a pipe, /dev/zero) are read up to it

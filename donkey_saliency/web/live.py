@@ -42,6 +42,7 @@ import time
 
 from ..config import DEFAULT_JPEG_QUALITY, DEFAULTS
 from ..car.drive_view import DriveViewToggle
+from ..util.deps import require
 from ..util.images import encode_jpeg
 from ..compute.overlay import layer_picture
 from .guard import SERVER_LIMITS, AllowedHosts, declared_length, log_request, refuse_foreign_host, same_origin
@@ -314,6 +315,7 @@ def _handlers():
 
 
 def _make_handlers():
+    require("tornado")  # one line saying how to get it, not a traceback
     from tornado.iostream import StreamClosedError
     from tornado.locks import Event
     from tornado.web import RequestHandler, stream_request_body

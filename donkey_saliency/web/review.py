@@ -35,6 +35,7 @@ import numpy as np
 
 from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP
 from ..errors import InputError
+from ..util.deps import require
 from ..util.images import encode_jpeg, read_rgb
 from ..keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
 from ..compute.methods import describe
@@ -169,7 +170,7 @@ class Review(object):
 
     def compute_pilot(self, predictor):
         """Start predicting the pilot's steering and throttle for every record (a background thread)
-        with ``predictor`` (``review.PilotPredictor``); the timeline shows them as they arrive."""
+        with ``predictor`` (``api.PilotPass``, closed with the review); the timeline shows them as they arrive."""
         self.pilot = PilotValues(self, predictor)
         self.pilot.start()
 
@@ -358,6 +359,7 @@ class PilotValues(object):
     def stop(self):
         self._stop.set()
         self._thread.join(30)
+        self.predictor.close()
 
     def _run(self):
         index, key = self.review.index, self.review.image_key
@@ -373,7 +375,7 @@ class PilotValues(object):
                         wanted.append(i)
                     except (InputError, TypeError):
                         continue  # no camera image: no pilot value
-                for i, values in zip(wanted, self.predictor.predict(frames) if frames else []):
+                for i, values in zip(wanted, self.predictor.angle_and_throttle(frames) if frames else []):
                     if values is not None:
                         self.angle[i], self.throttle[i] = values
                 self.done = min(first + self.batch, len(self.angle))
@@ -509,6 +511,7 @@ def serve(review, host="127.0.0.1", port=8890, ready=None, allowed_hosts=()):
     closed at once."""
     import asyncio
 
+    require("tornado")  # one line saying how to get it, not a traceback
     from tornado.ioloop import IOLoop
     from tornado.netutil import bind_sockets
 
@@ -556,6 +559,7 @@ def _handlers():
 
 
 def _make_handlers():
+    require("tornado")
     from tornado.ioloop import IOLoop
     from tornado.web import RedirectHandler, RequestHandler, stream_request_body
 

@@ -1,11 +1,11 @@
 """Two pilots on the review page (``donkey-saliency review TUB --model A --model B``): each pilot's
 overlay, both pilots' steering for every record on the timeline, and the records where they disagree
-most. Pilot values come from each pilot's whole graph (``audit_run.PilotPass``: no TensorFlow).
+most. Pilot values come from each pilot's whole graph (``api.PilotPass``: no TensorFlow).
 
 ``PilotPair`` computes the steering of both pilots for every record in a background thread (NaN until
 done, shown as it arrives) and draws one pilot's overlay for one record on request (the review's own
 executor thread); a lock keeps the two threads off a backend at once. Disagreement: |steering A −
-steering B|, steering as ``audit_run.expected_steering`` gives it (a categorical pilot's expected
+steering B|, steering as ``pilots.decode.expected_steering`` gives it (a categorical pilot's expected
 value), ranked largest first, records at least ``review_web.DISAGREEMENT_SPACING`` apart.
 """
 import logging
