@@ -224,7 +224,7 @@ def cmd_build_engine(args):
         trt_tools.check_precision(args.precision)
     trt_tools.require_tensorrt()  # before the pilot is loaded: one line saying what to install
     # the graph the part will run (SALIENCY_METHOD/OUTPUT/LEVEL), so its first drive finds the engine cached
-    graph = load(args.model, "tensorrt", cache_dir=args.cache_dir, **method_choice(args)).graph
+    graph = Saliency.open(args.model, "tensorrt", cache_dir=args.cache_dir, **method_choice(args)).graph
     engine = trt_tools.open_engine(graph, args.precision, args.cache_dir, args.rebuild, args.workspace_mb)
     try:
         print(trt_tools.engine_line(engine))
