@@ -18,16 +18,16 @@ import numpy as np
 from . import load
 from .backends import trt_tools
 from .tools.backfill import backfill
-from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP, DONKEY_WEB_PORT
 from .util.console import table_lines
-from .errors import first_line, InputError, ModelError, SaliencyError
+from .errors import first_line, InputError, SaliencyError
 from .util.fileio import atomic_write
 from .compute.graph import export, graph_for
 from .util.images import read_image, write_png
 from .keys import CAMERA_KEY
 from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, OUTPUTS
 from .compute.overlay import check_style, overlay
-from .pilots import DEMO_PILOT, load_pilot
+from .pilots import DEMO_PILOT, load_pilot, require_model_file
 from .web.review import DEFAULT_PORT, Review, serve
 
 EXIT_BAD_INPUT = 2
@@ -103,8 +103,7 @@ def _add_mask(sub, shared):
 
 def cmd_mask(args):
     check_style(args.alpha, args.colormap)  # before anything is computed or written
-    if not os.path.exists(args.model):
-        raise ModelError("model file not found: %s" % args.model)
+    require_model_file(args.model)
     # Read every image first: a bad one fails before anything is written.
     images = [(path, read_image(path)) for path in args.images]
     with load(args.model, backend=args.backend, **method_choice(args)) as saliency:
@@ -253,7 +252,8 @@ def cmd_selftest(args):
 def _add_demo(sub, shared):
     p = sub.add_parser("demo", help="a simulated car on donkeycar's parts: pilot, live saliency, web UI, tub",
                        parents=[shared.backend])
-    p.add_argument("--port", type=int, default=8887, help="web UI port (default 8887: http://localhost:8887/drive)")
+    p.add_argument("--port", type=int, default=DONKEY_WEB_PORT,
+                   help="web UI port (default %d: http://localhost:%d/drive)" % (DONKEY_WEB_PORT, DONKEY_WEB_PORT))
     p.add_argument("--seconds", type=float, help="stop after this long (default: run until Ctrl-C)")
     p.add_argument("--model", help="linear pilot that drives (default: the shipped demo pilot)")
     p.add_argument("--out-tub", help="tub to record into (default: a new directory under ./demo-tub)")
@@ -395,8 +395,7 @@ def cmd_review(args):
         if len(args.model) > 2:
             raise InputError("review compares at most two pilots (--model given %d times)" % len(args.model))
         for model in args.model:
-            if not os.path.exists(model):
-                raise ModelError("model file not found: %s" % model)
+            require_model_file(model)
         if len(args.model) == 2:
             from .tools.audit import PilotPass
             from .web.review_pair import PilotPair

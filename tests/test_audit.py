@@ -264,7 +264,7 @@ def test_audit_a_tub_with_a_missing_image_fails_before_any_pilot_runs(tiny_pilot
 
 
 def test_the_steering_of_categorical_and_linear_outputs():
-    from donkey_saliency.tools.audit import expected_steering
+    from donkey_saliency.pilots.decoding import expected_steering
 
     bins = np.zeros((3, 15), np.float32)
     bins[0, 14] = 1.0  # all on the rightmost bin

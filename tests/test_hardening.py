@@ -473,7 +473,7 @@ def test_17_cli_validates_alpha_and_colormap_before_writing(tool_tubs, tiny_pilo
 def test_19_categorical_decoding_is_donkeycars_linear_unbin():
     from donkeycar.utils import linear_unbin as donkey_unbin
 
-    from donkey_saliency.tools.render import decode_pilot_outputs, linear_unbin
+    from donkey_saliency.pilots.decoding import decode_pilot_outputs, linear_unbin
 
     for b in range(20):
         throttle = np.zeros(20, np.float32)

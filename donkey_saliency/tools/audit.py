@@ -26,6 +26,8 @@ from ..util.images import read_rgb
 from ..keys import CAMERA_KEY
 from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, check_method
 from ..compute.overlay import overlay, resize_to
+from ..pilots import require_model_file
+from ..pilots.decoding import expected_steering
 from ..tubs.read import open_tub, require_field
 
 BATCH = 32   # frames per inference: 64 costs ~160 MiB more of ONNX Runtime buffers for two pilots, no faster
@@ -36,15 +38,6 @@ OFF_TRACK_MIN_SHARE = 0.01
 DISAGREE_COUNT = 12
 MAX_PILOTS = 2
 FILL = "the drive's mean image (per pixel, over the audited frames)"
-
-
-def expected_steering(angle):
-    """The pilot's steering from its angle output (N, k): a categorical pilot's 15 bins give the
-    expected value in donkeycar's scale (smooth, unlike the arg-max it drives by); else column 0."""
-    angle = np.asarray(angle, np.float64).reshape(len(angle), -1)
-    if angle.shape[1] == 15:
-        return angle @ np.linspace(-1.0, 1.0, 15)
-    return angle[:, 0]
 
 
 class PilotPass(object):
@@ -121,8 +114,7 @@ def check_arguments(models, frames, dependence_frames, out_dir):
     if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError("--out %s exists and is not a directory" % out_dir)
     for model in models:
-        if not os.path.exists(model):
-            raise ModelError("model file not found: %s" % model)
+        require_model_file(model)
 
 
 def run_audit(tub, models, frames=None, out_dir=None, backend="auto", method=None,

@@ -29,10 +29,12 @@ from ..errors import InputError, ModelError
 from ..util.fileio import default_file_mode
 from ..compute.frames import fit_to_model
 from ..util.images import read_rgb, write_png
-from ..keys import CAMERA_KEY, LAG_KEY, OVERLAY_KEY
+from ..keys import (CAMERA_KEY, LAG_KEY, MODE_KEY, OVERLAY_KEY, PILOT_ANGLE_KEY, PILOT_KEYS, PILOT_THROTTLE_KEY,
+                    USER_ANGLE_KEY, USER_THROTTLE_KEY)
 from ..util.opencv import import_cv2
 from ..compute.overlay import check_style, colorize, mask_to_uint8, overlay, side_by_side, stretch, to_rgb
 from ..pilots import check_pilot_file, KERAS_SUFFIXES
+from ..pilots.decoding import decode_pilot_outputs
 from ..tubs.read import open_tub, require_field
 
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
@@ -78,30 +80,6 @@ def _open_saliency(model, backend, features=False, **choice):
 
 # --------------------------------------------------------------------------------------------
 # Pilot predictions (for the video's "pilot" bars when the tub has no pilot/angle)
-
-def linear_unbin(arr, N=15, offset=-1, R=2.0):
-    """donkeycar's ``utils.linear_unbin``, to the letter: a one-hot (or softmax) array -> the value of
-    its largest bin. KerasCategorical decodes steering with the defaults and throttle with
-    ``N=20, offset=0, R=throttle_range`` (0.5 by default)."""
-    return float(np.argmax(arr) * (R / (N + offset)) + offset)
-
-
-CATEGORICAL_THROTTLE_RANGE = 0.5  # donkeycar's KerasCategorical default (cfg.MODEL_CATEGORICAL_MAX_THROTTLE_RANGE)
-
-
-def decode_pilot_outputs(values):
-    """A pilot's outputs for one frame -> (angle, throttle), or None for layouts we cannot read:
-    linear (two scalars, or one pair) and categorical (15 steering bins, 20 throttle bins)."""
-    flat = [np.ravel(v) for v in values]
-    if len(flat) == 1 and flat[0].size == 2:
-        return float(flat[0][0]), float(flat[0][1])
-    if len(flat) >= 2 and flat[0].size == 1 and flat[1].size == 1:
-        return float(flat[0][0]), float(flat[1][0])
-    if len(flat) >= 2 and flat[0].size == 15 and flat[1].size == 20:
-        return (linear_unbin(flat[0]),
-                linear_unbin(flat[1], N=20, offset=0.0, R=CATEGORICAL_THROTTLE_RANGE))
-    return None
-
 
 class KerasPilotPredictor(object):
     """The pilot's steering and throttle for frames, from a Keras file (.h5 / .keras)."""
@@ -304,7 +282,7 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                              % (source.path, entry.index, OVERLAY_KEY))
 
     saliency = _open_saliency(model_path, backend, method=method, output=output, level=level) if not recorded else None
-    has_pilot = "pilot/angle" in types or "pilot/throttle" in types
+    has_pilot = any(key in types for key in PILOT_KEYS)
     predictor = None
     try:
         if model_path and not has_pilot:
@@ -327,11 +305,11 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                 pilots = predictor.predict(cameras) if predictor is not None else [None] * len(chunk)
                 for entry, camera, picture, pilot in zip(chunk, cameras, overlays, pilots):
                     record = entry.record
-                    user = (_number(record, "user/angle"), _number(record, "user/throttle"))
+                    user = (_number(record, USER_ANGLE_KEY), _number(record, USER_THROTTLE_KEY))
                     if has_pilot:
-                        pilot = (_number(record, "pilot/angle"), _number(record, "pilot/throttle"))
+                        pilot = (_number(record, PILOT_ANGLE_KEY), _number(record, PILOT_THROTTLE_KEY))
                     lag = _number(record, LAG_KEY) if recorded else None
-                    frame = compose_frame(camera, picture, entry.index, record.get("user/mode"), user, pilot,
+                    frame = compose_frame(camera, picture, entry.index, record.get(MODE_KEY), user, pilot,
                                           scale=scale, lag_ms=lag,
                                           note="saliency (recorded)" if recorded else
                                           "saliency: " + describe(saliency.method, saliency.output))

@@ -4,18 +4,15 @@ development dependency; nothing on the car imports this module.
 """
 import numpy as np
 
-from ..util.console import quiet_stdout
 from ..errors import ModelError, first_line
 from ..pilots import check_pilot_file
+from ..pilots.decoding import linear_unbin
 
 
 def _decoders(angle_size, categorical):
     """{name: function (N, k) angle output -> (N,) steering}, the primary one first."""
     if not categorical:
         return [("steering", lambda out: out[:, 0])]
-    with quiet_stdout():  # donkeycar prints its banner on import; stdout is for the table
-        from donkeycar.utils import linear_unbin
-
     bins = np.linspace(-1.0, 1.0, angle_size)
     return [("expected", lambda out: out @ bins),
             ("linear_unbin", lambda out: np.array([linear_unbin(row, N=angle_size) for row in out]))]
