@@ -18,7 +18,7 @@ import numpy as np
 from . import load
 from .backends import trt_tools
 from .tools.backfill import backfill
-from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP, DONKEY_WEB_PORT
+from .config import DEFAULT_ALPHA, DEFAULT_COLORMAP, DONKEY_WEB_PORT, DRIVE_LOOP_HZ
 from .util.console import table_lines
 from .errors import first_line, InputError, SaliencyError
 from .util.fileio import atomic_write
@@ -168,7 +168,8 @@ def _add_bench(sub, shared):
     p.add_argument("--tub", help="take the frames from this tub (v2, or v1 *_cam-image_array_.jpg); "
                                  "default: random frames")
     p.add_argument("--loops", type=int, default=200, help="Vehicle loop iterations per run (default 200)")
-    p.add_argument("--hz", type=int, default=20, help="Vehicle loop rate (default 20, donkey's DRIVE_LOOP_HZ)")
+    p.add_argument("--hz", type=int, default=DRIVE_LOOP_HZ,
+                   help="Vehicle loop rate (default %d, donkey's DRIVE_LOOP_HZ)" % DRIVE_LOOP_HZ)
     p.add_argument("--json", help="also write every figure to this JSON file")
 
 
@@ -306,7 +307,8 @@ def _add_render(sub, shared):
                                    "steering/throttle when the tub has no pilot/angle")
     p.add_argument("--start", type=int, help="first record index (default: the first)")
     p.add_argument("--end", type=int, help="record index to stop before (default: after the last)")
-    p.add_argument("--fps", type=float, default=20.0, help="frames per second (default 20, DRIVE_LOOP_HZ)")
+    p.add_argument("--fps", type=float, default=float(DRIVE_LOOP_HZ),
+                   help="frames per second (default %d, DRIVE_LOOP_HZ)" % DRIVE_LOOP_HZ)
     p.add_argument("--scale", type=int, default=3, help="image magnification (default 3)")
     p.add_argument("--recompute", action="store_true", help="compute saliency with --model even if recorded")
 

@@ -10,6 +10,7 @@ from .util.images import JPEG_QUALITY
 DEFAULT_ALPHA = 0.5      # the heat map's weight over the frame
 DEFAULT_COLORMAP = "jet"
 DONKEY_WEB_PORT = 8887   # donkeycar's web UI (cfg.WEB_CONTROL_PORT's default): the demo serves it there
+DRIVE_LOOP_HZ = 20       # donkeycar's drive loop (cfg.DRIVE_LOOP_HZ's default): records a second in a tub
 
 DEFAULTS = dict(
     SALIENCY_ENABLED=True,

@@ -28,7 +28,7 @@ import types as pytypes
 import numpy as np
 
 from .. import add_saliency
-from ..config import DONKEY_WEB_PORT
+from ..config import DONKEY_WEB_PORT, DRIVE_LOOP_HZ
 from ..errors import InputError, ModelError, first_line
 from ..compute.frames import fit_to_model
 from ..util.images import read_rgb
@@ -40,7 +40,6 @@ from ..tubs.read import read_manifest_head
 
 logger = logging.getLogger(__name__)
 
-DRIVE_LOOP_HZ = 20
 REPORT_EVERY_S = 3.0
 MAX_REPLAY_FRAMES = 3000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")

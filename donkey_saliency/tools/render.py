@@ -23,7 +23,7 @@ import numpy as np
 
 from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, describe
 from .. import load
-from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP, DRIVE_LOOP_HZ
 from ..util.console import Progress, table_lines
 from ..errors import InputError, ModelError
 from ..util.fileio import default_file_mode
@@ -248,7 +248,7 @@ def _number(record, key):
 RenderResult = collections.namedtuple("RenderResult", "path frames size fps computed")
 
 
-def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, scale=3, backend="auto",
+def render(tub_path, out_path, model_path=None, start=None, end=None, fps=DRIVE_LOOP_HZ, scale=3, backend="auto",
            batch=32, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, image_key=CAMERA_KEY, recompute=False, force=False,
            progress=True, method=DEFAULT_METHOD, output=DEFAULT_OUTPUT, level=None):
     """Write the review video of records ``start <= index < end`` (live records only); computed

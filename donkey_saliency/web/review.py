@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP, DRIVE_LOOP_HZ
 from ..errors import InputError
 from ..util.images import encode_jpeg, read_rgb
 from ..keys import (CAMERA_KEY, LAG_KEY, MASK_KEY, MODE_KEY, OVERLAY_KEY, PILOT_ANGLE_KEY, PILOT_KEYS,
@@ -57,7 +57,6 @@ QUANT = 127  # values in [-1, 1] travel as round(v * 127); ABSENT where there is
 ABSENT = -128
 TOP_DISAGREEMENTS = 20
 DISAGREEMENT_SPACING = 10  # records: the top list names separate moments, not neighbours of one
-DEFAULT_RATE_HZ = 20.0  # donkeycar's DRIVE_LOOP_HZ, when the tub has no timestamps
 CACHE_PICTURES = 256  # computed JPEGs kept (a few MB)
 MAX_POST_BYTES = 256
 VIEWS = ("camera", "overlay", "mask")
@@ -91,12 +90,12 @@ def timeline_bytes(index, series=None):
 
 
 def recording_rate(timestamps_ms):
-    """Records per second from the median gap between timestamps (DEFAULT_RATE_HZ without them)."""
+    """Records per second from the median gap between timestamps (DRIVE_LOOP_HZ without them)."""
     stamps = np.asarray(timestamps_ms, dtype=np.float64)
     gaps = np.diff(stamps[np.isfinite(stamps)])
     gaps = gaps[gaps > 0]
     if not len(gaps):
-        return DEFAULT_RATE_HZ
+        return float(DRIVE_LOOP_HZ)
     return float(min(200.0, max(1.0, 1000.0 / float(np.median(gaps)))))
 
 
