@@ -1,6 +1,5 @@
 """The saliency routes on donkeycar's real LocalWebController, served on 127.0.0.1 (free port), fed by a
 real SaliencyPart, read by real HTTP clients (http.client in threads) and by headless Chromium."""
-import http.client
 import json
 import os
 import threading
@@ -10,103 +9,17 @@ import numpy as np
 import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
-from conftest import donkeycar_video_or_skip, wait_for
+from helpers import donkeycar_video_or_skip, wait_for
 from donkey_saliency.car.drive_view import DriveViewToggle
 from donkey_saliency.keys import OUTPUTS
 from donkey_saliency.compute.overlay import layer_picture
 from donkey_saliency.car.part import SaliencyPart
 from donkey_saliency.testing import ServerThread, read_mjpeg_part
 from donkey_saliency.web.live import STATS_FIELDS, attach_web
+from web_helpers import camera_frame, decode_jpeg, LiveServer, mean_abs_diff, open_stream, request
 
 CLIENTS = 8
 FRAMES_PER_CLIENT = 20
-
-
-def camera_frame(shift=0):
-    """A gray road-like gradient (no colour, so colour in a picture can only come from the heat map)."""
-    yy, xx = np.mgrid[0:120, 0:160]
-    gray = ((xx * 1.2 + yy * 0.8 + shift * 7) % 200 + 30).astype(np.uint8)
-    gray[70:90, (40 + shift) % 120:(40 + shift) % 120 + 30] = 240  # a bright "cone" that moves
-    return np.repeat(gray[..., None], 3, axis=2)
-
-
-def decode_jpeg(data):
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None, "not a JPEG"
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def mean_abs_diff(a, b):
-    return float(np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16))))
-
-
-class LiveServer(object):
-    """A real LocalWebController with the saliency routes on 127.0.0.1, a real SaliencyPart whose worker
-    runs in a thread (as Vehicle runs it), and a feeder calling ``run_threaded`` at ~30 Hz while ``feeding``."""
-
-    def __init__(self, model_path, moving=True, **web_options):
-        from donkeycar.parts.web_controller.web import LocalWebController
-
-        self.ctr = LocalWebController(port=0)
-        self.part = SaliencyPart(model_path)
-        self.web = attach_web(self.ctr, self.part, **web_options)
-        self.server = ServerThread(self.ctr).start()
-        self.port = self.server.port
-        self.moving = moving
-        self.feeding = threading.Event()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self.part.update, daemon=True),
-                         threading.Thread(target=self._feed, daemon=True)]
-        for thread in self._threads:
-            thread.start()
-
-    def _feed(self):
-        shift = 0
-        while not self._stop.is_set():
-            if self.feeding.is_set():
-                shift += 1 if self.moving else 0
-                self.part.run_threaded(camera_frame(shift))
-            time.sleep(1.0 / 30)
-
-    def request(self, path, method="GET", body=None):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request(method, path, body=body)
-            response = connection.getresponse()
-            return response.status, response.getheader("Content-Type"), response.read()
-        finally:
-            connection.close()
-
-    def stats(self):
-        status, content_type, body = self.request("/saliency/stats")
-        assert status == 200 and content_type == "application/json"
-        return json.loads(body.decode("utf-8"))
-
-    def close(self):
-        self._stop.set()
-        self.part.shutdown()
-        self.server.call(self.web.close)
-        for thread in self._threads:
-            thread.join(5)
-        self.server.stop()
-
-
-@pytest.fixture
-def live(tiny_pilot_path):
-    server = LiveServer(tiny_pilot_path)
-    yield server
-    server.close()
-
-
-def open_stream(port, path="/saliency/video"):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request("GET", path)
-    response = connection.getresponse()
-    assert response.status == 200
-    assert response.getheader("Content-Type").startswith("multipart/x-mixed-replace")
-    return connection, response
 
 
 class StreamClient(threading.Thread):
@@ -347,17 +260,6 @@ def test_toggle_switches_what_the_stock_video_shows(tiny_pilot_path):
     assert pilot_inputs and all(np.array_equal(image, frame) for image in pilot_inputs)
 
 
-def request(port, path, body):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("POST", path, body=body)
-        response = connection.getresponse()
-        assert response.status == 200
-        return response.read()
-    finally:
-        connection.close()
-
-
 # --- the part on its own (no server) -------------------------------------------------------------
 def test_drive_view_toggle_flips_once_per_press_and_never_raises():
     toggle = DriveViewToggle(on=False, button="w2")
@@ -383,7 +285,7 @@ def test_drive_view_toggle_flips_once_per_press_and_never_raises():
 
 
 def test_every_stats_field_is_documented():
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "web.md")) as handle:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "web.md")) as handle:
         doc = handle.read()
     for name in STATS_FIELDS:
         assert "| `%s` |" % name in doc, name

@@ -28,7 +28,7 @@ import pytest
 
 import car_envs
 
-CHECKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "car_checks.py")
+CHECKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "car_checks.py")
 NOT_PROJECT = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__",
                                      ".pytest_cache", "test-artifacts", "demo-tub*")
 OPENCV = re.compile(r"^opencv-(contrib-)?python(-headless)?$")
@@ -251,11 +251,11 @@ def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_pat
     from donkeycar.parts.web_controller.web import LocalWebController
     from donkeycar.vehicle import Vehicle
 
-    from conftest import donkeycar_video_or_skip, wait_for
+    from helpers import donkeycar_video_or_skip, wait_for
     from donkey_saliency import add_saliency
     from donkey_saliency.keys import DRIVE_IMAGE_KEY
     from donkey_saliency.testing import ServerThread, read_mjpeg_part
-    from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream, request
+    from web_helpers import camera_frame, decode_jpeg, mean_abs_diff, open_stream, request
 
     donkeycar_video_or_skip()
     frame = camera_frame()

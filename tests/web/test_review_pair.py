@@ -6,16 +6,13 @@ import http.client
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop
-from conftest import wait_for
-from test_audit import DOCS, PI_PILOTS, PI_TUB, pi_data_or_skip
+from helpers import CLI, DOCS, pi_data_or_skip, PI_PILOTS, PI_TUB, wait_for
 
-CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
 BASE = "/saliency/review"
 
 
