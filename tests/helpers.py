@@ -122,3 +122,23 @@ def tiny_keras_pilot(heads):
     x = layers.Conv2D(8, 5, strides=2, activation="relu", name="conv2d_1")(inp)
     x = layers.Conv2D(8, 3, strides=2, activation="relu", name="conv2d_2")(x)
     return tf.keras.Model(inp, heads(layers, layers.Flatten()(x)))
+
+
+class Camera(object):
+    """A camera part for a real Vehicle: the same frame every loop."""
+
+    def __init__(self, frame):
+        self.frame = frame
+
+    def run(self):
+        return self.frame.copy()
+
+
+class ImageProbe(object):
+    """A part that keeps every image it is given: what a pilot added at its place would be given."""
+
+    def __init__(self):
+        self.images = []
+
+    def run(self, image):
+        self.images.append(image)

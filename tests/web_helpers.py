@@ -138,3 +138,17 @@ class Served(object):
     def close(self):
         self.server.stop()
         self.review.close()
+
+
+def get(port, path, host=None, headers=None, method="GET", body=None, timeout=60):
+    """(status, body) of one request to 127.0.0.1:port; ``host``: the Host header a client sends."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = dict(headers or {})
+        if host is not None:
+            headers["Host"] = host
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from helpers import wait_for
+from helpers import Camera, wait_for
 from donkey_saliency import add_saliency
 from donkey_saliency.car.drive_view import DriveViewToggle
 from donkey_saliency.keys import OUTPUTS, RECORD_KEYS, RECORD_TYPES
@@ -27,14 +27,6 @@ def config(**settings):
     """A donkeycar cfg as add_saliency reads it: attributes, SALIENCY_* defaults for the rest."""
     settings.setdefault("SALIENCY_BACKEND", "onnxruntime")
     return SimpleNamespace(**settings)
-
-
-class Camera(object):
-    def __init__(self, frame):
-        self.frame = frame
-
-    def run(self):
-        return self.frame.copy()
 
 
 class Joystick(object):

@@ -3,7 +3,6 @@ marked deleted beside its writer, a manifest read mid-rewrite is read again, the
 a failure, every route of both servers checks the Host, slow connections are cut off, a tub opened
 through a symlink shows its images. Real parts: donkeycar's Vehicle, LocalWebController, TubWriter
 and Tub; Tornado on 127.0.0.1 (free ports); raw sockets for slow clients; headless Chromium."""
-import http.client
 import json
 import os
 import socket
@@ -17,7 +16,7 @@ from helpers import CLI, wait_for
 from tub_helpers import INPUTS as PAGE_INPUTS
 from tub_helpers import TYPES as PAGE_TYPES
 from tub_helpers import camera, COUNT, DELETED, donkey_deleted, write_tub
-from web_helpers import Served
+from web_helpers import get, Served
 from donkey_saliency.web import guard as requests_guard
 from donkey_saliency.tubs import read as tub, index as tub_index
 from donkey_saliency.errors import InputError
@@ -27,19 +26,6 @@ from donkey_saliency.testing import ServerThread, write_catalog_tub
 BIG = 200000
 INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
 TYPES = ["image_array", "float", "float", "str"]
-
-
-def get(port, path, host=None, headers=None, method="GET", body=None, timeout=60):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        headers = dict(headers or {})
-        if host is not None:
-            headers["Host"] = host
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
 
 
 # --- 1: the car's review works off the IOLoop, and reads only what a growing tub added ----------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
-from helpers import donkeycar_video_or_skip, wait_for
+from helpers import Camera, donkeycar_video_or_skip, ImageProbe, wait_for
 from donkey_saliency.car.drive_view import DriveViewToggle
 from donkey_saliency.keys import OUTPUTS
 from donkey_saliency.compute.overlay import layer_picture
@@ -194,22 +194,14 @@ def test_toggle_switches_what_the_stock_video_shows(tiny_pilot_path):
     from donkeycar.vehicle import Vehicle
 
     frame = camera_frame()
-    pilot_inputs = []
-
-    class Camera(object):
-        def run(self):
-            return frame.copy()
-
-    class PilotProbe(object):  # what a pilot added after the toggle would be given
-        def run(self, image):
-            pilot_inputs.append(image)
+    probe = ImageProbe()  # given what a pilot added after the toggle would be given
 
     ctr = LocalWebController(port=0)
     part = SaliencyPart(tiny_pilot_path)
     web = attach_web(ctr, part, drive_view=False, toggle_button="w5")
     server = ServerThread(ctr).start()  # ctr.update() would listen on every interface
     vehicle = Vehicle()
-    vehicle.add(Camera(), outputs=["cam/image_array"])
+    vehicle.add(Camera(frame), outputs=["cam/image_array"])
     vehicle.add(ctr, inputs=["ui/image_array", "tub/num_records", "user/mode", "recording"],
                 outputs=["user/steering", "user/throttle", "user/mode", "recording", "web/buttons"])
     vehicle.add(ExplodeDict(vehicle.mem, "web/"), inputs=["web/buttons"])
@@ -217,7 +209,7 @@ def test_toggle_switches_what_the_stock_video_shows(tiny_pilot_path):
                 outputs=["run_user", "run_pilot", "ui/image_array"])
     vehicle.add(part, inputs=["cam/image_array"], outputs=OUTPUTS, threaded=True)
     vehicle.add(web.drive_view, inputs=web.drive_view.inputs, outputs=web.drive_view.outputs)
-    vehicle.add(PilotProbe(), inputs=["cam/image_array"])
+    vehicle.add(probe, inputs=["cam/image_array"])
     assert web.drive_view.inputs == ["ui/image_array", "saliency/image_array", "web/w5"]
     drive = threading.Thread(target=vehicle.start, kwargs=dict(rate_hz=20, max_loop_count=20 * 120), daemon=True)
     drive.start()
@@ -257,7 +249,7 @@ def test_toggle_switches_what_the_stock_video_shows(tiny_pilot_path):
         drive.join(10)
         server.stop()
     assert not drive.is_alive()
-    assert pilot_inputs and all(np.array_equal(image, frame) for image in pilot_inputs)
+    assert probe.images and all(np.array_equal(image, frame) for image in probe.images)
 
 
 # --- the part on its own (no server) -------------------------------------------------------------
