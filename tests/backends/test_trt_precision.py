@@ -3,7 +3,7 @@ table (JetPack 5's ``trt.nptype`` trap), the fp16 route by what the bindings hav
 strongly typed networks), the fp16 variant of the graph (run on ONNX Runtime), the fp32 prefixes
 (head and backward pass), and objects TensorRT returns unusable.
 
-The namespaces below stand for the bindings' classes; ``tests/test_trt_bindings.py`` checks every
+The namespaces below stand for the bindings' classes; ``tests/backends/test_trt_bindings.py`` checks every
 name they use against NVIDIA's real compiled bindings.
 """
 import logging
