@@ -149,7 +149,8 @@ def write_catalog_tub(path, count, inputs, types, frames, catalog_len=1000):
             handle.write(encode_jpeg(frame))
     fixed = dict((key, value) for key, value in ((USER_THROTTLE_KEY, 0.3), (MODE_KEY, "user")) if key in inputs)
     head = json.dumps(dict(fixed, _session_id="26-01-01_0"))[:-1]
-    line = head + ', "_index": %d, "_timestamp_ms": %d, "' + image_key + '": "%d.jpg", "' + USER_ANGLE_KEY + '": %.3f}\n'
+    line = (head + ', "_index": %d, "_timestamp_ms": %d, "' + image_key + '": "%d.jpg", "' + USER_ANGLE_KEY
+            + '": %.3f}\n')
     paths = []
     for first in range(0, count, catalog_len):
         name = "catalog_%d.catalog" % (first // catalog_len)

@@ -14,7 +14,8 @@ from donkey_saliency.util.images import encode_jpeg
 from donkey_saliency.keys import RECORD_KEYS, RECORD_TYPES
 from donkey_saliency.compute.overlay import mask_to_uint8
 from donkey_saliency.tubs.read import recording_inputs
-from tub_helpers import BASE_INPUTS, BASE_TYPES, make_v2_tub, read_tub, record_live_tub, rgb_image, synthetic_frame, tree_digest
+from tub_helpers import (BASE_INPUTS, BASE_TYPES, make_v2_tub, read_tub, record_live_tub, rgb_image, synthetic_frame,
+                         tree_digest)
 
 
 
