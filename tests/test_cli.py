@@ -11,7 +11,6 @@ from helpers import random_frames, real_data_or_skip, run_cli
 from donkey_saliency import config, load
 
 
-
 def write_images(directory, count=2):
     paths = []
     for i, frame in enumerate(random_frames(count, (90, 120, 3), seed=7)):  # not the model's size

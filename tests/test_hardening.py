@@ -24,7 +24,6 @@ from browser import DevTools, chromium_or_skip
 from web_helpers import camera_frame, LiveServer, open_stream
 
 
-
 class FaultyBackend(object):
     """Wraps a real backend; only the faults it injects are fake."""
 
@@ -308,7 +307,6 @@ def test_17_bad_alpha_and_colormap_in_the_part_are_logged_and_replaced(tiny_pilo
 
 
 # --- the tools --------------------------------------------------------------------------------------
-
 
 
 def image_of(tub, index):

@@ -104,11 +104,12 @@ def request(port, path, body):
 
 
 class Served(object):
-    """A Review behind its own Tornado application on 127.0.0.1, a free port."""
+    """A Review behind its own Tornado application on 127.0.0.1, a free port; ``hosts``: the names it
+    answers beyond loopback (``application``'s allowed_hosts)."""
 
-    def __init__(self, tub, **options):
+    def __init__(self, tub, hosts=(), **options):
         self.review = Review(tub, **options)
-        self.server = ServerThread(application(self.review)).start()
+        self.server = ServerThread(application(self.review, hosts)).start()
         self.port = self.server.port
         self.base = "http://127.0.0.1:%d" % self.port
 

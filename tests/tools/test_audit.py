@@ -14,7 +14,6 @@ from donkey_saliency.compute.methods import DEFAULT_METHOD
 from donkey_saliency.tubs.read import open_tub
 
 
-
 def check_pilot_fields(pilot, tub):
     """The invariants every pilot's section holds."""
     height = pilot["input_shape"][0]

@@ -13,7 +13,6 @@ from donkey_saliency.tools.backfill import backfill
 from tub_helpers import make_v2_tub, read_tub, record_live_tub, rgb_image, synthetic_frame, tree_digest
 
 
-
 def video_facts(path):
     """(frame count, (width, height), frames decoded one by one) as OpenCV reads the file."""
     capture = cv2.VideoCapture(str(path))

@@ -18,7 +18,6 @@ from tub_helpers import (BASE_INPUTS, BASE_TYPES, make_v2_tub, read_tub, record_
                          tree_digest)
 
 
-
 # --------------------------------------------------------------------------------------------
 # recording_inputs against real tubs
 
@@ -61,7 +60,6 @@ def test_recording_inputs_on_a_tub_with_saliency_or_other_inputs(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # A tub recorded live: real Vehicle, SaliencyPart, TubWriter
-
 
 
 def test_live_recorded_tub_has_saliency_in_every_record(tiny_pilot_path, tmp_path):

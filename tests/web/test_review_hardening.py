@@ -276,18 +276,8 @@ def test_every_car_route_refuses_a_foreign_host(tmp_path):
         server.stop()
 
 
-class ServedFor(Served):
-    """Served, answering ``hosts`` too."""
-
-    def __init__(self, tub, hosts, **options):
-        self.review = Review(tub, **options)
-        self.server = ServerThread(application(self.review, hosts)).start()
-        self.port = self.server.port
-        self.base = "http://127.0.0.1:%d" % self.port
-
-
 def test_review_server_refuses_a_rebound_host(review_tub):
-    server = ServedFor(review_tub, ["laptop.lan"], writable=True)
+    server = Served(review_tub, ["laptop.lan"], writable=True)
     port = server.port
     try:
         evil = "evil.example:%d" % port

@@ -19,7 +19,6 @@ from tub_helpers import camera, COUNT, DELETED, donkey_deleted, recorded_overlay
 from web_helpers import Served
 
 
-
 @pytest.fixture
 def served(review_tub):
     server = Served(review_tub)
