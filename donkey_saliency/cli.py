@@ -19,16 +19,17 @@ import numpy as np
 
 from .api import PilotPass, Saliency, pilot_values_for
 from .backends import trt_tools
-from .config import AUDIT_DEPENDENCE_FRAMES, DEFAULT_ALPHA, DEFAULT_COLORMAP, EVALUATE_AREA, EVALUATE_FRAMES
+from .config import (AUDIT_DEPENDENCE_FRAMES, DEFAULT_ALPHA, DEFAULT_COLORMAP, DONKEY_WEB_PORT, DRIVE_LOOP_HZ,
+                     EVALUATE_AREA, EVALUATE_FRAMES)
 from .util.console import table_lines
-from .errors import first_line, InputError, ModelError, SaliencyError
+from .errors import first_line, InputError, SaliencyError
 from .util.fileio import atomic_write
 from .compute.graph import export, graph_for
 from .util.images import read_image, write_png
 from .keys import CAMERA_KEY
 from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, OUTPUTS
 from .compute.overlay import check_style, overlay
-from .pilots import DEMO_PILOT, load_pilot
+from .pilots import DEMO_PILOT, load_pilot, require_model_file
 from .web.review import DEFAULT_PORT, Review, serve
 from .web.review_pair import PilotPair
 
@@ -112,8 +113,7 @@ def _add_mask(sub, shared):
 
 def cmd_mask(args):
     check_style(args.alpha, args.colormap)  # before anything is computed or written
-    if not os.path.exists(args.model):
-        raise ModelError("model file not found: %s" % args.model)
+    require_model_file(args.model)
     # Read every image first: a bad one fails before anything is written.
     images = [(path, read_image(path)) for path in args.images]
     with Saliency.open(args.model, backend=args.backend, **method_choice(args)) as saliency:
@@ -178,7 +178,8 @@ def _add_bench(sub, shared):
     p.add_argument("--tub", help="take the frames from this tub (v2, or v1 *_cam-image_array_.jpg); "
                                  "default: random frames")
     p.add_argument("--loops", type=int, default=200, help="Vehicle loop iterations per run (default 200)")
-    p.add_argument("--hz", type=int, default=20, help="Vehicle loop rate (default 20, donkey's DRIVE_LOOP_HZ)")
+    p.add_argument("--hz", type=int, default=DRIVE_LOOP_HZ,
+                   help="Vehicle loop rate (default %d, donkey's DRIVE_LOOP_HZ)" % DRIVE_LOOP_HZ)
     p.add_argument("--json", help="also write every figure to this JSON file")
 
 
@@ -266,7 +267,8 @@ def cmd_selftest(args):
 def _add_demo(sub, shared):
     p = sub.add_parser("demo", help="a simulated car on donkeycar's parts: pilot, live saliency, web UI, tub",
                        parents=[shared.backend])
-    p.add_argument("--port", type=int, default=8887, help="web UI port (default 8887: http://localhost:8887/drive)")
+    p.add_argument("--port", type=int, default=DONKEY_WEB_PORT,
+                   help="web UI port (default %d: http://localhost:%d/drive)" % (DONKEY_WEB_PORT, DONKEY_WEB_PORT))
     p.add_argument("--seconds", type=float, help="stop after this long (default: run until Ctrl-C)")
     p.add_argument("--model", help="linear pilot that drives (default: the shipped demo pilot)")
     p.add_argument("--out-tub", help="tub to record into (default: a new directory under ./demo-tub)")
@@ -318,7 +320,8 @@ def _add_render(sub, shared):
                                    "steering/throttle when the tub has no pilot/angle")
     p.add_argument("--start", type=int, help="first record index (default: the first)")
     p.add_argument("--end", type=int, help="record index to stop before (default: after the last)")
-    p.add_argument("--fps", type=float, default=20.0, help="frames per second (default 20, DRIVE_LOOP_HZ)")
+    p.add_argument("--fps", type=float, default=float(DRIVE_LOOP_HZ),
+                   help="frames per second (default %d, DRIVE_LOOP_HZ)" % DRIVE_LOOP_HZ)
     p.add_argument("--scale", type=int, default=3, help="image magnification (default 3)")
     p.add_argument("--recompute", action="store_true", help="compute saliency with --model even if recorded")
 
@@ -401,8 +404,7 @@ def cmd_review(args):
         if len(args.model) > 2:
             raise InputError("review compares at most two pilots (--model given %d times)" % len(args.model))
         for model in args.model:
-            if not os.path.exists(model):
-                raise ModelError("model file not found: %s" % model)
+            require_model_file(model)
         if len(args.model) == 2:
             passes = []
             try:

@@ -5,10 +5,12 @@ Every name here has a commented twin in ``myconfig_snippets/saliency.py``. The l
 """
 from .keys import CAMERA_KEY, CAMERA_TRANS_KEY
 from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT
+from .util.images import JPEG_QUALITY
 
 DEFAULT_ALPHA = 0.5      # the heat map's weight over the frame
 DEFAULT_COLORMAP = "jet"
-DEFAULT_JPEG_QUALITY = 80  # the web streams
+DONKEY_WEB_PORT = 8887   # donkeycar's web UI (cfg.WEB_CONTROL_PORT's default): the demo serves it there
+DRIVE_LOOP_HZ = 20       # donkeycar's drive loop (cfg.DRIVE_LOOP_HZ's default): records a second in a tub
 
 DEFAULTS = dict(
     SALIENCY_ENABLED=True,
@@ -26,7 +28,7 @@ DEFAULTS = dict(
     SALIENCY_COLORMAP=DEFAULT_COLORMAP,
     SALIENCY_MAX_FPS=0,              # 0: as fast as frames arrive
     SALIENCY_WEB=True,               # routes /saliency, /saliency/video, /saliency/stats on the web UI
-    SALIENCY_JPEG_QUALITY=DEFAULT_JPEG_QUALITY,
+    SALIENCY_JPEG_QUALITY=JPEG_QUALITY,  # the web streams (1-100)
     SALIENCY_ALLOWED_HOSTS=(),       # names the car is reached by beyond its own (requests_guard.AllowedHosts)
     SALIENCY_MAX_VIEWERS=16,         # /saliency/video + /saliency/camera clients at once (more get 503)
     SALIENCY_DRIVE_VIEW=False,       # start with the overlay in /drive's video

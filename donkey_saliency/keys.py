@@ -18,8 +18,16 @@ RECORD_KEYS = [OVERLAY_KEY, MASK_KEY, LAG_KEY]
 RECORD_TYPES = ["image_array", "image_array", "float"]
 NO_MASK_LAG_MS = -1.0  # lag reported until the first mask exists: a value, so no record lacks one
 
+# donkeycar's drive values: the user's (web controller, joystick), the pilot's, and the drive mode.
+USER_ANGLE_KEY = "user/angle"
+USER_THROTTLE_KEY = "user/throttle"
+PILOT_ANGLE_KEY = "pilot/angle"
+PILOT_THROTTLE_KEY = "pilot/throttle"
+MODE_KEY = "user/mode"
+PILOT_KEYS = (PILOT_ANGLE_KEY, PILOT_THROTTLE_KEY)
+
 # The drive's values on the review page's timeline.
-TIMELINE_KEYS = ("user/angle", "user/throttle", "pilot/angle", "pilot/throttle")
+TIMELINE_KEYS = (USER_ANGLE_KEY, USER_THROTTLE_KEY) + PILOT_KEYS
 
 # Tub metadata a backfilled copy carries.
 MODEL_META_KEY = "saliency/model"

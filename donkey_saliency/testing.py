@@ -10,6 +10,7 @@ import threading
 
 from .util.images import encode_jpeg
 from .web.guard import SERVER_LIMITS
+from .keys import MODE_KEY, USER_ANGLE_KEY, USER_THROTTLE_KEY
 
 
 def read_mjpeg_part(stream):
@@ -144,9 +145,10 @@ def write_catalog_tub(path, count, inputs, types, frames, catalog_len=1000):
     for k, frame in enumerate(frames):
         with open(os.path.join(path, "images", "%d.jpg" % k), "wb") as handle:
             handle.write(encode_jpeg(frame))
-    fixed = dict((key, value) for key, value in (("user/throttle", 0.3), ("user/mode", "user")) if key in inputs)
+    fixed = dict((key, value) for key, value in ((USER_THROTTLE_KEY, 0.3), (MODE_KEY, "user")) if key in inputs)
     head = json.dumps(dict(fixed, _session_id="26-01-01_0"))[:-1]
-    line = head + ', "_index": %d, "_timestamp_ms": %d, "' + image_key + '": "%d.jpg", "user/angle": %.3f}\n'
+    line = (head + ', "_index": %d, "_timestamp_ms": %d, "' + image_key + '": "%d.jpg", "' + USER_ANGLE_KEY
+            + '": %.3f}\n')
     paths = []
     for first in range(0, count, catalog_len):
         name = "catalog_%d.catalog" % (first // catalog_len)

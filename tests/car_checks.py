@@ -1,4 +1,4 @@
-"""What tests/test_platforms.py runs *inside* a car-like virtualenv (tests/car_envs.py), with that
+"""What tests/platforms/test_platforms.py runs *inside* a car-like virtualenv (tests/car_envs.py), with that
 env's interpreter: Python 3.6 on the Nano-like env, so this file stays valid Python 3.6. It prints
 one JSON object of facts; the test asserts on them.
 

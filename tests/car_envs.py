@@ -1,4 +1,4 @@
-"""Car-like virtualenvs for tests/test_platforms.py, built once and cached between runs.
+"""Car-like virtualenvs for tests/platforms/test_platforms.py, built once and cached between runs.
 
 Each ``CarEnv`` is what a Donkey owner's guide installs on one platform, in the guide's order,
 before anyone installs donkey-saliency: the car's packages. ``ready(env)`` returns the cached

@@ -7,16 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import random_frames, real_data_or_skip
+from helpers import random_frames, real_data_or_skip, run_cli
 from donkey_saliency import config, load
-
-CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
-
-
-def run_cli(*args, cwd=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=cwd)
 
 
 def write_images(directory, count=2):

@@ -17,26 +17,11 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import wait_for
+from helpers import assert_one_line_exit_2, run_cli, wait_for
 from donkey_saliency.car.part import SaliencyPart
-from test_tub import make_v2_tub, read_tub
+from tub_helpers import copy_tub, read_tub
 from browser import DevTools, chromium_or_skip
-from test_web import LiveServer, camera_frame, live, open_stream  # noqa: F401 (live: fixture)
-
-CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
-
-
-def run_cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=300, env=env)
-
-
-def assert_one_line_exit_2(result, command):
-    """The CLI contract for bad input: exit 2, exactly one line on stderr, no traceback."""
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stderr)
-    assert lines[0].startswith("donkey-saliency %s: " % command), lines[0]
-    return lines[0]
+from web_helpers import camera_frame, LiveServer, open_stream
 
 
 class FaultyBackend(object):
@@ -323,24 +308,6 @@ def test_17_bad_alpha_and_colormap_in_the_part_are_logged_and_replaced(tiny_pilo
 
 # --- the tools --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tool_tubs(tmp_path_factory, tiny_pilot_path):
-    """A small v2 tub (with pilot/angle, written by donkeycar's own Tub), and a run of the CLI that
-    caches the exported graph for the subprocesses of this module."""
-    base = tmp_path_factory.mktemp("tools")
-    tub = make_v2_tub(base / "tub", count=12, deleted=(3,), max_len=5)
-    warm = run_cli("render", tub, "--model", tiny_pilot_path, "--backend", "onnxruntime", "--out",
-                   base / "warm.mp4", "--end", "2", "--scale", "1")
-    assert warm.returncode == 0, warm.stderr
-    return dict(base=base, tub=tub)
-
-
-def copy_tub(source, target):
-    import shutil
-
-    shutil.copytree(source, str(target))
-    return str(target)
-
 
 def image_of(tub, index):
     _, records = read_tub(tub)
@@ -487,7 +454,7 @@ def test_19_categorical_decoding_is_donkeycars_linear_unbin():
 
 
 def test_18_tflite_pilot_predictions_equal_the_keras_pilot(linear_pilot_path, tmp_path):
-    from test_tflite import to_tflite
+    from pilot_helpers import to_tflite
 
     from donkey_saliency.api import PilotPass
     from donkey_saliency.compute.frames import fit_to_model

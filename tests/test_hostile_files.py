@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from test_hardening import CLI, assert_one_line_exit_2, copy_tub, run_cli, tool_tubs  # noqa: F401 (fixture)
-from test_review_page import Served
-from test_web import camera_frame
+from helpers import assert_one_line_exit_2, CLI, run_cli
+from tub_helpers import copy_tub
+from web_helpers import Served
+from web_helpers import camera_frame
 
 GIB = 1 << 30
 
@@ -38,7 +39,7 @@ def peak_rss_mb(*args):
 
 @pytest.fixture(scope="module")
 def tflite_pilot(tmp_path_factory, tiny_pilot_path):
-    from test_tflite import to_tflite
+    from pilot_helpers import to_tflite
 
     h5 = str(tmp_path_factory.mktemp("tflite") / "tiny.h5")
     shutil.copyfile(tiny_pilot_path, h5)

@@ -23,6 +23,7 @@ On-car module: Python 3.6, NumPy (and onnx through graph.py's builder).
 import numpy as np
 
 from ..errors import InputError, ModelError
+from ..pilots.decode import ANGLE_BINS, CATEGORICAL_THROTTLE_RANGE
 from ..pilots.network import Layer
 from ..pilots.trunk import Activation, Affine, Step, pad_before, same_padding_totals
 
@@ -30,10 +31,8 @@ STEERING = "steering"
 THROTTLE = "throttle"
 OUTPUTS = (STEERING, THROTTLE)
 DEFAULT_OUTPUT = STEERING
-ANGLE_BINS = 15
 # donkeycar's KerasCategorical: angle = b * 2 / 14 - 1; throttle = b * throttle_range / 20. The range
 # (its default 0.5) only scales the gradient, so the normalised masks do not depend on it.
-THROTTLE_RANGE = 0.5
 PREFIX = "grad/"
 LOWEST = -3.4e38  # what max pooling's padding holds: never the maximum
 
@@ -62,7 +61,7 @@ def output_weights(network, tensors, output):
         if not others:
             raise ModelError("the pilot has no throttle output to explain")
         size = others[0][2]
-        return others[0][1], (np.arange(size) * THROTTLE_RANGE / size).astype(np.float32)
+        return others[0][1], (np.arange(size) * CATEGORICAL_THROTTLE_RANGE / size).astype(np.float32)
     columns = [(o[1], i, o[2]) for o in outputs for i in range(o[2] or 0)]  # linear: one value per column
     if not columns:
         raise ModelError("the pilot has no steering output saliency can read (outputs: %s)"

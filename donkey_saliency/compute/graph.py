@@ -21,7 +21,7 @@ from .backward import add_backward
 from .onnx_proto import TensorProto
 from ..errors import ModelError, first_line
 from ..util.fileio import atomic_write, default_cache_dir, file_digest
-from ..pilots import load_pilot
+from ..pilots import load_pilot, require_model_file
 from ..pilots.network import TRUNK_END
 from ..pilots.trunk import Affine, pad_before, same_padding_totals
 from .vbp import TINY
@@ -486,9 +486,7 @@ def graph_for(model_path, cache_dir=None, features=False, whole=False, float_inp
     ``output`` (steering | throttle): the whole pilot with that output's backward pass; ``head``, ``keep``:
     see :func:`build`."""
     whole = whole or bool(output)
-    model_path = os.fspath(model_path)
-    if not os.path.exists(model_path):
-        raise ModelError("model file not found: %s" % model_path)
+    model_path = require_model_file(model_path)
     if model_path.lower().endswith(".onnx"):
         return SaliencyGraph.load(model_path)
     cached = None

@@ -37,12 +37,19 @@ def check_pilot_file(path):
         read_keras(path)
 
 
-def load_pilot(path, whole=False):
-    """Read a pilot file (.h5 .hdf5 .keras .tflite, or a SavedModel directory) and find its trunk;
-    ``whole=True`` reads the rest of the network too (its outputs are the pilot's)."""
+def require_model_file(path):
+    """``path`` as a str, or ModelError when nothing is there: the one check (and message) for every
+    command given a pilot file, a SavedModel directory or an exported .onnx."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelError("model file not found: %s" % path)
+    return path
+
+
+def load_pilot(path, whole=False):
+    """Read a pilot file (.h5 .hdf5 .keras .tflite, or a SavedModel directory) and find its trunk;
+    ``whole=True`` reads the rest of the network too (its outputs are the pilot's)."""
+    path = require_model_file(path)
     lower = path.lower().rstrip("/")
     if lower.endswith(TFLITE_SUFFIXES):
         trunk = tflite_trunk(path)

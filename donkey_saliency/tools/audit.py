@@ -20,13 +20,14 @@ from ..api import PilotPass
 from .audit_report import attention_picture, record_picture_name, REVIEW_URL, write_outputs
 from ..config import AUDIT_DEPENDENCE_FRAMES
 from ..util.console import Progress
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from .evaluate import SHIFTS, shift_image
 from ..compute.frames import prepare_batch
 from ..util.images import read_rgb
 from ..keys import CAMERA_KEY
 from ..compute.methods import DEFAULT_METHOD, check_method
 from ..compute.overlay import overlay, resize_to
+from ..pilots import require_model_file
 from ..tubs.read import open_tub, require_field
 
 BATCH = 32   # frames per inference: 64 costs ~160 MiB more of ONNX Runtime buffers for two pilots, no faster
@@ -85,8 +86,7 @@ def check_arguments(models, frames, dependence_frames, out_dir):
     if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError("--out %s exists and is not a directory" % out_dir)
     for model in models:
-        if not os.path.exists(model):
-            raise ModelError("model file not found: %s" % model)
+        require_model_file(model)
 
 
 def run_audit(tub, models, frames=None, out_dir=None, backend="auto", method=None,

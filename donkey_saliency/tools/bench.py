@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from ..api import Saliency
-from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP, DRIVE_LOOP_HZ
 from .demo import ReplayCamera
 from ..util.console import quiet_stdout, table_lines
 from ..errors import InputError, ModelError, first_line
@@ -301,7 +301,7 @@ def _profiled_ms(vehicle, part):
     return [_ms(t) for t in vehicle.profiler.records[part]["times"][1:-1]]
 
 
-def run_vehicle(frames, model_path=None, backend="auto", loops=200, hz=20, cache_dir=None):
+def run_vehicle(frames, model_path=None, backend="auto", loops=200, hz=DRIVE_LOOP_HZ, cache_dir=None):
     """Drive a real donkeycar Vehicle for ``loops`` iterations at ``hz`` with a replay camera and,
     when ``model_path`` is given, a threaded SaliencyPart. Returns per-loop ms of each part and of
     the loop's work (every part's profiled time; the rest of the period is the Vehicle's sleep)."""
@@ -349,7 +349,7 @@ def _ratio(slow, fast):
     return round(slow / fast, 1)
 
 
-def run_bench(model_path, frames=100, tub=None, backend="auto", loops=200, hz=20, cache_dir=None,
+def run_bench(model_path, frames=100, tub=None, backend="auto", loops=200, hz=DRIVE_LOOP_HZ, cache_dir=None,
               progress=None):
     """Everything the table shows, as a dict (what ``--json`` writes)."""
     say = progress or (lambda message: None)

@@ -28,22 +28,23 @@ import types as pytypes
 import numpy as np
 
 from ..car.vehicle import add_saliency
+from ..config import DONKEY_WEB_PORT, DRIVE_LOOP_HZ
 from ..errors import InputError, ModelError, first_line
 from ..compute.frames import fit_to_model
 from ..util.images import read_rgb
-from ..keys import CAMERA_KEY, CAMERA_TRANS_KEY, UI_IMAGE_KEY
+from ..keys import (CAMERA_KEY, CAMERA_TRANS_KEY, MODE_KEY, PILOT_ANGLE_KEY, PILOT_KEYS, PILOT_THROTTLE_KEY,
+                    UI_IMAGE_KEY, USER_ANGLE_KEY, USER_THROTTLE_KEY)
 from ..pilots import DEMO_PILOT
 from .track import Track, TrackCar
 from ..tubs.read import read_manifest_head
 
 logger = logging.getLogger(__name__)
 
-DRIVE_LOOP_HZ = 20
 REPORT_EVERY_S = 3.0
 MAX_REPLAY_FRAMES = 3000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
-TUB_INPUTS = [CAMERA_KEY, "user/angle", "user/throttle", "user/mode", "pilot/angle", "pilot/throttle"]
+TUB_INPUTS = [CAMERA_KEY, USER_ANGLE_KEY, USER_THROTTLE_KEY, MODE_KEY, PILOT_ANGLE_KEY, PILOT_THROTTLE_KEY]
 TUB_TYPES = ["image_array", "float", "float", "str", "float", "float"]
 
 
@@ -207,7 +208,7 @@ def demo_config(model_path, tub_path, backend="auto", cache_dir=None):
 class Demo(object):
     """Builds the vehicle (``build``), runs it (``run``); one lifecycle."""
 
-    def __init__(self, port=8887, seconds=None, model_path=None, tub_path=None, frames_dir=None, seed=0,
+    def __init__(self, port=DONKEY_WEB_PORT, seconds=None, model_path=None, tub_path=None, frames_dir=None, seed=0,
                  backend="auto", cache_dir=None, out=None):
         self.port = port
         self.seconds = seconds
@@ -254,26 +255,26 @@ class Demo(object):
         # The web UI, as complete.py's add_user_controller adds it; the demo starts in pilot mode.
         ctr = LocalWebController(port=self.port, mode="local")
         ctr.recording = True
-        V.add(ctr, inputs=[UI_IMAGE_KEY, "tub/num_records", "user/mode", "recording"],
-              outputs=["user/steering", "user/throttle", "user/mode", "recording", "web/buttons"], threaded=True)
-        V.add(Pipe(), inputs=["user/steering"], outputs=["user/angle"])
+        V.add(ctr, inputs=[UI_IMAGE_KEY, "tub/num_records", MODE_KEY, "recording"],
+              outputs=["user/steering", USER_THROTTLE_KEY, MODE_KEY, "recording", "web/buttons"], threaded=True)
+        V.add(Pipe(), inputs=["user/steering"], outputs=[USER_ANGLE_KEY])
         V.add(ExplodeDict(V.mem, "web/"), inputs=["web/buttons"])
         # The camera reads last loop's drive outputs: the pilot's steering moves the simulated car.
         V.add(self.camera, inputs=["steering", "throttle"],
               outputs=[CAMERA_KEY] if isinstance(self.camera, ReplayCamera) else [CAMERA_KEY, "sim/offset"])
         V.add(UserPilotCondition(show_pilot_image=False),
-              inputs=["user/mode", CAMERA_KEY, CAMERA_TRANS_KEY],
+              inputs=[MODE_KEY, CAMERA_KEY, CAMERA_TRANS_KEY],
               outputs=["run_user", "run_pilot", UI_IMAGE_KEY])
-        V.add(pilot, inputs=[CAMERA_KEY], outputs=["pilot/angle", "pilot/throttle"], run_condition="run_pilot")
+        V.add(pilot, inputs=[CAMERA_KEY], outputs=[PILOT_ANGLE_KEY, PILOT_THROTTLE_KEY], run_condition="run_pilot")
 
         # The manage.py lines: after the pilot, before the TubWriter is created.
         cfg = demo_config(self.model_path, self.tub_path, self.backend, self.cache_dir)
         inputs, types = list(TUB_INPUTS), list(TUB_TYPES)
         self.saliency = add_saliency(V, cfg, ctr, inputs, types)
 
-        V.add(DriveMode(1.0), inputs=["user/mode", "user/angle", "user/throttle", "pilot/angle", "pilot/throttle"],
+        V.add(DriveMode(1.0), inputs=[MODE_KEY, USER_ANGLE_KEY, USER_THROTTLE_KEY] + list(PILOT_KEYS),
               outputs=["steering", "throttle"])
-        V.add(ToggleRecording(False, True), inputs=["user/mode", "recording"], outputs=["recording"])
+        V.add(ToggleRecording(False, True), inputs=[MODE_KEY, "recording"], outputs=["recording"])
         stored = read_manifest_head(self.tub_path)
         if stored is not None and stored != (inputs, types):
             self.shutdown_parts()
@@ -282,7 +283,7 @@ class Demo(object):
                                     metadata=["source:donkey-saliency demo"])
         V.add(self.tub_writer, inputs=inputs, outputs=["tub/num_records"], run_condition="recording")
         self.reporter = StatusReporter(V, self.saliency, self.seconds, out=self.out)
-        V.add(self.reporter, inputs=["pilot/angle", "sim/offset"])
+        V.add(self.reporter, inputs=[PILOT_ANGLE_KEY, "sim/offset"])
 
         self.say("demo: pilot %s, camera: %s" % (self.model_path, source))
         self.say("demo: recording to %s" % os.path.abspath(self.tub_path))

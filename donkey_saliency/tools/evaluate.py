@@ -39,7 +39,7 @@ from ..compute import methods
 from ..compute.graph import export, graph_for
 from ..config import EVALUATE_AREA, EVALUATE_FRAMES
 from ..util.console import Progress, table_lines
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from ..util.fileio import atomic_write, json_bytes
 from ..compute.frames import fit_to_model
 from ..util.images import write_png
@@ -47,7 +47,7 @@ from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, check_method, chec
 from ..util.deps import require
 from ..util.opencv import import_cv2
 from ..compute.overlay import overlay, side_by_side
-from ..pilots import load_pilot
+from ..pilots import load_pilot, require_model_file
 from ..pilots.network import Network
 from ..pilots.trunk import Conv
 from ..backends.trt_tools import tub_frames
@@ -364,8 +364,7 @@ def run_evaluate(tub, model_path, frames=EVALUATE_FRAMES, area=EVALUATE_AREA, ou
         raise InputError("--area must be in (0, 0.5]")
     if frames < 1:
         raise InputError("--frames must be at least 1")
-    if not os.path.isfile(model_path):
-        raise ModelError("model file not found: %s" % model_path)
+    require_model_file(model_path)
     default_method = check_method(method or DEFAULT_METHOD)
     if check_output(output) != "steering":
         raise InputError("evaluate measures the pilot's steering; --output %s is not measured yet" % output)

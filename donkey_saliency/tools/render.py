@@ -21,13 +21,14 @@ import numpy as np
 
 from ..compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, describe
 from ..api import Saliency, pilot_values_for
-from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP, DRIVE_LOOP_HZ
 from ..util.console import Progress, table_lines
 from ..errors import InputError, ModelError
 from ..util.fileio import default_file_mode
 from ..compute.frames import fit_to_model
 from ..util.images import read_rgb, write_png
-from ..keys import CAMERA_KEY, LAG_KEY, OVERLAY_KEY
+from ..keys import (CAMERA_KEY, LAG_KEY, MODE_KEY, OVERLAY_KEY, PILOT_ANGLE_KEY, PILOT_KEYS, PILOT_THROTTLE_KEY,
+                    USER_ANGLE_KEY, USER_THROTTLE_KEY)
 from ..util.opencv import import_cv2
 from ..compute.overlay import check_style, colorize, mask_to_uint8, overlay, side_by_side, stretch, to_rgb
 from ..tubs.read import open_tub, require_field
@@ -140,7 +141,7 @@ def _number(record, key):
 RenderResult = collections.namedtuple("RenderResult", "path frames size fps computed")
 
 
-def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, scale=3, backend="auto",
+def render(tub_path, out_path, model_path=None, start=None, end=None, fps=DRIVE_LOOP_HZ, scale=3, backend="auto",
            batch=32, alpha=DEFAULT_ALPHA, colormap=DEFAULT_COLORMAP, image_key=CAMERA_KEY, recompute=False, force=False,
            progress=True, method=DEFAULT_METHOD, output=DEFAULT_OUTPUT, level=None):
     """Write the review video of records ``start <= index < end`` (live records only); computed
@@ -174,7 +175,7 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                              % (source.path, entry.index, OVERLAY_KEY))
 
     saliency = _open_saliency(model_path, backend, method=method, output=output, level=level) if not recorded else None
-    has_pilot = "pilot/angle" in types or "pilot/throttle" in types
+    has_pilot = any(key in types for key in PILOT_KEYS)
     predictor = None
     try:
         if model_path and not has_pilot:
@@ -197,11 +198,11 @@ def render(tub_path, out_path, model_path=None, start=None, end=None, fps=20, sc
                 pilots = predictor.angle_and_throttle(cameras) if predictor is not None else [None] * len(chunk)
                 for entry, camera, picture, pilot in zip(chunk, cameras, overlays, pilots):
                     record = entry.record
-                    user = (_number(record, "user/angle"), _number(record, "user/throttle"))
+                    user = (_number(record, USER_ANGLE_KEY), _number(record, USER_THROTTLE_KEY))
                     if has_pilot:
-                        pilot = (_number(record, "pilot/angle"), _number(record, "pilot/throttle"))
+                        pilot = (_number(record, PILOT_ANGLE_KEY), _number(record, PILOT_THROTTLE_KEY))
                     lag = _number(record, LAG_KEY) if recorded else None
-                    frame = compose_frame(camera, picture, entry.index, record.get("user/mode"), user, pilot,
+                    frame = compose_frame(camera, picture, entry.index, record.get(MODE_KEY), user, pilot,
                                           scale=scale, lag_ms=lag,
                                           note="saliency (recorded)" if recorded else
                                           "saliency: " + describe(saliency.method, saliency.output))

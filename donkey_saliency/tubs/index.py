@@ -10,9 +10,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..util.fileio import atomic_write
-from ..keys import LAG_KEY, TIMELINE_KEYS
+from ..keys import LAG_KEY, MODE_KEY, TIMELINE_KEYS
 from .read import (
-    IMAGE_TYPES, parse_v2_line, read_v1_meta, read_v1_record, read_v2_manifest, v1_image_paths, v1_record_numbers, v1_session, v1_start_ms, v2_catalog_lines, v2_image_paths)
+    IMAGE_TYPES, parse_v2_line, read_v1_meta, read_v1_record, read_v2_manifest, tub_version, v1_image_paths,
+    v1_record_numbers, v1_session, v1_start_ms, v2_catalog_lines, v2_image_paths)
 
 MODES = ("user", "local_angle", "local")  # donkeycar's drive modes; code len(MODES): other or absent
 RECENT_WRITE_S = 10.0  # a manifest.json changed this recently is watched for a further change ...
@@ -32,16 +33,7 @@ class TubIndex(object):
     ``open_tub``."""
 
     def __init__(self, path):
-        path = os.path.abspath(os.fspath(path)).rstrip(os.sep) or os.sep
-        if not os.path.isdir(path):
-            raise InputError("tub not found: %s" % path)
-        if os.path.isfile(os.path.join(path, "manifest.json")):
-            self.version = 2
-        elif os.path.isfile(os.path.join(path, "meta.json")):
-            self.version = 1
-        else:
-            raise InputError("%s is not a tub (no manifest.json, and no meta.json of a donkeycar 3 tub)" % path)
-        self.path = path
+        self.path, self.version = tub_version(path)
         self.values = [array.array("f") for _ in TIMELINE_KEYS]
         self.modes = array.array("B")
         self.timestamps = array.array("d")
@@ -78,7 +70,7 @@ class TubIndex(object):
             record = {}
         for values, key in zip(self.values, TIMELINE_KEYS):
             values.append(_float_or_nan(record.get(key)))
-        mode = record.get("user/mode")
+        mode = record.get(MODE_KEY)
         self.modes.append(MODES.index(mode) if mode in MODES else len(MODES))
         self.timestamps.append(_float_or_nan(record.get("_timestamp_ms")))
         self.lags.append(_float_or_nan(record.get(LAG_KEY)))

@@ -149,16 +149,23 @@ def require_field(tub, key):
         raise InputError("%s has no %s field (its fields: %s)" % (tub.path, key, ", ".join(tub.inputs)))
 
 
-def open_tub(path):
-    """Open a v2 or v1 tub for reading, or InputError saying why it is not one."""
+def tub_version(path):
+    """(absolute path, 2 or 1) of the tub at ``path``: 2 with a manifest.json (donkeycar >= 4), 1 with
+    a donkeycar 3 meta.json; InputError saying why it is not a tub."""
     path = os.path.abspath(os.fspath(path)).rstrip(os.sep) or os.sep
     if not os.path.isdir(path):
         raise InputError("tub not found: %s" % path)
     if os.path.isfile(os.path.join(path, "manifest.json")):
-        return _read_v2(path)
+        return path, 2
     if os.path.isfile(os.path.join(path, "meta.json")):
-        return _read_v1(path)
+        return path, 1
     raise InputError("%s is not a tub (no manifest.json, and no meta.json of a donkeycar 3 tub)" % path)
+
+
+def open_tub(path):
+    """Open a v2 or v1 tub for reading, or InputError saying why it is not one."""
+    path, version = tub_version(path)
+    return _read_v2(path) if version == 2 else _read_v1(path)
 
 
 def _read_v2(path):

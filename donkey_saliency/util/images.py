@@ -7,7 +7,7 @@ from ..errors import InputError
 from .fileio import atomic_write, read_limited
 from .opencv import import_cv2, MAX_IMAGE_PIXELS
 
-JPEG_QUALITY = 75  # what donkeycar's TubWriter writes (PIL's default); the web streams pass their own
+JPEG_QUALITY = 80  # every JPEG we write: the web streams (SALIENCY_JPEG_QUALITY), review's pictures, backfilled tubs
 MAX_IMAGE_BYTES = 64 << 20  # an image file we read whole (a camera frame is some KB)
 
 

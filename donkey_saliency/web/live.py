@@ -40,10 +40,10 @@ import re
 import threading
 import time
 
-from ..config import DEFAULT_JPEG_QUALITY, DEFAULTS
+from ..config import DEFAULTS
 from ..car.drive_view import DriveViewToggle
 from ..util.deps import require
-from ..util.images import encode_jpeg
+from ..util.images import JPEG_QUALITY, encode_jpeg
 from ..compute.overlay import layer_picture
 from .guard import SERVER_LIMITS, AllowedHosts, declared_length, log_request, refuse_foreign_host, same_origin
 from .review import mount
@@ -131,7 +131,7 @@ class _Channel(object):
 class SaliencyWeb(object):
     """The web side of one ``SaliencyPart``: encodes, counts, and serves. See the module docstring."""
 
-    def __init__(self, ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False,
+    def __init__(self, ctr, part, jpeg_quality=JPEG_QUALITY, drive_view=False,
                  toggle_button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"], page_file=PAGE_FILE,
                  max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S,
                  allowed_hosts=DEFAULTS["SALIENCY_ALLOWED_HOSTS"]):
@@ -260,7 +260,7 @@ class SaliencyWeb(object):
             channel.publish(None)
 
 
-def attach_web(ctr, part, jpeg_quality=DEFAULT_JPEG_QUALITY, drive_view=False,
+def attach_web(ctr, part, jpeg_quality=JPEG_QUALITY, drive_view=False,
                toggle_button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"], max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"],
                stall_s=STALL_S, review_tub=None, allowed_hosts=DEFAULTS["SALIENCY_ALLOWED_HOSTS"]):
     """Adds the saliency routes to a ``LocalWebController`` (call before ``V.start()``) and returns the

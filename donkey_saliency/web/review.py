@@ -33,11 +33,12 @@ import os
 
 import numpy as np
 
-from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP
+from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP, DRIVE_LOOP_HZ
 from ..errors import InputError
 from ..util.deps import require
 from ..util.images import encode_jpeg, read_rgb
-from ..keys import CAMERA_KEY, LAG_KEY, MASK_KEY, OVERLAY_KEY, TIMELINE_KEYS
+from ..keys import (CAMERA_KEY, LAG_KEY, MASK_KEY, MODE_KEY, OVERLAY_KEY, PILOT_ANGLE_KEY, PILOT_KEYS,
+                    PILOT_THROTTLE_KEY, TIMELINE_KEYS)
 from ..compute.methods import describe
 from ..compute.overlay import layer_picture, mask_to_uint8, overlay
 from .review_pair import ANGLE_KEYS, RANKED_BY
@@ -52,12 +53,11 @@ logger = logging.getLogger(__name__)
 PREFIX = "/saliency/review"
 DEFAULT_PORT = 8890  # `donkey-saliency review`'s port; the page opens at a record with PREFIX#record=N
 PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "review.html")
-TIMELINE_LAYOUT = ("user/angle", "user/throttle", "pilot/angle", "pilot/throttle", "mode", "deleted")
+TIMELINE_LAYOUT = TIMELINE_KEYS + ("mode", "deleted")
 QUANT = 127  # values in [-1, 1] travel as round(v * 127); ABSENT where there is none
 ABSENT = -128
 TOP_DISAGREEMENTS = 20
 DISAGREEMENT_SPACING = 10  # records: the top list names separate moments, not neighbours of one
-DEFAULT_RATE_HZ = 20.0  # donkeycar's DRIVE_LOOP_HZ, when the tub has no timestamps
 CACHE_PICTURES = 256  # computed JPEGs kept (a few MB)
 MAX_POST_BYTES = 256
 VIEWS = ("camera", "overlay", "mask")
@@ -91,12 +91,12 @@ def timeline_bytes(index, series=None):
 
 
 def recording_rate(timestamps_ms):
-    """Records per second from the median gap between timestamps (DEFAULT_RATE_HZ without them)."""
+    """Records per second from the median gap between timestamps (DRIVE_LOOP_HZ without them)."""
     stamps = np.asarray(timestamps_ms, dtype=np.float64)
     gaps = np.diff(stamps[np.isfinite(stamps)])
     gaps = gaps[gaps > 0]
     if not len(gaps):
-        return DEFAULT_RATE_HZ
+        return float(DRIVE_LOOP_HZ)
     return float(min(200.0, max(1.0, 1000.0 / float(np.median(gaps)))))
 
 
@@ -166,7 +166,7 @@ class Review(object):
 
     @property
     def has_pilot_keys(self):
-        return any(key in self.index.inputs for key in ("pilot/angle", "pilot/throttle"))
+        return any(key in self.index.inputs for key in PILOT_KEYS)
 
     def compute_pilot(self, predictor):
         """Start predicting the pilot's steering and throttle for every record (a background thread)
@@ -246,11 +246,11 @@ class Review(object):
         fields = dict((key, _json_number(record.get(key))) for key in TIMELINE_KEYS)
         if self.pilot is not None:
             fields.update((key, _json_number(values[index])) for key, values in
-                          (("pilot/angle", self.pilot.angle), ("pilot/throttle", self.pilot.throttle)))
+                          ((PILOT_ANGLE_KEY, self.pilot.angle), (PILOT_THROTTLE_KEY, self.pilot.throttle)))
         if self.pair is not None:
             fields.update((key, _json_number(self.pair.angles[k, index])) for k, key in enumerate(ANGLE_KEYS))
         fields.update(index=index, timestamp_ms=_json_number(record.get("_timestamp_ms")),
-                      mode=record.get("user/mode") if isinstance(record.get("user/mode"), str) else None,
+                      mode=record.get(MODE_KEY) if isinstance(record.get(MODE_KEY), str) else None,
                       lag_ms=_json_number(record.get(LAG_KEY)), deleted=self.index.is_deleted(index),
                       session=record.get("_session_id") if isinstance(record.get("_session_id"), str) else None)
         return fields
@@ -505,7 +505,7 @@ def connection_limit():
     return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(4, min(MAX_CONNECTIONS, soft // 2))
 
 
-def serve(review, host="127.0.0.1", port=8890, ready=None, allowed_hosts=()):
+def serve(review, host="127.0.0.1", port=DEFAULT_PORT, ready=None, allowed_hosts=()):
     """Serve ``review`` until interrupted; ``ready(url)`` is called once it listens. Slow clients
     are cut off (``requests_guard.SERVER_LIMITS``) and connections beyond ``connection_limit()``
     closed at once."""

@@ -1,5 +1,5 @@
 """The graph's backward pass and the methods' NumPy finish on networks small enough to check by hand
-(no TensorFlow: the TensorFlow comparisons are in tests/test_backward.py)."""
+(no TensorFlow: the TensorFlow comparisons are in tests/compute/test_backward.py)."""
 import numpy as np
 import pytest
 

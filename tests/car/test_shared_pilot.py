@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import real_data_or_skip, real_frames, tflite_output_names, wait_for
-from test_graph import donkey_models
+from helpers import real_data_or_skip, real_frames, tflite_output_names, wait_for
+from pilot_helpers import donkey_models
 
 import donkey_saliency
 from donkey_saliency.errors import ModelError
@@ -109,7 +109,7 @@ def test_model_type_defaults_to_what_the_file_says(pilot_files):
 def test_whole_pilot_runs_without_tensorflow(pilot_files):
     """The interpreter itself needs no TensorFlow: the whole-pilot graph is read and run in a process
     where TensorFlow cannot be imported (donkeycar's pilot classes import it, so they are left out)."""
-    from test_readers import run_without_tensorflow
+    from pilot_helpers import run_without_tensorflow
 
     script = """
         import numpy as np
@@ -241,7 +241,7 @@ def test_a_pilot_file_the_interpreter_cannot_read_leaves_the_stock_interpreter(t
     assert any("keeps its own interpreter" in r.getMessage() for r in caplog.records)
 
 
-VENDORED_DONKEYCAR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vendor",
+VENDORED_DONKEYCAR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "vendor",
                                   "donkeycar-4.5.1.tar.gz")
 
 
@@ -282,7 +282,7 @@ for cls, path in ((KerasLinear, %r), (KerasMemory, %r), (KerasCategorical, %r)):
         a, b = stock.run(frame), shared.run(frame)
         assert np.allclose(np.array(a, float), np.array(b, float), atol=1e-5, rtol=0), (cls, a, b)
 print("same")
-""" % (str(shim), source, os.path.join(os.path.dirname(__file__), ".."), source, str(tmp_path / "frames.npy"),
+""" % (str(shim), source, os.path.join(os.path.dirname(__file__), "..", ".."), source, str(tmp_path / "frames.npy"),
        pilot_files["linear"][".h5"], pilot_files["memory"][".h5"], pilot_files["categorical"][".h5"])
     np.save(str(tmp_path / "frames.npy"), real_frames(4))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
@@ -353,7 +353,7 @@ def test_bench_script_times_today_against_the_shared_pass(pilot_files, capsys):
     """scripts/bench_shared.py runs end to end on real frames and reports every figure (no timing is
     asserted: speed targets live in the bench, not in tests)."""
     _, tub = real_data_or_skip()
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
     try:
         import bench_shared
     finally:

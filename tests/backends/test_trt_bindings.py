@@ -28,7 +28,7 @@ import pytest
 
 import car_envs
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 PROJECT = os.path.dirname(HERE)
 PYTHON = os.path.join(car_envs.PYENV, "versions", "3.11.7", "bin", "python3.11")
 

@@ -1,25 +1,16 @@
 """Review tools, outputs read back with real decoders: the MP4 through OpenCV's VideoCapture (frame
 count, size, pixels), the PNGs decoded; feature maps checked against Keras itself."""
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import real_data_or_skip
+from helpers import real_data_or_skip, run_cli, tiny_keras_pilot
 from donkey_saliency import load
 from donkey_saliency.tools.render import compose_frame, filter_report, layer_grid, render, write_layer_grid
 from donkey_saliency.tools.backfill import backfill
-from test_tub import make_v2_tub, read_tub, record_live_tub, rgb_image, synthetic_frame, tree_digest
-
-CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
-
-
-def run_cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=300, env=env)
+from tub_helpers import make_v2_tub, read_tub, record_live_tub, rgb_image, synthetic_frame, tree_digest
 
 
 def video_facts(path):
@@ -225,15 +216,8 @@ def test_layers_bad_inputs_exit_2(tiny_pilot_path, tmp_path):
 def pilot_with_dead_filters(tmp_path_factory):
     """conv2d_1 filters 2 and 5 have zero weights and a negative bias (ReLU keeps them at 0); the
     others have positive weights and bias, so they fire on every frame."""
-    import tensorflow as tf
-
-    layers = tf.keras.layers
-    inp = layers.Input((120, 160, 3), name="img_in")
-    conv1 = layers.Conv2D(8, 5, strides=2, activation="relu", name="conv2d_1")
-    x = conv1(inp)
-    x = layers.Conv2D(8, 3, strides=2, activation="relu", name="conv2d_2")(x)
-    out = layers.Dense(2, name="n_outputs0")(layers.Flatten()(x))
-    model = tf.keras.Model(inp, out)
+    model = tiny_keras_pilot(lambda layers, x: layers.Dense(2, name="n_outputs0")(x))
+    conv1 = model.get_layer("conv2d_1")
     kernel, bias = conv1.get_weights()
     kernel[..., [2, 5]] = 0.0
     bias[[2, 5]] = -1.0

@@ -8,6 +8,7 @@ import pytest
 
 from donkey_saliency.tools import evaluate as ev
 from donkey_saliency.compute import methods
+from helpers import tiny_keras_pilot
 
 
 # --- pure functions -------------------------------------------------------------------------------
@@ -152,14 +153,8 @@ def categorical_tflite(tmp_path_factory):
     """A tiny pilot with donkeycar's categorical outputs (15 + 20 softmax bins), as .tflite."""
     import tensorflow as tf
 
-    layers = tf.keras.layers
-    inp = layers.Input((120, 160, 3), name="img_in")
-    x = layers.Conv2D(8, 5, strides=2, activation="relu", name="conv2d_1")(inp)
-    x = layers.Conv2D(8, 3, strides=2, activation="relu", name="conv2d_2")(x)
-    x = layers.Flatten()(x)
-    outputs = [layers.Dense(15, activation="softmax", name="angle_out")(x),
-               layers.Dense(20, activation="softmax", name="throttle_out")(x)]
-    model = tf.keras.Model(inp, outputs)
+    model = tiny_keras_pilot(lambda layers, x: [layers.Dense(15, activation="softmax", name="angle_out")(x),
+                                                layers.Dense(20, activation="softmax", name="throttle_out")(x)])
     path = str(tmp_path_factory.mktemp("pilots") / "categorical.tflite")
     with open(path, "wb") as handle:
         handle.write(tf.lite.TFLiteConverter.from_keras_model(model).convert())

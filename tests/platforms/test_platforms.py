@@ -28,7 +28,7 @@ import pytest
 
 import car_envs
 
-CHECKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "car_checks.py")
+CHECKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "car_checks.py")
 NOT_PROJECT = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__",
                                      ".pytest_cache", "test-artifacts", "demo-tub*")
 OPENCV = re.compile(r"^opencv-(contrib-)?python(-headless)?$")
@@ -253,32 +253,24 @@ def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_pat
     from donkeycar.parts.web_controller.web import LocalWebController
     from donkeycar.vehicle import Vehicle
 
-    from conftest import donkeycar_video_or_skip, wait_for
+    from helpers import Camera, donkeycar_video_or_skip, ImageProbe, wait_for
     from donkey_saliency import add_saliency
     from donkey_saliency.keys import DRIVE_IMAGE_KEY
     from donkey_saliency.testing import ServerThread, read_mjpeg_part
-    from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream, request
+    from web_helpers import camera_frame, decode_jpeg, mean_abs_diff, open_stream, request
 
     donkeycar_video_or_skip()
     frame = camera_frame()
-    pilot_inputs = []
-
-    class Camera(object):
-        def run(self):
-            return frame.copy()
-
-    class PilotProbe(object):
-        def run(self, image):
-            pilot_inputs.append(image)
+    probe = ImageProbe()
 
     vehicle = Vehicle()
-    vehicle.add(Camera(), outputs=["cam/image_array"])
+    vehicle.add(Camera(frame), outputs=["cam/image_array"])
     ctr = LocalWebController(port=0)
     controller_inputs = ["cam/image_array", "tub/num_records", "user/mode", "recording"]  # as 4.4 wires it
     vehicle.add(ctr, inputs=controller_inputs, outputs=["user/angle", "user/throttle", "user/mode", "recording"])
     cfg = SimpleNamespace(SALIENCY_BACKEND="onnxruntime", SALIENCY_DRIVE_VIEW=True, SALIENCY_RECORD=False)
     part = add_saliency(vehicle, cfg, ctr=ctr, model_path=tiny_pilot_path)
-    vehicle.add(PilotProbe(), inputs=["cam/image_array"])
+    vehicle.add(probe, inputs=["cam/image_array"])
     assert controller_inputs[0] == DRIVE_IMAGE_KEY
     server = ServerThread(ctr).start()
     drive = threading.Thread(target=vehicle.start, kwargs=dict(rate_hz=20, max_loop_count=20 * 120), daemon=True)
@@ -307,7 +299,7 @@ def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_pat
         vehicle.on = False
         drive.join(10)
         server.stop()
-    assert pilot_inputs and all(np.array_equal(image, frame) for image in pilot_inputs)
+    assert probe.images and all(np.array_equal(image, frame) for image in probe.images)
 
 
 def test_missing_opencv_is_one_line_saying_how_to_get_it(onnx_pilot, tmp_path):

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import random_frames, wait_for
+from helpers import random_frames, wait_for
 from donkey_saliency import backends, load
 from donkey_saliency.keys import NO_MASK_LAG_MS, OUTPUTS
 from donkey_saliency.compute.overlay import mask_to_uint8

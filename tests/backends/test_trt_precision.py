@@ -3,7 +3,7 @@ table (JetPack 5's ``trt.nptype`` trap), the fp16 route by what the bindings hav
 strongly typed networks), the fp16 variant of the graph (run on ONNX Runtime), the fp32 prefixes
 (head and backward pass), and objects TensorRT returns unusable.
 
-The namespaces below stand for the bindings' classes; ``tests/test_trt_bindings.py`` checks every
+The namespaces below stand for the bindings' classes; ``tests/backends/test_trt_bindings.py`` checks every
 name they use against NVIDIA's real compiled bindings.
 """
 import logging
@@ -224,7 +224,7 @@ def test_fp16_variant_gives_masks_close_to_fp32(tiny_graph):
 def test_fp16_variant_of_a_real_whole_pilot_keeps_its_outputs_close():
     """The real v1 pilot as the shared-pilot graph: float input, the pilot's dense layers (fp16) and
     outputs (cast back to fp32 under their own names) beside the mask."""
-    from conftest import REAL_PILOT, real_frames
+    from helpers import real_frames, REAL_PILOT
     from donkey_saliency.compute.graph import graph_for
 
     graph = graph_for(REAL_PILOT, cache_dir=False, whole=True, float_input=True)

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REAL_PILOT, real_data_or_skip, real_frames
+from helpers import REAL_PILOT, real_data_or_skip, real_frames
 from donkey_saliency.backends import trt_api, trt_engine, trt_fp16, trt_tools
 from donkey_saliency.backends.tensorrt import refusal
 from donkey_saliency.backends.trt_api import TensorSpec
@@ -202,7 +202,7 @@ def test_a_plain_pilots_gradient_graph_is_taken():
 
 @pytest.mark.slow
 def test_categorical_is_taken_and_pilots_with_other_inputs_go_to_onnxruntime(tmp_path):
-    from test_graph import donkey_models
+    from pilot_helpers import donkey_models
 
     models = donkey_models()
     path = str(tmp_path / "categorical.h5")

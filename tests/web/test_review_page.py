@@ -5,129 +5,35 @@ import http.client
 import json
 import os
 import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
-from conftest import real_data_or_skip, wait_for
-from donkey_saliency.web.review import MAX_POST_BYTES, Review, application, top_disagreements
-from donkey_saliency.keys import OVERLAY_KEY
+from helpers import CLI, real_data_or_skip, run_cli, wait_for
+from donkey_saliency.web.review import MAX_POST_BYTES, top_disagreements
 from donkey_saliency.tubs.index import TubIndex
 from donkey_saliency.testing import ServerThread
-
-CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
-COUNT = 120
-DELETED = (10, 11, 12, 13, 14)
-BUMPS = {77: 1.5, 30: 1.0, 12: 1.9}  # pilot minus user steering; 12 is deleted, so never listed
-INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode", "pilot/angle", "pilot/throttle",
-          OVERLAY_KEY, "saliency/lag_ms"]
-TYPES = ["image_array", "float", "float", "str", "float", "float", "image_array", "float"]
-
-
-def camera(i):
-    """A gray picture that changes with i (colour can only come from the overlay)."""
-    yy, xx = np.mgrid[0:120, 0:160]
-    gray = ((xx * 1.2 + yy * 0.8 + i * 9) % 200 + 30).astype(np.uint8)
-    gray[60:90, (10 + 3 * i) % 130:(10 + 3 * i) % 130 + 30] = 240
-    return np.repeat(gray[..., None], 3, axis=2)
-
-
-def recorded_overlay(i):
-    from donkey_saliency.compute.overlay import overlay
-
-    yy, xx = np.mgrid[0:120, 0:160]
-    mask = np.exp(-(((xx - (i * 3) % 160) / 30.0) ** 2 + ((yy - 80) / 20.0) ** 2)).astype(np.float32)
-    return overlay(camera(i), mask)
-
-
-def write_tub(path, count=COUNT, deleted=DELETED):
-    """A drive recorded by donkeycar's own Tub: user steering a slow sine, the pilot the same but for
-    BUMPS, modes user / local_angle / local in thirds, ``deleted`` marked with delete_records."""
-    from donkeycar.parts.tub_v2 import Tub
-
-    tub = Tub(str(path), inputs=INPUTS, types=TYPES, max_catalog_len=50)
-    for i in range(count):
-        angle = 0.6 * np.sin(i / 9.0)
-        tub.write_record({"cam/image_array": camera(i), "user/angle": angle, "user/throttle": 0.3,
-                          "user/mode": ("user", "local_angle", "local")[3 * i // count],
-                          "pilot/angle": angle + BUMPS.get(i, 0.0) * (-1 if angle > 0 else 1),
-                          "pilot/throttle": 0.3, OVERLAY_KEY: recorded_overlay(i), "saliency/lag_ms": 4.0})
-    tub.delete_records(list(deleted))
-    tub.close()
-    return str(path)
-
-
-def donkey_deleted(path):
-    """(deleted indexes, indexes donkeycar's iterator yields) as donkeycar itself reads the tub."""
-    from donkeycar.parts.tub_v2 import Tub
-
-    tub = Tub(path, read_only=True)
-    try:
-        return set(tub.manifest.deleted_indexes), [record["_index"] for record in tub]
-    finally:
-        tub.close()
+from tub_helpers import camera, COUNT, DELETED, donkey_deleted, recorded_overlay, write_tub
+from web_helpers import Served
 
 
 @pytest.fixture
-def v2_tub(tmp_path):
-    return write_tub(tmp_path / "tub")
-
-
-class Served(object):
-    """A Review behind its own Tornado application on 127.0.0.1, a free port."""
-
-    def __init__(self, tub, **options):
-        self.review = Review(tub, **options)
-        self.server = ServerThread(application(self.review)).start()
-        self.port = self.server.port
-        self.base = "http://127.0.0.1:%d" % self.port
-
-    def request(self, path, method="GET", body=None, headers=None):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, response.getheader("Content-Type"), response.read()
-        finally:
-            connection.close()
-
-    def json(self, path):
-        status, content_type, body = self.request(path)
-        assert content_type == "application/json", (status, body)
-        return status, json.loads(body.decode("utf-8"))
-
-    def post_deleted(self, body, origin="same"):
-        headers = {"Content-Type": "application/json"}
-        if origin == "same":
-            headers["Origin"] = self.base
-        elif origin:
-            headers["Origin"] = origin
-        status, _, reply = self.request("/saliency/review/deleted", "POST", body, headers)
-        return status, json.loads(reply.decode("utf-8"))
-
-    def close(self):
-        self.server.stop()
-        self.review.close()
-
-
-@pytest.fixture
-def served(v2_tub):
-    server = Served(v2_tub)
+def served(review_tub):
+    server = Served(review_tub)
     yield server
     server.close()
 
 
 # --- the index and the pure parts ------------------------------------------------------------------
-def test_index_matches_what_donkeycar_reads(v2_tub):
+def test_index_matches_what_donkeycar_reads(review_tub):
     from donkeycar.parts.tub_v2 import Tub
 
-    index = TubIndex(v2_tub)
+    index = TubIndex(review_tub)
     assert len(index) == COUNT and index.version == 2
     assert np.flatnonzero(index.deleted()).tolist() == list(DELETED)
-    tub = Tub(v2_tub, read_only=True)
+    tub = Tub(review_tub, read_only=True)
     live = list(tub)
     tub.close()
     assert len(live) == COUNT - len(DELETED)
@@ -136,7 +42,7 @@ def test_index_matches_what_donkeycar_reads(v2_tub):
         i = record["_index"]
         assert angles[i] == np.float32(record["user/angle"])
         assert index.record(i) == {k: v for k, v in record.items()}
-        assert index.images(i)["cam/image_array"] == os.path.join(v2_tub, "images", record["cam/image_array"])
+        assert index.images(i)["cam/image_array"] == os.path.join(review_tub, "images", record["cam/image_array"])
     assert index.modes[0] == 0 and index.modes[COUNT // 2] == 1 and index.modes[-1] == 2
 
 
@@ -171,7 +77,7 @@ def test_top_disagreements_skip_deleted_and_neighbours():
 
 
 # --- HTTP -------------------------------------------------------------------------------------------
-def test_routes_serve_the_tub_and_refuse_what_is_not_there(served, v2_tub):
+def test_routes_serve_the_tub_and_refuse_what_is_not_there(served, review_tub):
     status, meta = served.json("/saliency/review/meta")
     assert status == 200 and meta["count"] == COUNT and meta["overlay"] == "recorded" and not meta["writable"]
     assert 15 <= meta["rate_hz"] <= 200
@@ -183,7 +89,7 @@ def test_routes_serve_the_tub_and_refuse_what_is_not_there(served, v2_tub):
     status, fields = served.json("/saliency/review/record/31")
     assert fields["index"] == 31 and fields["mode"] == "user" and fields["lag_ms"] == 4.0 and not fields["deleted"]
     status, content_type, data = served.request("/saliency/review/frame/31/camera.jpg")
-    with open(os.path.join(v2_tub, "images", "31_cam_image_array_.jpg"), "rb") as handle:
+    with open(os.path.join(review_tub, "images", "31_cam_image_array_.jpg"), "rb") as handle:
         assert (status, content_type, data) == (200, "image/jpeg", handle.read())  # the recorded file itself
     assert served.request("/saliency/review/frame/31/overlay.jpg")[0] == 200
     status, error = served.json("/saliency/review/frame/31/mask.jpg")
@@ -214,13 +120,13 @@ def test_a_record_naming_a_file_outside_the_tub_gets_nothing(tmp_path):
         server.close()
 
 
-def test_writable_delete_round_trips_through_donkeycars_tub(v2_tub):
-    read_only = Served(v2_tub)
+def test_writable_delete_round_trips_through_donkeycars_tub(review_tub):
+    read_only = Served(review_tub)
     try:
         assert read_only.post_deleted(b'{"index": 3, "deleted": true}')[0] == 403
     finally:
         read_only.close()
-    server = Served(v2_tub, writable=True)
+    server = Served(review_tub, writable=True)
     try:
         assert server.post_deleted(b'{"index": 3, "deleted": true}', origin="http://evil.example")[0] == 403
         assert server.post_deleted(b'{"index": 3, "deleted": true}', origin=None)[0] == 403
@@ -228,18 +134,18 @@ def test_writable_delete_round_trips_through_donkeycars_tub(v2_tub):
         for bad in (b"{", b'{"index": "3", "deleted": true}', b'{"index": 3, "deleted": 1}', b"[3]", b"\xff"):
             assert server.post_deleted(bad)[0] == 400, bad
         assert server.post_deleted(b'{"index": %d, "deleted": true}' % COUNT)[0] == 404
-        assert donkey_deleted(v2_tub)[0] == set(DELETED)  # nothing refused was written
+        assert donkey_deleted(review_tub)[0] == set(DELETED)  # nothing refused was written
 
         assert server.post_deleted(b'{"index": 3, "deleted": true}') == (200, {"index": 3, "deleted": True})
-        marked, yielded = donkey_deleted(v2_tub)
+        marked, yielded = donkey_deleted(review_tub)
         assert marked == set(DELETED) | {3} and 3 not in yielded and len(yielded) == COUNT - len(DELETED) - 1
         assert server.post_deleted(b'{"index": 12, "deleted": false}') == (200, {"index": 12, "deleted": False})
-        marked, yielded = donkey_deleted(v2_tub)
+        marked, yielded = donkey_deleted(review_tub)
         assert marked == set(DELETED) - {12} | {3} and 12 in yielded
         assert server.json("/saliency/review/record/12")[1]["deleted"] is False
     finally:
         server.close()
-    assert not [n for n in os.listdir(v2_tub) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(review_tub) if n.startswith(".tmp-")]
 
 
 def test_car_server_mounts_the_tub_being_written_read_only(tmp_path):
@@ -291,20 +197,18 @@ def test_car_server_mounts_the_tub_being_written_read_only(tmp_path):
 
 
 # --- the command line ---------------------------------------------------------------------------------
-def run_cli(*args):
-    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=120)
 
 
-def test_cli_bad_input_one_line_exit_2(tmp_path, v2_tub):
+def test_cli_bad_input_one_line_exit_2(tmp_path, review_tub):
     v1 = tmp_path / "v1"
     v1.mkdir()
     (v1 / "meta.json").write_text(json.dumps({"inputs": ["cam/image_array", "user/angle"],
                                               "types": ["image_array", "float"]}))
     (v1 / "record_0.json").write_text(json.dumps({"cam/image_array": "0_cam-image_array_.jpg", "user/angle": 0}))
     cases = [([tmp_path / "empty"], "is not a tub"), ([tmp_path / "missing"], "tub not found"),
-             ([v1, "--writable"], "needs a v2 tub"), ([v2_tub, "--image-key", "cam/other"], "no cam/other field"),
-             ([v2_tub, "--colormap", "rainbow"], "unknown colormap"),
-             ([v2_tub, "--model", tmp_path / "missing.h5"], "model file not found")]
+             ([v1, "--writable"], "needs a v2 tub"), ([review_tub, "--image-key", "cam/other"], "no cam/other field"),
+             ([review_tub, "--colormap", "rainbow"], "unknown colormap"),
+             ([review_tub, "--model", tmp_path / "missing.h5"], "model file not found")]
     (tmp_path / "empty").mkdir()
     for args, message in cases:
         result = run_cli("review", *args)
@@ -312,8 +216,8 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, v2_tub):
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, (args, result.stderr)
 
 
-def test_cli_serves_the_page(v2_tub):
-    process = subprocess.Popen(CLI + ["review", v2_tub, "--port", "0"], stdout=subprocess.PIPE,
+def test_cli_serves_the_page(review_tub):
+    process = subprocess.Popen(CLI + ["review", review_tub, "--port", "0"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -374,9 +278,9 @@ def open_page(tmp_path, url, width, height):
 
 @pytest.mark.browser
 @pytest.mark.parametrize("width,height", [(1280, 900), (390, 1100)])
-def test_review_page_in_headless_chromium(v2_tub, tmp_path, width, height):
+def test_review_page_in_headless_chromium(review_tub, tmp_path, width, height):
     chromium_or_skip()
-    server = Served(v2_tub)
+    server = Served(review_tub)
     browser = None
     try:
         browser, page = open_page(tmp_path, server.base + "/saliency/review", width, height)
@@ -406,7 +310,7 @@ def test_review_page_in_headless_chromium(v2_tub, tmp_path, width, height):
         if browser is not None:
             browser.close()
         server.close()
-    assert donkey_deleted(v2_tub)[0] == set(DELETED)
+    assert donkey_deleted(review_tub)[0] == set(DELETED)
     assert state["viewportWidth"] == width and state["pageWidth"] <= width
     shown_camera, shown_overlay = crop(png, state["cameraBox"]), crop(png, state["overlayBox"])
     assert shown_camera.shape[1] > 100
@@ -419,9 +323,9 @@ def test_review_page_in_headless_chromium(v2_tub, tmp_path, width, height):
 
 
 @pytest.mark.browser
-def test_d_key_deletes_through_the_page_with_writable(v2_tub, tmp_path):
+def test_d_key_deletes_through_the_page_with_writable(review_tub, tmp_path):
     chromium_or_skip()
-    server = Served(v2_tub, writable=True)
+    server = Served(review_tub, writable=True)
     browser = None
     try:
         browser, page = open_page(tmp_path, server.base + "/saliency/review", 1280, 900)
@@ -430,14 +334,14 @@ def test_d_key_deletes_through_the_page_with_writable(v2_tub, tmp_path):
         assert page.shows(20)
         browser.press("d")
         assert wait_for(lambda: page.read()["deleted"] == "yes" and "deleted" in page.state["message"]), page.state
-        assert 20 in donkey_deleted(v2_tub)[0]
+        assert 20 in donkey_deleted(review_tub)[0]
         browser.press("d")
         assert wait_for(lambda: page.read()["deleted"] == "no"), page.state
     finally:
         if browser is not None:
             browser.close()
         server.close()
-    marked, yielded = donkey_deleted(v2_tub)
+    marked, yielded = donkey_deleted(review_tub)
     assert marked == set(DELETED) and 20 in yielded
 
 
@@ -506,10 +410,10 @@ def test_review_page_on_the_real_tub_with_the_real_pilot(tmp_path):
 
 
 @pytest.mark.browser
-def test_review_page_opens_at_the_record_a_link_names(v2_tub, tmp_path):
+def test_review_page_opens_at_the_record_a_link_names(review_tub, tmp_path):
     """audit.html links to PREFIX#record=N: the page opens there, and follows a changed hash."""
     chromium_or_skip()
-    server = Served(v2_tub)
+    server = Served(review_tub)
     browser = None
     try:
         browser, page = open_page(tmp_path, server.base + "/saliency/review#record=77", 1280, 900)

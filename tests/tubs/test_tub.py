@@ -2,70 +2,20 @@
 real Vehicle loop, and backfill of v2 (with deleted records) and v1 tubs, read back with donkeycar."""
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import real_data_or_skip
+from helpers import real_data_or_skip, run_cli
 from donkey_saliency import load
 from donkey_saliency.tools.backfill import backfill, partial_path
 from donkey_saliency.util.images import encode_jpeg
 from donkey_saliency.keys import RECORD_KEYS, RECORD_TYPES
 from donkey_saliency.compute.overlay import mask_to_uint8
 from donkey_saliency.tubs.read import recording_inputs
-
-CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
-BASE_INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
-BASE_TYPES = ["image_array", "float", "float", "str"]
-
-
-def run_cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=300, env=env)
-
-
-def synthetic_frame(i, shape=(120, 160)):
-    """A smooth picture that changes with i (JPEG-friendly, unlike noise)."""
-    h, w = shape
-    y, x = np.mgrid[0:h, 0:w]
-    frame = np.ascontiguousarray(np.stack([(x * 255 // w + 7 * i) % 256, (y * 255 // h) % 256,
-                                           (x + y + 13 * i) % 256], axis=2).astype(np.uint8))
-    cv2.circle(frame, (int(20 + 5 * i) % w, h // 2), 15, (255, 255, 255), -1)
-    return frame
-
-
-def tree_digest(path):
-    """sha256 over every file name and content under path: 'the source is untouched'."""
-    from donkey_saliency.util.fileio import file_digest
-
-    return file_digest(path)
-
-
-def make_v2_tub(path, count=25, deleted=(3, 4, 17), max_len=10):
-    """A v2 tub written by donkeycar's own Tub, several catalogs, some records deleted."""
-    from donkeycar.parts.tub_v2 import Tub
-
-    tub = Tub(str(path), inputs=BASE_INPUTS + ["pilot/angle"], types=BASE_TYPES + ["float"],
-              metadata=["location:test track"], max_catalog_len=max_len)
-    for i in range(count):
-        tub.write_record({"cam/image_array": synthetic_frame(i), "user/angle": round(np.sin(i / 4.0), 3),
-                          "user/throttle": 0.3, "user/mode": "user" if i % 5 else "local",
-                          "pilot/angle": round(np.cos(i / 4.0), 3)})
-    tub.delete_records(list(deleted))
-    tub.close()
-    return str(path)
-
-
-def read_tub(path):
-    from donkeycar.parts.tub_v2 import Tub
-
-    tub = Tub(str(path), read_only=True)
-    records = list(tub)
-    tub.close()  # the manifest's attributes stay readable
-    return tub, records
+from tub_helpers import (BASE_INPUTS, BASE_TYPES, make_v2_tub, read_tub, record_live_tub, rgb_image, synthetic_frame,
+                         tree_digest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,61 +60,6 @@ def test_recording_inputs_on_a_tub_with_saliency_or_other_inputs(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # A tub recorded live: real Vehicle, SaliencyPart, TubWriter
-
-class FrameReplay(object):
-    """A camera part that replays frames in a loop."""
-
-    def __init__(self, frames):
-        self.frames = frames
-        self.count = 0
-
-    def run(self):
-        frame = self.frames[self.count % len(self.frames)]
-        self.count += 1
-        return frame, 0.1 * ((self.count % 7) - 3), 0.25, "user"
-
-
-class RecordOnceMasked(object):
-    """Opens (and keeps open) the tub's run condition from the first loop whose saliency output is a
-    real mask (lag >= 0), and ends the drive once ``records`` records are written: on a loaded
-    machine the first mask may take many loops, which must not cost records."""
-
-    def __init__(self, vehicle, records):
-        self.vehicle, self.records = vehicle, records
-        self.open = False
-
-    def run(self, lag_ms, num_records):
-        self.open = self.open or lag_ms >= 0.0
-        if (num_records or 0) >= self.records:
-            self.vehicle.on = False  # the last loop: Vehicle.start then shuts every part down
-            return False
-        return self.open
-
-
-def record_live_tub(path, pilot, records=40, frames=None, max_seconds=120):
-    """Drive a real donkeycar Vehicle at 20 Hz, recording ``records`` records through TubWriter with
-    the saliency keys added by ``recording_inputs``, from the first loop with a mask on. Returns the
-    tub path."""
-    from donkeycar.parts.tub_v2 import TubWriter
-    from donkeycar.vehicle import Vehicle
-
-    from donkey_saliency.keys import OUTPUTS
-    from donkey_saliency.car.part import SaliencyPart
-
-    frames = frames if frames is not None else [synthetic_frame(i) for i in range(10)]
-    inputs, types, message = recording_inputs(str(path), list(BASE_INPUTS), list(BASE_TYPES), False)
-    assert message is None
-    vehicle = Vehicle()
-    vehicle.add(FrameReplay(frames), outputs=["cam/image_array", "user/angle", "user/throttle", "user/mode"])
-    vehicle.add(SaliencyPart(pilot, backend="onnxruntime"), inputs=["cam/image_array"], outputs=list(OUTPUTS),
-                threaded=True)
-    gate = RecordOnceMasked(vehicle, records)
-    vehicle.add(gate, inputs=["saliency/lag_ms", "tub/num_records"], outputs=["recording"])
-    writer = TubWriter(str(path), inputs=inputs, types=types)
-    vehicle.add(writer, inputs=inputs, outputs=["tub/num_records"], run_condition="recording")
-    loops, _ = vehicle.start(rate_hz=20, max_loop_count=20 * max_seconds)  # a bound, not a timing bet
-    assert gate.open and loops < 20 * max_seconds, "no %d masked records within %d s" % (records, max_seconds)
-    return str(path)
 
 
 def test_live_recorded_tub_has_saliency_in_every_record(tiny_pilot_path, tmp_path):
@@ -273,11 +168,6 @@ def test_backfill_real_v1_tub(tmp_path):
             assert np.abs(recorded.astype(int) - expected).mean() < 2.0, record["_index"]  # JPEG's loss only
             other = mask_to_uint8(saliency.mask(rgb_image(tub, records[(record["_index"] + 25) % len(records)])))
             assert np.abs(recorded.astype(int) - other).mean() > 3.0  # a check that tells frames apart
-
-
-def rgb_image(tub, record, key="cam/image_array"):
-    """A record's image as RGB, read from the tub's images folder."""
-    return cv2.cvtColor(cv2.imread(os.path.join(tub.images_base_path, record[key])), cv2.COLOR_BGR2RGB)
 
 
 def test_backfill_v1_tub_with_excluded_records(tiny_pilot_path, tmp_path):

@@ -2,39 +2,18 @@
 .tflite pilots (whole-pilot graphs on ONNX Runtime, no TensorFlow): the CLI's server read by
 http.client (meta, timeline bytes, records, both pilots' pictures) and the page in headless Chromium
 (camera | A | B, both curves, the list of records where A and B disagree most)."""
-import http.client
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop
-from conftest import wait_for
-from test_audit import DOCS, PI_PILOTS, PI_TUB, pi_data_or_skip
+from helpers import CLI, DOCS, pi_data_or_skip, PI_PILOTS, PI_TUB, wait_for
+from web_helpers import decode_jpeg, get
 
-CLI = [os.path.join(os.path.dirname(sys.executable), "donkey-saliency")]
 BASE = "/saliency/review"
-
-
-def get(port, path):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
-def decode_jpeg(data):
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None
-    return image
 
 
 def test_three_models_is_one_line_and_exit_2(tmp_path):

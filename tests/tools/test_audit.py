@@ -8,21 +8,10 @@ import numpy as np
 import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip
-from conftest import real_data_or_skip, REALDATA, wait_for
+from helpers import pi_data_or_skip, PI_PILOTS, PI_TUB, real_data_or_skip, wait_for
 from donkey_saliency.cli import main
 from donkey_saliency.compute.methods import DEFAULT_METHOD
 from donkey_saliency.tubs.read import open_tub
-
-PI_DATA = os.path.join(REALDATA, "..", "tub_v2_pi_linear")
-PI_TUB = os.path.join(PI_DATA, "data")
-PI_PILOTS = [os.path.join(PI_DATA, "models", name) for name in ("mypilot.tflite", "OFFICIAL_DEMO_MODEL.tflite")]
-DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
-
-
-def pi_data_or_skip():
-    real_data_or_skip()
-    if not os.path.isdir(PI_TUB):
-        pytest.skip("../shared/realdata/tub_v2_pi_linear is absent")
 
 
 def check_pilot_fields(pilot, tub):

@@ -1,6 +1,5 @@
 """The saliency routes on donkeycar's real LocalWebController, served on 127.0.0.1 (free port), fed by a
 real SaliencyPart, read by real HTTP clients (http.client in threads) and by headless Chromium."""
-import http.client
 import json
 import os
 import threading
@@ -10,103 +9,17 @@ import numpy as np
 import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
-from conftest import donkeycar_video_or_skip, wait_for
+from helpers import Camera, donkeycar_video_or_skip, ImageProbe, wait_for
 from donkey_saliency.car.drive_view import DriveViewToggle
 from donkey_saliency.keys import OUTPUTS
 from donkey_saliency.compute.overlay import layer_picture
 from donkey_saliency.car.part import SaliencyPart
 from donkey_saliency.testing import ServerThread, read_mjpeg_part
 from donkey_saliency.web.live import STATS_FIELDS, attach_web
+from web_helpers import camera_frame, decode_jpeg, LiveServer, mean_abs_diff, open_stream, request
 
 CLIENTS = 8
 FRAMES_PER_CLIENT = 20
-
-
-def camera_frame(shift=0):
-    """A gray road-like gradient (no colour, so colour in a picture can only come from the heat map)."""
-    yy, xx = np.mgrid[0:120, 0:160]
-    gray = ((xx * 1.2 + yy * 0.8 + shift * 7) % 200 + 30).astype(np.uint8)
-    gray[70:90, (40 + shift) % 120:(40 + shift) % 120 + 30] = 240  # a bright "cone" that moves
-    return np.repeat(gray[..., None], 3, axis=2)
-
-
-def decode_jpeg(data):
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None, "not a JPEG"
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def mean_abs_diff(a, b):
-    return float(np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16))))
-
-
-class LiveServer(object):
-    """A real LocalWebController with the saliency routes on 127.0.0.1, a real SaliencyPart whose worker
-    runs in a thread (as Vehicle runs it), and a feeder calling ``run_threaded`` at ~30 Hz while ``feeding``."""
-
-    def __init__(self, model_path, moving=True, **web_options):
-        from donkeycar.parts.web_controller.web import LocalWebController
-
-        self.ctr = LocalWebController(port=0)
-        self.part = SaliencyPart(model_path)
-        self.web = attach_web(self.ctr, self.part, **web_options)
-        self.server = ServerThread(self.ctr).start()
-        self.port = self.server.port
-        self.moving = moving
-        self.feeding = threading.Event()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self.part.update, daemon=True),
-                         threading.Thread(target=self._feed, daemon=True)]
-        for thread in self._threads:
-            thread.start()
-
-    def _feed(self):
-        shift = 0
-        while not self._stop.is_set():
-            if self.feeding.is_set():
-                shift += 1 if self.moving else 0
-                self.part.run_threaded(camera_frame(shift))
-            time.sleep(1.0 / 30)
-
-    def request(self, path, method="GET", body=None):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request(method, path, body=body)
-            response = connection.getresponse()
-            return response.status, response.getheader("Content-Type"), response.read()
-        finally:
-            connection.close()
-
-    def stats(self):
-        status, content_type, body = self.request("/saliency/stats")
-        assert status == 200 and content_type == "application/json"
-        return json.loads(body.decode("utf-8"))
-
-    def close(self):
-        self._stop.set()
-        self.part.shutdown()
-        self.server.call(self.web.close)
-        for thread in self._threads:
-            thread.join(5)
-        self.server.stop()
-
-
-@pytest.fixture
-def live(tiny_pilot_path):
-    server = LiveServer(tiny_pilot_path)
-    yield server
-    server.close()
-
-
-def open_stream(port, path="/saliency/video"):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request("GET", path)
-    response = connection.getresponse()
-    assert response.status == 200
-    assert response.getheader("Content-Type").startswith("multipart/x-mixed-replace")
-    return connection, response
 
 
 class StreamClient(threading.Thread):
@@ -281,22 +194,14 @@ def test_toggle_switches_what_the_stock_video_shows(tiny_pilot_path):
     from donkeycar.vehicle import Vehicle
 
     frame = camera_frame()
-    pilot_inputs = []
-
-    class Camera(object):
-        def run(self):
-            return frame.copy()
-
-    class PilotProbe(object):  # what a pilot added after the toggle would be given
-        def run(self, image):
-            pilot_inputs.append(image)
+    probe = ImageProbe()  # given what a pilot added after the toggle would be given
 
     ctr = LocalWebController(port=0)
     part = SaliencyPart(tiny_pilot_path)
     web = attach_web(ctr, part, drive_view=False, toggle_button="w5")
     server = ServerThread(ctr).start()  # ctr.update() would listen on every interface
     vehicle = Vehicle()
-    vehicle.add(Camera(), outputs=["cam/image_array"])
+    vehicle.add(Camera(frame), outputs=["cam/image_array"])
     vehicle.add(ctr, inputs=["ui/image_array", "tub/num_records", "user/mode", "recording"],
                 outputs=["user/steering", "user/throttle", "user/mode", "recording", "web/buttons"])
     vehicle.add(ExplodeDict(vehicle.mem, "web/"), inputs=["web/buttons"])
@@ -304,7 +209,7 @@ def test_toggle_switches_what_the_stock_video_shows(tiny_pilot_path):
                 outputs=["run_user", "run_pilot", "ui/image_array"])
     vehicle.add(part, inputs=["cam/image_array"], outputs=OUTPUTS, threaded=True)
     vehicle.add(web.drive_view, inputs=web.drive_view.inputs, outputs=web.drive_view.outputs)
-    vehicle.add(PilotProbe(), inputs=["cam/image_array"])
+    vehicle.add(probe, inputs=["cam/image_array"])
     assert web.drive_view.inputs == ["ui/image_array", "saliency/image_array", "web/w5"]
     drive = threading.Thread(target=vehicle.start, kwargs=dict(rate_hz=20, max_loop_count=20 * 120), daemon=True)
     drive.start()
@@ -344,18 +249,7 @@ def test_toggle_switches_what_the_stock_video_shows(tiny_pilot_path):
         drive.join(10)
         server.stop()
     assert not drive.is_alive()
-    assert pilot_inputs and all(np.array_equal(image, frame) for image in pilot_inputs)
-
-
-def request(port, path, body):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("POST", path, body=body)
-        response = connection.getresponse()
-        assert response.status == 200
-        return response.read()
-    finally:
-        connection.close()
+    assert probe.images and all(np.array_equal(image, frame) for image in probe.images)
 
 
 # --- the part on its own (no server) -------------------------------------------------------------
@@ -383,7 +277,7 @@ def test_drive_view_toggle_flips_once_per_press_and_never_raises():
 
 
 def test_every_stats_field_is_documented():
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "web.md")) as handle:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "web.md")) as handle:
         doc = handle.read()
     for name in STATS_FIELDS:
         assert "| `%s` |" % name in doc, name

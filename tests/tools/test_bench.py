@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import random_frames
+from helpers import random_frames, tiny_keras_pilot
 from donkey_saliency.tools import bench
 from donkey_saliency import cli
 from donkey_saliency.compute import methods
@@ -42,16 +42,8 @@ ROWS = [
 def two_output_pilot_path(tmp_path_factory):
     """Tiny, random weights, shaped like donkey's linear pilot: outputs n_outputs0/1 (makemovie needs
     a list of outputs named with 'out')."""
-    import tensorflow as tf
-
-    layers = tf.keras.layers
-    inp = layers.Input((120, 160, 3), name="img_in")
-    x = layers.Conv2D(8, 5, strides=2, activation="relu", name="conv2d_1")(inp)
-    x = layers.Conv2D(8, 3, strides=2, activation="relu", name="conv2d_2")(x)
-    x = layers.Flatten()(x)
-    outputs = [layers.Dense(1, name="n_outputs%d" % i)(x) for i in range(2)]
     path = str(tmp_path_factory.mktemp("pilots") / "two_outputs.h5")
-    tf.keras.Model(inp, outputs).save(path)
+    tiny_keras_pilot(lambda layers, x: [layers.Dense(1, name="n_outputs%d" % i)(x) for i in range(2)]).save(path)
     return path
 
 

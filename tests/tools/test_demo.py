@@ -14,8 +14,9 @@ import pytest
 from donkey_saliency.tools import track
 from donkey_saliency.tools.demo import find_images
 from donkey_saliency.pilots import DEMO_PILOT
+from helpers import free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIGURES = "demo: loop "
 STARTUP_LIMIT_S = 120  # TensorFlow's import on a busy 2-core machine; a bound, not a timing assertion
 
@@ -128,10 +129,6 @@ def test_find_images_reads_a_folder_or_a_tub_in_recording_order(tmp_path):
 
 
 # --- the command, as a user runs it --------------------------------------------------------------
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_demo(tmp_path, *args):

@@ -3,35 +3,20 @@
 Both the converted trunk and the VisualBackProp head are checked: the reference side never
 touches ONNX. Tolerance 1e-5 on masks in [0, 1].
 """
-import os
 
 import numpy as np
 import pytest
 
-from conftest import random_frames, real_data_or_skip, real_frames
+from helpers import random_frames, real_data_or_skip, real_frames
 from donkey_saliency import backends
 from donkey_saliency.util import fileio
 from donkey_saliency.compute import graph, vbp
 from donkey_saliency.errors import ModelError
 from donkey_saliency.pilots import load_pilot
 from donkey_saliency.pilots import reference as framework
+from pilot_helpers import build, cropping, CUSTOM, donkey_models, layers, one_conv, saved, separate_bn_relu
 
 TOLERANCE = 1e-5
-
-
-def layers():
-    import tensorflow as tf
-
-    return tf.keras.layers
-
-
-def saved(model, suffix=".h5"):
-    """``model`` written as a pilot file (what a car reads) in a fresh temp folder."""
-    import tempfile
-
-    path = os.path.join(tempfile.mkdtemp(prefix="pilot-"), "pilot" + suffix)
-    model.save(path)
-    return path
 
 
 def keras_trunk(model):
@@ -61,19 +46,6 @@ def check_against_reference(model, frames=None, seed=0, path=None):
 
 
 # --- donkey's own architectures -------------------------------------------------------------------
-def donkey_models():
-    from donkeycar.parts import keras as dk
-
-    shape = (120, 160, 3)
-    return {
-        "linear": lambda: dk.default_n_linear(2, shape),
-        "categorical": lambda: dk.default_categorical(shape),
-        "inferred": lambda: dk.default_n_linear(1, shape),
-        "memory": lambda: dk.default_memory(shape, mem_length=3, mem_depth=0),
-        "behavior": lambda: dk.default_bhv(3, shape),
-        "localizer": lambda: dk.default_loc(8, shape),
-        "imu": lambda: dk.default_imu(2, 6, shape),
-    }
 
 
 @pytest.mark.parametrize("model_type", sorted(donkey_models()))
@@ -96,82 +68,6 @@ def test_valid_padding_sizes_come_from_the_model():
 
 
 # --- custom geometries ----------------------------------------------------------------------------
-def build(shape, body):
-    import tensorflow as tf
-
-    inp = layers().Input(shape, name="img_in")
-    x = body(inp)
-    x = layers().Flatten()(x)
-    return tf.keras.Model(inp, layers().Dense(2)(x))
-
-
-def same_padding(x):
-    L = layers()
-    x = L.Conv2D(8, 5, strides=2, padding="same", activation="relu")(x)
-    x = L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
-    return L.Conv2D(8, 3, strides=1, padding="same", activation="relu")(x)
-
-
-def pooling(x):
-    L = layers()
-    x = L.Conv2D(8, 3, activation="relu")(x)
-    x = L.MaxPooling2D(2)(x)
-    x = L.Conv2D(8, 3, activation="relu")(x)
-    x = L.AveragePooling2D(3, strides=2, padding="same")(x)
-    return L.Conv2D(8, 3, activation="relu")(x)
-
-
-def cropping(x):
-    L = layers()
-    x = L.Cropping2D(((40, 0), (0, 0)))(x)  # donkey's ROI crop of the sky
-    x = L.Conv2D(8, 5, strides=2, activation="relu")(x)
-    x = L.Cropping2D(((1, 2), (3, 0)))(x)
-    return L.Conv2D(8, 3, strides=2, activation="relu")(x)
-
-
-def separate_bn_relu(x):
-    L = layers()
-    x = L.Conv2D(8, 5, strides=2)(x)
-    x = L.BatchNormalization()(x)
-    x = L.ReLU()(x)
-    x = L.Dropout(0.2)(x)
-    x = L.Conv2D(8, 3, strides=2)(x)
-    x = L.BatchNormalization()(x)
-    return L.Activation("relu")(x)
-
-
-def one_conv(x):
-    return layers().Conv2D(4, 3, strides=2, activation="relu")(x)
-
-
-def seven_convs(x):
-    L = layers()
-    for i in range(7):
-        x = L.Conv2D(6, 3, strides=2 if i % 2 == 0 else 1, padding="same" if i > 3 else "valid",
-                     activation="relu")(x)
-    return x
-
-
-def zero_padding_and_dilation(x):
-    L = layers()
-    x = L.ZeroPadding2D(((2, 1), (1, 2)))(x)
-    x = L.Conv2D(8, 3, strides=2, activation="relu")(x)
-    x = L.Conv2D(8, 3, dilation_rate=2, activation="relu")(x)
-    return L.Conv2D(8, 1, strides=2, padding="same", activation="relu")(x)
-
-
-CUSTOM = {
-    "same_padding": ((120, 160, 3), same_padding),
-    "pooling": ((120, 160, 3), pooling),
-    "cropping": ((120, 160, 3), cropping),
-    "separate_bn_relu": ((120, 160, 3), separate_bn_relu),
-    "one_conv": ((120, 160, 3), one_conv),
-    "seven_convs": ((120, 160, 3), seven_convs),
-    "zero_padding_dilation": ((120, 160, 3), zero_padding_and_dilation),
-    "square_input": ((96, 96, 3), same_padding),
-    "non_standard_input": ((66, 200, 3), pooling),  # the PilotNet size
-    "grayscale": ((120, 160, 1), one_conv),
-}
 
 
 @pytest.mark.parametrize("name", sorted(CUSTOM))

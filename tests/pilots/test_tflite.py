@@ -8,24 +8,17 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REAL_TUB, random_frames, real_data_or_skip, real_frames, tflite_output_names
+from helpers import random_frames, real_data_or_skip, real_frames, REAL_TUB, tflite_output_names
 from donkey_saliency import backends, cli
 from donkey_saliency.compute import graph, vbp
 from donkey_saliency.errors import ModelError
 from donkey_saliency.pilots import load_pilot
 from donkey_saliency.pilots.tflite import read_graph
 from donkey_saliency.pilots import reference as framework
+from pilot_helpers import to_tflite
 
 GRAPH_TOLERANCE = 1e-5  # graph vs NumPy reference on the same maps
 FRAMEWORK_TOLERANCE = 1e-4  # .tflite vs .h5: two runtimes, float32 each
-
-
-def to_tflite(h5_path):
-    from donkeycar.parts.interpreter import keras_model_to_tflite
-
-    tflite_path = os.path.splitext(h5_path)[0] + ".tflite"
-    keras_model_to_tflite(h5_path, tflite_path)
-    return tflite_path
 
 
 def keras_to_tflite(model, path, data_gen=None):

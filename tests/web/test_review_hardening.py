@@ -3,7 +3,6 @@ marked deleted beside its writer, a manifest read mid-rewrite is read again, the
 a failure, every route of both servers checks the Host, slow connections are cut off, a tub opened
 through a symlink shows its images. Real parts: donkeycar's Vehicle, LocalWebController, TubWriter
 and Tub; Tornado on 127.0.0.1 (free ports); raw sockets for slow clients; headless Chromium."""
-import http.client
 import json
 import os
 import socket
@@ -13,10 +12,11 @@ import threading
 import pytest
 
 from browser import DevTools, chromium_or_skip
-from conftest import wait_for
-from test_review_page import INPUTS as PAGE_INPUTS
-from test_review_page import TYPES as PAGE_TYPES
-from test_review_page import CLI, COUNT, DELETED, Served, camera, donkey_deleted, write_tub
+from helpers import CLI, wait_for
+from tub_helpers import INPUTS as PAGE_INPUTS
+from tub_helpers import TYPES as PAGE_TYPES
+from tub_helpers import camera, COUNT, DELETED, donkey_deleted, write_tub
+from web_helpers import get, Served
 from donkey_saliency.web import guard as requests_guard
 from donkey_saliency.tubs import read as tub, index as tub_index
 from donkey_saliency.errors import InputError
@@ -26,19 +26,6 @@ from donkey_saliency.testing import ServerThread, write_catalog_tub
 BIG = 200000
 INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
 TYPES = ["image_array", "float", "float", "str"]
-
-
-def get(port, path, host=None, headers=None, method="GET", body=None, timeout=60):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        headers = dict(headers or {})
-        if host is not None:
-            headers["Host"] = host
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
 
 
 # --- 1: the car's review works off the IOLoop, and reads only what a growing tub added ----------------
@@ -129,7 +116,7 @@ def test_writable_review_refuses_a_tub_being_recorded(tmp_path):
         assert "process %d" % os.getpid() in tub_index.live_writer(path)
         with pytest.raises(InputError, match="being recorded"):
             Review(path, writable=True)
-        here = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        here = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         result = subprocess.run(CLI + ["review", path, "--writable", "--port", "0"], capture_output=True,
                                 text=True, timeout=120, env=here)  # this checkout's package, not the venv's
         assert result.returncode == 2 and result.stdout == ""
@@ -289,18 +276,8 @@ def test_every_car_route_refuses_a_foreign_host(tmp_path):
         server.stop()
 
 
-class ServedFor(Served):
-    """Served, answering ``hosts`` too."""
-
-    def __init__(self, tub, hosts, **options):
-        self.review = Review(tub, **options)
-        self.server = ServerThread(application(self.review, hosts)).start()
-        self.port = self.server.port
-        self.base = "http://127.0.0.1:%d" % self.port
-
-
-def test_review_server_refuses_a_rebound_host(v2_tub):
-    server = ServedFor(v2_tub, ["laptop.lan"], writable=True)
+def test_review_server_refuses_a_rebound_host(review_tub):
+    server = Served(review_tub, ["laptop.lan"], writable=True)
     port = server.port
     try:
         evil = "evil.example:%d" % port
@@ -312,15 +289,10 @@ def test_review_server_refuses_a_rebound_host(v2_tub):
         status, _ = get(port, "/saliency/review/deleted", host=evil, method="POST",
                         body=b'{"index": 3, "deleted": true}', headers={"Origin": "http://" + evil})
         assert status == 403
-        assert donkey_deleted(v2_tub)[0] == set(DELETED)
+        assert donkey_deleted(review_tub)[0] == set(DELETED)
         assert server.post_deleted(b'{"index": 3, "deleted": true}')[0] == 200  # the page itself still may
     finally:
         server.close()
-
-
-@pytest.fixture
-def v2_tub(tmp_path):
-    return write_tub(tmp_path / "tub")
 
 
 # --- 7: slow connections -----------------------------------------------------------------------------------
@@ -382,8 +354,8 @@ def test_slow_clients_are_cut_off_and_refusals_logged_rate_limited(tmp_path, cap
         loop.close()
 
 
-def test_review_server_closes_connections_beyond_its_limit(v2_tub):
-    review = Review(v2_tub)
+def test_review_server_closes_connections_beyond_its_limit(review_tub):
+    review = Review(review_tub)
     held = []
 
     class Limited(ServerThread):
@@ -426,8 +398,8 @@ def test_review_server_closes_connections_beyond_its_limit(v2_tub):
         review.close()
 
 
-def test_review_server_logs_refusals_rate_limited(v2_tub, caplog):
-    server = Served(v2_tub)
+def test_review_server_logs_refusals_rate_limited(review_tub, caplog):
+    server = Served(review_tub)
     requests_guard.REFUSALS._last.clear()
     try:
         with caplog.at_level("INFO"), caplog.at_level("INFO", logger="tornado.access"):

@@ -4,7 +4,6 @@ camera and drivetrain, recording switched on through the web UI, the tub read ba
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,10 @@ import urllib.request
 
 import numpy as np
 import pytest
+from helpers import free_port
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 BIN = os.path.dirname(sys.executable)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def readme_manage_py_lines():
@@ -169,7 +163,7 @@ def replay_frames(folder, count=24):
     JPEG round trip), written losslessly for donkeycar's IMAGE_LIST camera."""
     import cv2
 
-    from conftest import REAL_TUB, real_data_or_skip
+    from helpers import real_data_or_skip, REAL_TUB
 
     real_data_or_skip()
     names = sorted((n for n in os.listdir(REAL_TUB) if n.endswith(".jpg")), key=lambda n: int(n.split("_")[0]))
@@ -188,7 +182,7 @@ def test_shared_pilot_drives_as_the_stock_pilot_and_records_each_frames_own_mask
     """SALIENCY_SHARE_PILOT = True in a real car driving itself (local mode) on replayed real frames: the
     pilot steers exactly as donkeycar's own KerasInterpreter does on the frame it saw, and every record
     holds the mask of its own frame (lag 0)."""
-    from conftest import REAL_PILOT
+    from helpers import REAL_PILOT
     from donkeycar.parts.interpreter import KerasInterpreter
     from donkeycar.parts.keras import KerasLinear
 

@@ -6,71 +6,22 @@ a Raspberry Pi; their masks are then held against the NumPy reference fed by the
 """
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
-from conftest import random_frames
+from helpers import random_frames
 from donkey_saliency import backends
 from donkey_saliency.compute import graph, vbp
 from donkey_saliency.errors import ModelError
 from donkey_saliency.compute.methods import degrid
 from donkey_saliency.pilots import load_pilot
 from donkey_saliency.pilots import reference as framework
-from test_graph import donkey_models
-from test_tub import make_v2_tub
+from pilot_helpers import activations_model, keras_to_tflite, run_without_tensorflow
+from tub_helpers import make_v2_tub
 
 TOLERANCE = 1e-5
 FORMATS = (".h5", ".keras", ".tflite")
-# Installed as the first import hook of the subprocess: these imports fail there, as on a car.
-BLOCK_TENSORFLOW = textwrap.dedent("""
-    import sys
-
-    class BlockTensorFlow(object):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tensorflow", "tf2onnx", "keras", "tf_keras", "tflite_runtime"):
-                raise ImportError("%s is blocked in this test (a car without TensorFlow)" % name)
-
-    sys.meta_path.insert(0, BlockTensorFlow())
-""")
-
-
-def keras_to_tflite(model, path, data_gen=None):
-    from donkeycar.parts.interpreter import keras_to_tflite as convert
-
-    convert(model, str(path), data_gen)
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def pilot_files(tmp_path_factory):
-    """model type -> {suffix: path}: each donkey 2-D type saved as .h5 and .keras, and converted the
-    way donkeycar does to .tflite (seeded weights)."""
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(11)
-    folder = tmp_path_factory.mktemp("all_types")
-    files = {}
-    for model_type, make in sorted(donkey_models().items()):
-        model = make()
-        files[model_type] = {}
-        for suffix in (".h5", ".keras"):
-            files[model_type][suffix] = str(folder / (model_type + suffix))
-            model.save(files[model_type][suffix])
-        files[model_type][".tflite"] = keras_to_tflite(model, folder / (model_type + ".tflite"))
-    return files
-
-
-def run_without_tensorflow(script, timeout=600):
-    """Run ``script`` in a fresh interpreter where TensorFlow cannot be imported; its stdout."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", BLOCK_TENSORFLOW + textwrap.dedent(script)],
-                            capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 def expected_mask(path, frames):
@@ -172,23 +123,6 @@ def test_savedmodel_needs_tensorflow_and_says_so_in_one_line(tmp_path):
 
 
 # --- activations ----------------------------------------------------------------------------------
-def activations_model(last="swish"):
-    """Every activation donkey pilots use, as conv settings and as separate layers."""
-    import tensorflow as tf
-
-    layers = tf.keras.layers
-    inp = layers.Input((60, 80, 3), name="img_in")
-    x = layers.Conv2D(6, 3, strides=2, activation="elu")(inp)
-    x = layers.Conv2D(6, 3, activation="tanh")(x)
-    x = layers.Conv2D(6, 3, activation="sigmoid")(x)
-    x = layers.Conv2D(6, 3)(x)
-    x = layers.LeakyReLU(0.1)(x)
-    x = layers.Conv2D(6, 3, strides=2)(x)
-    x = layers.ReLU(max_value=6.0)(x)
-    x = layers.Conv2D(6, 3, activation="linear")(x)
-    x = layers.Conv2D(6, 3, activation=last)(x)
-    x = layers.Flatten()(x)
-    return tf.keras.Model(inp, layers.Dense(2, name="n_outputs0")(x))
 
 
 def test_activations_match_the_reference_in_h5_and_tflite(tmp_path):

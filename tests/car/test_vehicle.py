@@ -10,13 +10,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import wait_for
+from helpers import Camera, wait_for
 from donkey_saliency import add_saliency
 from donkey_saliency.car.drive_view import DriveViewToggle
 from donkey_saliency.keys import OUTPUTS, RECORD_KEYS, RECORD_TYPES
 from donkey_saliency.car.part import SaliencyPart
 from donkey_saliency.testing import ServerThread, read_mjpeg_part
-from test_web import camera_frame, decode_jpeg, mean_abs_diff, open_stream
+from web_helpers import camera_frame, decode_jpeg, mean_abs_diff, open_stream
 
 TUB_INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
 TUB_TYPES = ["image_array", "float", "float", "str"]
@@ -27,14 +27,6 @@ def config(**settings):
     """A donkeycar cfg as add_saliency reads it: attributes, SALIENCY_* defaults for the rest."""
     settings.setdefault("SALIENCY_BACKEND", "onnxruntime")
     return SimpleNamespace(**settings)
-
-
-class Camera(object):
-    def __init__(self, frame):
-        self.frame = frame
-
-    def run(self):
-        return self.frame.copy()
 
 
 class Joystick(object):

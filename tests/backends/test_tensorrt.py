@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import REAL_TUB, real_data_or_skip
+from helpers import real_data_or_skip, REAL_TUB
 from donkey_saliency import backends, cli
 from donkey_saliency.backends import trt_cache
 from donkey_saliency.backends import trt_tools
@@ -709,7 +709,7 @@ def test_tensorrt_path_parses_and_imports_on_python_3_6(tmp_path):
     python36 = find_python36()
     if python36 is None:
         pytest.skip("no python3.6 interpreter on this machine (JetPack 4.6's Python; pyenv install 3.6.15)")
-    package = os.path.join(os.path.dirname(__file__), "..", "donkey_saliency")
+    package = os.path.join(os.path.dirname(__file__), "..", "..", "donkey_saliency")
     env = dict(os.environ, PYENV_VERSION="3.6.15", PYTHONDONTWRITEBYTECODE="1")
     compile_code = ("import py_compile, sys\nfor i, path in enumerate(sys.argv[2:]):\n"
                     "    py_compile.compile(path, cfile='%s/%d.pyc' % (sys.argv[1], i), doraise=True)")

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import real_frames, wait_for
+from helpers import real_frames, wait_for
 import donkey_saliency
 from donkey_saliency import cli
 from donkey_saliency.api import Saliency

@@ -8,13 +8,13 @@ map's largest magnitude. TensorFlow is only the oracle: the graph is read and bu
 import numpy as np
 import pytest
 
-from conftest import random_frames, real_data_or_skip, real_frames
+from helpers import random_frames, real_data_or_skip, real_frames
 from donkey_saliency import backends
 from donkey_saliency.compute import backward, graph
 from donkey_saliency.errors import InputError
 from donkey_saliency.pilots import load_pilot
-from test_graph import CUSTOM, build, donkey_models, saved
-from test_readers import activations_model, keras_to_tflite, pilot_files  # noqa: F401 - a fixture
+from pilot_helpers import build, CUSTOM, donkey_models, saved
+from pilot_helpers import activations_model, keras_to_tflite
 
 RELATIVE = 1e-4
 # Operators the backward pass may use: opset-13 ones that ONNX Runtime 1.10 and TensorRT 8.2's parser run.
@@ -209,7 +209,7 @@ def test_every_method_runs_without_tensorflow_through_load_and_the_cli(pilot_fil
     """Every method, both outputs, .h5/.keras/.tflite, where TensorFlow cannot be imported (a car): the
     masks from load() equal those from the CLI's mask command and, for the input gradient, the tape's."""
     import tensorflow as tf
-    from test_readers import run_without_tensorflow
+    from pilot_helpers import run_without_tensorflow
 
     from donkey_saliency.compute import methods
 
