@@ -28,7 +28,8 @@ from .keys import CAMERA_KEY
 from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, OUTPUTS
 from .compute.overlay import check_style, overlay
 from .pilots import DEMO_PILOT, load_pilot
-from .web.review import DEFAULT_PORT, Review, serve
+from .web.review import DEFAULT_PORT, serve
+from .web.review_model import Review
 
 EXIT_BAD_INPUT = 2
 # Laptop tools that need Python 3.8+ (TensorFlow, the simulated track). A Jetson Nano's JetPack 4.6
@@ -274,7 +275,7 @@ def cmd_demo(args):
     return demo.run()
 
 
-# --- backfill / render / layers / filters (backfill.py, review.py) ----------------------------------
+# --- backfill / render / layers / filters (tools/backfill.py, render.py, layers.py, filters.py) ----------
 def _add_backfill(sub, shared):
     p = sub.add_parser("backfill", help="copy a tub recorded without saliency, adding the saliency keys",
                        parents=[shared.backend, shared.image_key, shared.style, shared.method])
@@ -331,7 +332,7 @@ def _add_layers(sub, shared):
 
 
 def cmd_layers(args):
-    from .tools.render import write_layer_grid
+    from .tools.layers import write_layer_grid
 
     grid = write_layer_grid(args.model, args.image, args.out, backend=args.backend, colormap=args.colormap,
                             force=args.force)
@@ -356,7 +357,7 @@ def _add_filters(sub, shared):
 
 
 def cmd_filters(args):
-    from .tools.render import filter_report
+    from .tools.filters import filter_report
 
     report = filter_report(args.tub, args.model, out_path=args.out, threshold=args.threshold, rare=args.rare,
                            batch=args.batch, backend=args.backend, image_key=args.image_key, force=args.force)
@@ -366,7 +367,7 @@ def cmd_filters(args):
     return 0
 
 
-# --- review (review_web.py) -----------------------------------------------------------------------
+# --- review (web/review.py) ------------------------------------------------------------------------
 def _add_review(sub, shared):
     p = sub.add_parser("review", help="a page to scrub a tub in the browser: camera | saliency, the drive's "
                                       "steering and throttle, where pilot and user disagree",

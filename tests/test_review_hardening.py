@@ -20,7 +20,8 @@ from test_review_page import CLI, COUNT, DELETED, Served, camera, donkey_deleted
 from donkey_saliency.web import guard as requests_guard
 from donkey_saliency.tubs import read as tub, index as tub_index
 from donkey_saliency.errors import InputError
-from donkey_saliency.web.review import Review, application, limited_server
+from donkey_saliency.web.review import application, limited_server
+from donkey_saliency.web.review_model import Review
 from donkey_saliency.testing import ServerThread, write_catalog_tub
 
 BIG = 200000
@@ -60,7 +61,7 @@ def test_car_review_of_a_200000_record_tub_never_works_on_the_ioloop(tmp_path, m
     from donkeycar.vehicle import Vehicle
 
     from donkey_saliency.car.part import SaliencyPart
-    from donkey_saliency.web.review import tub_being_written
+    from donkey_saliency.car.vehicle import tub_being_written
     from donkey_saliency.web.live import attach_web
 
     path = write_catalog_tub(str(tmp_path / "tub"), BIG, INPUTS, TYPES, [camera(k) for k in range(4)])

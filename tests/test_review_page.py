@@ -13,7 +13,8 @@ import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
 from conftest import real_data_or_skip, wait_for
-from donkey_saliency.web.review import MAX_POST_BYTES, Review, application, top_disagreements
+from donkey_saliency.web.review import MAX_POST_BYTES, application
+from donkey_saliency.web.review_model import Review, top_disagreements
 from donkey_saliency.keys import OVERLAY_KEY
 from donkey_saliency.tubs.index import TubIndex
 from donkey_saliency.testing import ServerThread
@@ -250,7 +251,7 @@ def test_car_server_mounts_the_tub_being_written_read_only(tmp_path):
     from donkeycar.vehicle import Vehicle
 
     from donkey_saliency.car.part import SaliencyPart
-    from donkey_saliency.web.review import tub_being_written
+    from donkey_saliency.car.vehicle import tub_being_written
     from donkey_saliency.web.live import attach_web
 
     vehicle = Vehicle()
