@@ -28,6 +28,7 @@ from .keys import CAMERA_KEY
 from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, OUTPUTS
 from .compute.overlay import check_style, overlay
 from .pilots import DEMO_PILOT, load_pilot
+from .tubs.read import tub_frames
 from .web.review import DEFAULT_PORT, serve
 from .web.review_model import Review
 
@@ -226,7 +227,8 @@ def _add_selftest(sub, shared):
                                         "mask difference, overlap of the salient pixels, speed; PASS/FAIL")
     p.add_argument("model", nargs="?", help="pilot file (default: donkey's linear architecture, fixed random weights)")
     p.add_argument("--tub", help="donkeycar tub (v2 or v1) to take frames from (default: procedural road scenes)")
-    p.add_argument("--frames", type=int, default=50, help="how many frames (spread over the tub); default 50")
+    p.add_argument("--frames", type=int, default=trt_tools.DEFAULT_FRAMES,
+                   help="how many frames (spread over the tub); default %d" % trt_tools.DEFAULT_FRAMES)
     p.add_argument("--precision", default="both", help="both (default: an fp32 and an fp16 engine, compared), "
                                                          "fp16 or fp32")
     p.add_argument("--cache-dir", default=None, help="cache directory (as for build-engine)")
@@ -238,7 +240,7 @@ def cmd_selftest(args):
     if args.frames < 1:
         raise InputError("--frames must be at least 1")
     trt_tools.require_tensorrt()
-    frames = trt_tools.tub_frames(args.tub, args.frames) if args.tub else None  # a bad tub fails first
+    frames = tub_frames(args.tub, args.frames) if args.tub else None  # a bad tub fails first
     graph = graph_for(args.model, args.cache_dir) if args.model else trt_tools.default_pilot_graph()
     if frames is None:
         frames = trt_tools.procedural_frames(args.frames, graph.input_shape)

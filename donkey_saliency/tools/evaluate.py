@@ -44,8 +44,7 @@ from ..util.opencv import import_cv2
 from ..compute.overlay import overlay, side_by_side
 from ..pilots import load_pilot
 from .steering import PilotSteering
-from ..backends.trt_tools import tub_frames
-from ..tubs.read import open_tub
+from ..tubs.read import open_tub, tub_frames
 
 DEFAULT_AREA = 0.15
 DEFAULT_FRAMES = 150
