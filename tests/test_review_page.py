@@ -1,4 +1,4 @@
-"""The review page (review_web.py): a v2 tub written by donkeycar's own ``Tub`` (with deleted records
+"""The review page (web/review.py, review_model.py): a v2 tub written by donkeycar's own ``Tub`` (with deleted records
 and recorded saliency) and the real v1 tub, served by a real Tornado server on 127.0.0.1, read by
 http.client and by headless Chromium; deletes read back with donkeycar's ``Tub``."""
 import http.client
