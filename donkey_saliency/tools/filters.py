@@ -86,14 +86,14 @@ def filter_chart(layers, frames, threshold, rare, width=SHEET_WIDTH):
 
     blocks = [np.full((30, width, 3), DARK[0], dtype=np.uint8)]
     put_text(blocks[0], "filter activity over %d frames (fires: peak > %g; orange: < %g%% of frames; red: never)"
-          % (frames, threshold, rare * 100.0), (6, 20), 0.5)
+             % (frames, threshold, rare * 100.0), (6, 20), 0.5)
     chart_h = 70
     for layer in layers:
         n = len(layer.rates)
         step = max(3, min(24, (width - 60) // max(n, 1)))
         block = np.full((chart_h + 44, width, 3), DARK[0], dtype=np.uint8)
-        put_text(block, "%s  %dx%dx%d  %d dead, %d rare" % ((layer.name,) + layer.shape + (len(layer.dead), len(layer.rare))),
-              (6, 16), 0.45, RED if layer.dead else WHITE)
+        title = "%s  %dx%dx%d  %d dead, %d rare" % ((layer.name,) + layer.shape + (len(layer.dead), len(layer.rare)))
+        put_text(block, title, (6, 16), 0.45, RED if layer.dead else WHITE)
         base = 24 + chart_h
         cv2.line(block, (40, base), (40 + n * step, base), GREY, 1)
         cv2.line(block, (40, 24), (40 + n * step, 24), (70, 70, 70), 1)
@@ -105,7 +105,8 @@ def filter_chart(layers, frames, threshold, rare, width=SHEET_WIDTH):
                 cv2.rectangle(block, (x + 1, base - 6), (x + step - 2, base), RED, -1)
             else:
                 color = ORANGE if c in layer.rare else USER_COLOR
-                cv2.rectangle(block, (x + 1, base - max(1, int(round(rate * chart_h)))), (x + step - 2, base), color, -1)
+                top = base - max(1, int(round(rate * chart_h)))
+                cv2.rectangle(block, (x + 1, top), (x + step - 2, base), color, -1)
             if c % 8 == 0:
                 put_text(block, str(c), (x, base + 14), 0.3, GREY)
         blocks.append(block)

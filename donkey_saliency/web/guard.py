@@ -1,8 +1,9 @@
 """The checks web requests pass, on both servers (the car's routes and ``donkey-saliency review``):
-every request's Host (``AllowedHosts``, against DNS rebinding); a state-changing request's origin and
-declared size before its body is read, and its body by one rule (``json_fields``: the car's
-/saliency/drive_view and the review page's delete marks); the time limits on slow connections (``SERVER_LIMITS``); refusals logged rate-limited
-(``REFUSALS``). Plain functions of the headers: no tornado needed to import or test them."""
+every request's Host (``AllowedHosts``, against DNS rebinding); a state-changing request's origin
+and declared size before its body is read, and its body by one rule (``json_fields``: the car's
+/saliency/drive_view and the review page's delete marks); the time limits on slow connections
+(``SERVER_LIMITS``); refusals logged rate-limited (``REFUSALS``). Plain functions of the headers and
+bodies: no tornado needed to import or test them (``handlers.py`` applies them)."""
 import json
 import logging
 from urllib.parse import urlsplit

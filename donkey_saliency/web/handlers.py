@@ -3,7 +3,7 @@ page (``review.py``, on its own server or mounted on the car).
 
 Every route answers only a Host in its ``hosts`` (``guard.AllowedHosts``: DNS rebinding). Replies are
 a fixed page file (read once, when the routes are made: nothing from a request names a file), JSON
-or JPEG bytes, never cached by the browser; refusals are JSON ``{"error": why}``. A request that
+or JPEG bytes (``no-store`` unless a route says otherwise); refusals are JSON ``{"error": why}``. A request that
 changes something (``SmallBodyHandler``) comes from a page of the same host, is refused from its
 headers before a large body is read, and its body is read by ``guard.json_fields``.
 
