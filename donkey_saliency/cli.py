@@ -30,7 +30,9 @@ from .keys import CAMERA_KEY
 from .compute.methods import DEFAULT_METHOD, DEFAULT_OUTPUT, METHODS, OUTPUTS
 from .compute.overlay import check_style, overlay
 from .pilots import DEMO_PILOT, load_pilot, require_model_file
-from .web.review import DEFAULT_PORT, Review, serve
+from .tubs.read import tub_frames
+from .web.review import DEFAULT_PORT, serve
+from .web.review_model import Review
 from .web.review_pair import PilotPair
 
 EXIT_BAD_INPUT = 2
@@ -239,7 +241,8 @@ def _add_selftest(sub, shared):
                                         "mask difference, overlap of the salient pixels, speed; PASS/FAIL")
     p.add_argument("model", nargs="?", help="pilot file (default: donkey's linear architecture, fixed random weights)")
     p.add_argument("--tub", help="donkeycar tub (v2 or v1) to take frames from (default: procedural road scenes)")
-    p.add_argument("--frames", type=int, default=50, help="how many frames (spread over the tub); default 50")
+    p.add_argument("--frames", type=int, default=trt_tools.DEFAULT_FRAMES,
+                   help="how many frames (spread over the tub); default %d" % trt_tools.DEFAULT_FRAMES)
     p.add_argument("--precision", default="both", help="both (default: an fp32 and an fp16 engine, compared), "
                                                          "fp16 or fp32")
     p.add_argument("--cache-dir", default=None, help="cache directory (as for build-engine)")
@@ -251,7 +254,7 @@ def cmd_selftest(args):
     if args.frames < 1:
         raise InputError("--frames must be at least 1")
     trt_tools.require_tensorrt()
-    frames = trt_tools.tub_frames(args.tub, args.frames) if args.tub else None  # a bad tub fails first
+    frames = tub_frames(args.tub, args.frames) if args.tub else None  # a bad tub fails first
     graph = graph_for(args.model, args.cache_dir) if args.model else trt_tools.default_pilot_graph()
     if frames is None:
         frames = trt_tools.procedural_frames(args.frames, graph.input_shape)
@@ -288,7 +291,7 @@ def cmd_demo(args):
     return demo.run()
 
 
-# --- backfill / render / layers / filters (backfill.py, review.py) ----------------------------------
+# --- backfill / render / layers / filters (tools/backfill.py, render.py, layers.py, filters.py) ----------
 def _add_backfill(sub, shared):
     p = sub.add_parser("backfill", help="copy a tub recorded without saliency, adding the saliency keys",
                        parents=[shared.backend, shared.image_key, shared.style, shared.method])
@@ -344,7 +347,7 @@ def _add_layers(sub, shared):
 
 
 def cmd_layers(args):
-    grid = laptop_tool("render").write_layer_grid(args.model, args.image, args.out, backend=args.backend, colormap=args.colormap,
+    grid = laptop_tool("layers").write_layer_grid(args.model, args.image, args.out, backend=args.backend, colormap=args.colormap,
                             force=args.force)
     for name, (h, w, c) in grid.layers:
         flat = grid.flat[name]
@@ -367,7 +370,7 @@ def _add_filters(sub, shared):
 
 
 def cmd_filters(args):
-    report = laptop_tool("render").filter_report(args.tub, args.model, out_path=args.out, threshold=args.threshold, rare=args.rare,
+    report = laptop_tool("filters").filter_report(args.tub, args.model, out_path=args.out, threshold=args.threshold, rare=args.rare,
                            batch=args.batch, backend=args.backend, image_key=args.image_key, force=args.force)
     print(report.table)
     if report.path:
@@ -375,7 +378,7 @@ def cmd_filters(args):
     return 0
 
 
-# --- review (review_web.py) -----------------------------------------------------------------------
+# --- review (web/review.py) ------------------------------------------------------------------------
 def _add_review(sub, shared):
     p = sub.add_parser("review", help="a page to scrub a tub in the browser: camera | saliency, the drive's "
                                       "steering and throttle, where pilot and user disagree",

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from donkey_saliency import backends  # noqa: E402
 from donkey_saliency.keys import CAMERA_KEY, OUTPUTS  # noqa: E402
 from donkey_saliency.car.part import SaliencyPart  # noqa: E402
-from donkey_saliency.web.review import tub_being_written  # noqa: E402
+from donkey_saliency.car.vehicle import tub_being_written  # noqa: E402
 from donkey_saliency.pilots import DEMO_PILOT  # noqa: E402
 from donkey_saliency.tools.track import track_frames  # noqa: E402
 from donkey_saliency.tubs.read import recording_inputs  # noqa: E402

@@ -9,7 +9,8 @@ import numpy as np
 from donkey_saliency.car.part import SaliencyPart
 from donkey_saliency.testing import ServerThread
 from donkey_saliency.web.live import attach_web
-from donkey_saliency.web.review import Review, application
+from donkey_saliency.web.review import application
+from donkey_saliency.web.review_model import Review
 
 
 def camera_frame(shift=0):

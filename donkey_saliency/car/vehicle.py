@@ -11,7 +11,6 @@ from ..errors import setup_failure
 from .interpreter import SaliencyInterpreter
 from ..keys import CAMERA_KEY, DRIVE_IMAGE_KEY, OUTPUTS
 from .part import SaliencyPart
-from ..web.review import tub_being_written
 from ..tubs.read import recording_inputs
 from ..web.live import attach_web
 
@@ -145,3 +144,13 @@ def share_pilot_pass(V, part, model_path, backend, backend_options):
                 "its pass gives the mask" if in_pass else "the %s mask comes from the saliency worker, off the loop"
                 % part.method_masks.method)
     return interpreter
+
+
+def tub_being_written(vehicle):
+    """The base path of the first donkeycar ``TubWriter`` among a vehicle's parts, or None."""
+    for entry in getattr(vehicle, "parts", []):
+        tub = getattr(entry.get("part"), "tub", None)
+        if tub is not None and getattr(tub, "base_path", None):
+            return str(tub.base_path)
+    return None
+

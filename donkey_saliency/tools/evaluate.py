@@ -50,8 +50,7 @@ from ..compute.overlay import overlay, side_by_side
 from ..pilots import load_pilot, require_model_file
 from ..pilots.network import Network
 from ..pilots.trunk import Conv
-from ..backends.trt_tools import tub_frames
-from ..tubs.read import open_tub
+from ..tubs.read import open_tub, tub_frames
 
 SHIFTS = (-12, -9, -6, -3, 3, 6, 9, 12)
 FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 11))  # 5 % .. 50 %

@@ -21,8 +21,11 @@ import os
 import re
 import time
 
+import numpy as np
+
 from ..errors import InputError
 from ..util.fileio import read_limited, size_text
+from ..util.images import read_rgb
 from ..keys import CAMERA_KEY, RECORD_KEYS, RECORD_TYPES
 
 logger = logging.getLogger(__name__)
@@ -364,3 +367,12 @@ def camera_image_paths(path, key=CAMERA_KEY):
     if not paths:
         raise InputError("%s holds no %s images" % (source.path, key))
     return paths
+
+
+def tub_frames(path, count=None, key=CAMERA_KEY):
+    """RGB uint8 frames of ``key``, ``count`` of them spread evenly over the tub's live records
+    (all of them without ``count``)."""
+    paths = camera_image_paths(path, key)
+    if count is not None and count < len(paths):
+        paths = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, count)]
+    return [read_rgb(p) for p in paths]

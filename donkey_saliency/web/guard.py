@@ -1,8 +1,10 @@
 """The checks web requests pass, on both servers (the car's routes and ``donkey-saliency review``):
-every request's Host (``AllowedHosts``, against DNS rebinding); a state-changing request's origin and
-declared size before its body is read (the car's /saliency/drive_view and the review page's delete
-marks); the time limits on slow connections (``SERVER_LIMITS``); refusals logged rate-limited
-(``REFUSALS``). Plain functions of the headers: no tornado needed to import or test them."""
+every request's Host (``AllowedHosts``, against DNS rebinding); a state-changing request's origin
+and declared size before its body is read, and its body by one rule (``json_fields``: the car's
+/saliency/drive_view and the review page's delete marks); the time limits on slow connections
+(``SERVER_LIMITS``); refusals logged rate-limited (``REFUSALS``). Plain functions of the headers and
+bodies: no tornado needed to import or test them (``handlers.py`` applies them)."""
+import json
 import logging
 from urllib.parse import urlsplit
 
@@ -24,6 +26,25 @@ def same_origin(headers, host, origin_required=False):
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == (host or "").lower()
+
+
+def json_fields(body, fields):
+    """The values of a state-changing request's body, in ``fields``' order: ``body`` (bytes) must be
+    one flat JSON object whose keys are exactly ``fields`` (an ordered list of (name, type)), each
+    value of its type (a bool is no int). ValueError otherwise. A bracket beyond the object's own is
+    refused before any parser sees the body: ``import donkeycar`` raises the recursion limit, and a
+    deep body would crash the car's process."""
+    text = body.decode("utf-8").strip()  # UnicodeDecodeError is a ValueError
+    if not (text.startswith("{") and text.endswith("}")) or text.count("{") + text.count("[") != 1:
+        raise ValueError("not one flat JSON object")
+    values = json.loads(text)
+    if sorted(values) != sorted(name for name, _ in fields):
+        raise ValueError("keys %s, expected %s" % (sorted(values), [name for name, _ in fields]))
+    for name, kind in fields:
+        value = values[name]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ValueError("%s must be %s" % (name, kind.__name__))
+    return [values[name] for name, _ in fields]
 
 
 def declared_length(headers, limit):

@@ -12,11 +12,11 @@
                                         overlay in /drive's video; replies ``{"drive_view": bool}``
 
 Requests are hostile until checked. Every route answers only a Host that is this car (403
-otherwise: DNS rebinding; ``requests_guard.AllowedHosts`` with ``SALIENCY_ALLOWED_HOSTS``), and the
-server donkeycar creates gets ``requests_guard.SERVER_LIMITS`` (``limit_slow_connections``).
-/saliency/drive_view refuses a body over ``MAX_BODY_BYTES`` before reading it (413; it is parsed
-by one fixed pattern, never by a JSON parser: ``import donkeycar`` raises the recursion limit, and
-a deep body would crash the car's process) and refuses a foreign ``Origin``/``Referer`` (403, see ``requests_guard.same_origin``). The streams take at most ``max_viewers``
+otherwise: DNS rebinding; ``guard.AllowedHosts`` with ``SALIENCY_ALLOWED_HOSTS``), and the
+server donkeycar creates gets ``guard.SERVER_LIMITS`` (``limit_slow_connections``).
+/saliency/drive_view refuses a body over ``MAX_BODY_BYTES`` before reading it (413), a foreign
+``Origin``/``Referer`` (403) and any body but one flat JSON object (400): ``handlers.SmallBodyHandler``
+and ``guard.json_fields``, as for the review page's one write. The streams take at most ``max_viewers``
 clients together (503 beyond) and drop a client that has not taken a frame for ``stall_s`` seconds.
 
 Nothing from a request reaches the filesystem: the page is read from a fixed package file when
@@ -33,10 +33,8 @@ re-encodes at ~175 JPEG/s per client and never returns. A slow client skips fram
 (what /drive's ``<img src="/video">`` shows) while the toggle is on; the pilot's input is never touched.
 """
 import collections
-import json
+import functools
 import logging
-import os
-import re
 import threading
 import time
 
@@ -45,16 +43,16 @@ from ..car.drive_view import DriveViewToggle
 from ..util.deps import require
 from ..util.images import JPEG_QUALITY, encode_jpeg
 from ..compute.overlay import layer_picture
-from .guard import SERVER_LIMITS, AllowedHosts, declared_length, log_request, refuse_foreign_host, same_origin
-from .review import mount
+from .guard import SERVER_LIMITS, AllowedHosts, log_request
+from .handlers import read_page, tornado_handlers
 from ..util.stats import median
 
 logger = logging.getLogger(__name__)
 
 BOUNDARY = "saliencyframe"
-PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "saliency.html")
+PAGE = "saliency.html"  # in web/static
 MAX_BODY_BYTES = 1024  # /saliency/drive_view needs ~15 bytes
-DRIVE_VIEW_BODY = re.compile(br'^\s*\{\s*"on"\s*:\s*(true|false)\s*\}\s*$')
+DRIVE_VIEW_FIELDS = [("on", bool)]
 STALL_S = 10.0  # a stream client that takes no frame for this long is dropped
 
 STATS_FIELDS = collections.OrderedDict([
@@ -132,7 +130,7 @@ class SaliencyWeb(object):
     """The web side of one ``SaliencyPart``: encodes, counts, and serves. See the module docstring."""
 
     def __init__(self, ctr, part, jpeg_quality=JPEG_QUALITY, drive_view=False,
-                 toggle_button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"], page_file=PAGE_FILE,
+                 toggle_button=DEFAULTS["SALIENCY_TOGGLE_BUTTON"],
                  max_viewers=DEFAULTS["SALIENCY_MAX_VIEWERS"], stall_s=STALL_S,
                  allowed_hosts=DEFAULTS["SALIENCY_ALLOWED_HOSTS"]):
         quality = int(jpeg_quality)
@@ -149,8 +147,7 @@ class SaliencyWeb(object):
         self.part = part
         self.jpeg_quality = quality
         self.drive_view = DriveViewToggle(on=drive_view, button=toggle_button)
-        with open(page_file, "rb") as handle:  # a fixed package file, read once
-            self.page = handle.read()
+        self.page = read_page(PAGE)
         self.overlay = _Channel("overlay")
         self.camera = _Channel("camera")
         self.closing = False
@@ -244,13 +241,14 @@ class SaliencyWeb(object):
     def routes(self):
         """(pattern, handler, kwargs) for ``Application.add_handlers``."""
         handlers = _handlers()
+        mine = dict(hosts=self.allowed_hosts, web=self)
         return [
-            (r"/saliency/?", handlers["page"], dict(web=self)),
-            (r"/saliency/video", handlers["stream"], dict(web=self, channel=self.overlay)),
-            (r"/saliency/camera", handlers["stream"], dict(web=self, channel=self.camera)),
-            (r"/saliency/layer/([0-9]{1,3})\.jpg", handlers["layer"], dict(web=self)),
-            (r"/saliency/stats", handlers["stats"], dict(web=self)),
-            (r"/saliency/drive_view", handlers["drive_view"], dict(web=self)),
+            (r"/saliency/?", handlers["page"], dict(hosts=self.allowed_hosts, page=self.page)),
+            (r"/saliency/video", handlers["stream"], dict(mine, channel=self.overlay)),
+            (r"/saliency/camera", handlers["stream"], dict(mine, channel=self.camera)),
+            (r"/saliency/layer/([0-9]{1,3})\.jpg", handlers["layer"], mine),
+            (r"/saliency/stats", handlers["stats"], mine),
+            (r"/saliency/drive_view", handlers["drive_view"], mine),
         ]
 
     def close(self):
@@ -266,12 +264,14 @@ def attach_web(ctr, part, jpeg_quality=JPEG_QUALITY, drive_view=False,
     """Adds the saliency routes to a ``LocalWebController`` (call before ``V.start()``) and returns the
     ``SaliencyWeb``; add its ``drive_view`` part to the vehicle after ``UserPilotCondition``.
     ``review_tub`` (a tub path, or a callable giving the tub being written) also mounts the
-    read-only review page at /saliency/review (review_web.py). Every route answers only the hosts
-    in ``allowed_hosts`` (``requests_guard.AllowedHosts``: names beyond the machine's own)."""
+    read-only review page at /saliency/review (review.py). Every route answers only the hosts
+    in ``allowed_hosts`` (``guard.AllowedHosts``: names beyond the machine's own)."""
     web = SaliencyWeb(ctr, part, jpeg_quality=jpeg_quality, drive_view=drive_view, toggle_button=toggle_button,
                       max_viewers=max_viewers, stall_s=stall_s, allowed_hosts=allowed_hosts)
     ctr.add_handlers(r".*", web.routes())
     if review_tub is not None:
+        from .review import mount  # the review page's module, only for a car that shows it
+
         mount(ctr, review_tub, web.allowed_hosts)
     limit_slow_connections(ctr)
     ctr.settings.setdefault("log_function", log_request)  # a flood of refused requests: one line a minute
@@ -293,113 +293,55 @@ def limit_slow_connections(ctr):
     ctr.listen = listen_with_limits
 
 
-def parse_drive_view(body):
-    """True/False from ``{"on": true|false}``, None for an empty body (flip); ValueError otherwise."""
-    if not body.strip():
-        return None
-    match = DRIVE_VIEW_BODY.match(body)
-    if match is None:
-        raise ValueError('expected {"on": true} or {"on": false}, or an empty body to flip')
-    return match.group(1) == b"true"
-
-
 # --- Tornado handlers (tornado is imported only when attach_web runs) ------------------------------
-_HANDLERS = {}
 
-
+@functools.lru_cache(maxsize=None)
 def _handlers():
-    """The handler classes, built on first use so that importing this module needs no tornado."""
-    if not _HANDLERS:
-        _HANDLERS.update(_make_handlers())
-    return _HANDLERS
+    """This page's handler classes, on ``handlers.tornado_handlers``' shared ones."""
+    import datetime
 
-
-def _make_handlers():
     require("tornado")  # one line saying how to get it, not a traceback
+    from tornado.gen import with_timeout
     from tornado.iostream import StreamClosedError
     from tornado.locks import Event
-    from tornado.web import RequestHandler, stream_request_body
-    from tornado.gen import with_timeout
     from tornado.util import TimeoutError as FlushTimeout
 
-    class GuardedHandler(RequestHandler):
-        """Every route: the Host must be one this car is reached by (DNS rebinding)."""
+    shared = tornado_handlers()
 
-        def initialize(self, web):
-            self.web = web
-
-        def prepare(self):
-            refuse_foreign_host(self, self.web.allowed_hosts)
-
-    class PageHandler(GuardedHandler):
+    class StatsHandler(shared.Guarded):
         def get(self):
-            self.set_header("Content-Type", "text/html; charset=utf-8")
-            self.set_header("Cache-Control", "no-cache")
-            self.write(self.web.page)
+            self.reply_json(self.web.stats())
 
-    class StatsHandler(GuardedHandler):
-        def get(self):
-            self.set_header("Content-Type", "application/json")
-            self.set_header("Cache-Control", "no-store")
-            self.write(json.dumps(self.web.stats()))
-
-    class LayerHandler(GuardedHandler):
+    class LayerHandler(shared.Guarded):
         def get(self, index):
             frame = self.web.layer_jpeg(int(index))
             if frame is None:
-                self.set_status(404)
-                self.write("no such layer map (yet)")
+                self.fail(404, "no such layer map (yet)")
                 return
-            self.set_header("Content-Type", "image/jpeg")
-            self.set_header("Cache-Control", "no-store")
             self.set_header("X-Saliency-Seq", str(frame.seq))
-            self.write(frame.data)
+            self.reply_jpeg(frame.data)
 
-    @stream_request_body
-    class DriveViewHandler(GuardedHandler):
-        """The body is streamed to us, so prepare() can refuse a large one before it is read."""
-
-        def initialize(self, web):
-            self.web = web
-            self.body = bytearray()
-
-        def prepare(self):
-            if refuse_foreign_host(self, self.web.allowed_hosts):
-                return
-            if not same_origin(self.request.headers, self.request.host):
-                self.refuse(403, "cross-origin request refused")
-                return
-            if declared_length(self.request.headers, MAX_BODY_BYTES) > MAX_BODY_BYTES:
-                self.refuse(413, "body over %d bytes" % MAX_BODY_BYTES)
-                return
-            self.request.connection.set_max_body_size(MAX_BODY_BYTES)  # chunked bodies: Tornado cuts them off
-
-        def refuse(self, status, message):
-            self.set_status(status)
-            self.set_header("Connection", "close")
-            self.finish({"error": message})
-
-        def data_received(self, chunk):
-            self.body.extend(chunk)
+    class DriveViewHandler(shared.SmallBody):
+        max_body = MAX_BODY_BYTES
 
         def post(self):
+            if not self.body.strip():
+                wanted = None  # an empty body flips
+            else:
+                fields = self.body_fields(DRIVE_VIEW_FIELDS, '{"on": true} or {"on": false}, or an empty body to flip')
+                if fields is None:
+                    return
+                wanted = fields[0]
             toggle = self.web.drive_view
-            try:
-                wanted = parse_drive_view(bytes(self.body))
-            except ValueError as error:
-                self.set_status(400)
-                self.write({"error": str(error)})
-                return
             state = toggle.flip() if wanted is None else toggle.set(wanted)
             logger.info("saliency overlay in /drive: %s (from the web page)", "on" if state else "off")
-            self.write({"drive_view": state})
+            self.reply_json({"drive_view": state})
 
         put = post
 
-    class StreamHandler(GuardedHandler):
-        def initialize(self, web, channel):
-            self.web = web
-            self.channel = channel
+    class StreamHandler(shared.Guarded):
+        def initialize(self, hosts, web, channel):
+            super(StreamHandler, self).initialize(hosts, web=web, channel=channel)
             self.waker = Event()
             self.closed = False
 
@@ -443,8 +385,6 @@ def _make_handlers():
         async def flush_or_drop(self):
             """flush(), but a client that takes nothing for stall_s is hung up on (StreamClosedError):
             its handler would otherwise wait for it forever, holding a viewer's place."""
-            import datetime
-
             try:
                 await with_timeout(datetime.timedelta(seconds=self.web.stall_s), self.flush(),
                                    quiet_exceptions=(StreamClosedError,))
@@ -457,5 +397,5 @@ def _make_handlers():
             self.closed = True
             self.waker.set()
 
-    return dict(page=PageHandler, stats=StatsHandler, layer=LayerHandler, drive_view=DriveViewHandler,
+    return dict(page=shared.Page, stats=StatsHandler, layer=LayerHandler, drive_view=DriveViewHandler,
                 stream=StreamHandler)

@@ -6,7 +6,7 @@ most. Pilot values come from each pilot's whole graph (``api.PilotPass``: no Ten
 done, shown as it arrives) and draws one pilot's overlay for one record on request (the review's own
 executor thread); a lock keeps the two threads off a backend at once. Disagreement: |steering A −
 steering B|, steering as ``pilots.decode.expected_steering`` gives it (a categorical pilot's expected
-value), ranked largest first, records at least ``review_web.DISAGREEMENT_SPACING`` apart.
+value), ranked largest first, records at least ``review_model.DISAGREEMENT_SPACING`` apart.
 """
 import logging
 import os
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 NAMES = ("A", "B")
 ANGLE_KEYS = ("A/angle", "B/angle")  # the pilots' steering: timeline arrays and record fields
-VIEWS = ("pilotA", "pilotB")  # review_web's picture views of each pilot's overlay
+VIEWS = ("pilotA", "pilotB")  # review_model's picture views of each pilot's overlay
 RANKED_BY = "|steering A - steering B|, largest first"
 BATCH = 32
 

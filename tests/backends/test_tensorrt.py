@@ -15,14 +15,14 @@ import pytest
 from helpers import real_data_or_skip, REAL_TUB
 from donkey_saliency import backends, cli
 from donkey_saliency.backends import trt_cache
-from donkey_saliency.backends import trt_tools
+from donkey_saliency.backends import trt_compare, trt_tools
 from donkey_saliency.backends import tensorrt as trt_backend
 from donkey_saliency.backends import trt_api, trt_engine
 from donkey_saliency.backends.onnxruntime import OnnxRuntimeBackend
 from donkey_saliency.backends.tensorrt import GpuSession, TensorRTBackend
 from donkey_saliency.backends.trt_api import TensorSpec
 from donkey_saliency.errors import BackendUnavailable, InputError
-from donkey_saliency.tubs.read import camera_image_paths
+from donkey_saliency.tubs.read import camera_image_paths, tub_frames
 
 
 def tensorrt_usable():
@@ -651,8 +651,8 @@ def test_a_savedmodel_export_keeps_tensorflow_off_the_gpu(tiny_pilot_path, tmp_p
 # version shims, the engine cache and the selftest's tools.
 TRT_PATH_FILES = ["backends/__init__.py", "backends/base.py", "backends/onnxruntime.py", "backends/tensorrt.py",
                   "backends/trt_api.py", "backends/trt_engine.py", "backends/trt_fp16.py", "api.py",
-                  "backends/trt_cache.py", "backends/trt_tools.py", "errors.py", "pilots/__init__.py",
-                  "pilots/keras.py", "pilots/trunk.py", "compute/onnx_proto.py"]
+                  "backends/trt_cache.py", "backends/trt_compare.py", "backends/trt_tools.py", "errors.py",
+                  "pilots/__init__.py", "pilots/keras.py", "pilots/trunk.py", "compute/onnx_proto.py"]
 PY36_CHECK = """
 import importlib, sys
 for name in sys.argv[1:]:
@@ -904,17 +904,17 @@ def test_commands_are_listed_in_help():
 # --- comparison maths ------------------------------------------------------------------------------
 def test_top_fraction_takes_the_most_salient_pixels():
     mask = np.arange(100, dtype=np.float32).reshape(10, 10) / 99.0
-    chosen = trt_tools.top_fraction(mask, 0.10)
+    chosen = trt_compare.top_fraction(mask, 0.10)
     assert chosen.sum() == 10 and chosen.ravel()[90:].all()
     tied = np.zeros((10, 10), np.float32)
     tied[0, :] = 1.0
     tied[1, :5] = 0.5
     tied[1, 5:] = 0.5  # 10 ones, then 10 ties at 0.5 straddling the 10 % line
-    assert trt_tools.top_fraction(tied, 0.15).sum() == 20  # ties are all in
-    assert trt_tools.top_fraction(np.zeros((10, 10)), 0.1).sum() == 0  # a blank mask has nothing salient
+    assert trt_compare.top_fraction(tied, 0.15).sum() == 20  # ties are all in
+    assert trt_compare.top_fraction(np.zeros((10, 10)), 0.1).sum() == 0  # a blank mask has nothing salient
     spike = np.zeros((10, 10))
     spike[3, 4] = 1.0
-    assert trt_tools.top_fraction(spike, 0.1).sum() == 1  # not the plateau of zeros
+    assert trt_compare.top_fraction(spike, 0.1).sum() == 1  # not the plateau of zeros
 
 
 def test_overlap():
@@ -922,34 +922,34 @@ def test_overlap():
     a[:2] = True
     b = np.zeros((4, 4), bool)
     b[1:3] = True
-    assert trt_tools.overlap(a, a) == 1.0
-    assert trt_tools.overlap(a, b) == pytest.approx(4 / 12)
-    assert trt_tools.overlap(a, ~a) == 0.0
-    assert trt_tools.overlap(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 1.0
+    assert trt_compare.overlap(a, a) == 1.0
+    assert trt_compare.overlap(a, b) == pytest.approx(4 / 12)
+    assert trt_compare.overlap(a, ~a) == 0.0
+    assert trt_compare.overlap(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 1.0
 
 
 def test_compare_masks_and_verdict():
     rng = np.random.default_rng(3)
     reference = rng.random((6, 12, 16)).astype(np.float32)
-    same = trt_tools.compare_masks(reference, reference)
+    same = trt_compare.compare_masks(reference, reference)
     assert same["max_abs"] == 0.0 and same["min_overlap"] == 1.0 and same["blank_frames"] == 0
-    assert trt_tools.verdict(same, trt_tools.TOLERANCES["fp32"]) == (True, [])
+    assert trt_compare.verdict(same, trt_compare.TOLERANCES["fp32"]) == (True, [])
 
-    nudged = trt_tools.compare_masks(reference, reference + 1e-4)  # ranks unchanged
+    nudged = trt_compare.compare_masks(reference, reference + 1e-4)  # ranks unchanged
     assert nudged["max_abs"] == pytest.approx(1e-4, rel=1e-2) and nudged["min_overlap"] == 1.0
-    assert trt_tools.verdict(nudged, trt_tools.TOLERANCES["fp32"])[0]
+    assert trt_compare.verdict(nudged, trt_compare.TOLERANCES["fp32"])[0]
 
     shifted = np.roll(reference, 3, axis=2)  # the salient pixels moved: what a broken engine looks like
-    moved = trt_tools.compare_masks(reference, shifted)
+    moved = trt_compare.compare_masks(reference, shifted)
     assert moved["min_overlap"] < 0.5
-    passed, failures = trt_tools.verdict(moved, trt_tools.TOLERANCES["fp16"])
+    passed, failures = trt_compare.verdict(moved, trt_compare.TOLERANCES["fp16"])
     assert not passed and any("max mask difference" in f for f in failures) and any("overlap" in f for f in failures)
 
-    blank = trt_tools.compare_masks(np.zeros((2, 5, 5)), np.zeros((2, 5, 5)))
-    passed, failures = trt_tools.verdict(blank, trt_tools.TOLERANCES["fp16"])
+    blank = trt_compare.compare_masks(np.zeros((2, 5, 5)), np.zeros((2, 5, 5)))
+    passed, failures = trt_compare.verdict(blank, trt_compare.TOLERANCES["fp16"])
     assert blank["blank_frames"] == 2 and not passed and "blank" in failures[0]
     with pytest.raises(ValueError, match="differ in shape"):
-        trt_tools.compare_masks(reference, reference[:, :, :8])
+        trt_compare.compare_masks(reference, reference[:, :, :8])
 
 
 def _run(precision, ms, build_seconds=None, stages=((0.2, 1.0, 0.3),)):
@@ -1000,11 +1000,11 @@ def test_compare_outputs_covers_the_mask_and_every_mean_on_its_own_scale(tiny_gr
     nudged = {name: value.copy() for name, value in reference.items()}
     name = tiny_graph.mean_names[-1]
     nudged[name] = nudged[name] * 1.01  # 1 % of each value: at most 1 % of the peak
-    summaries = trt_tools.compare_outputs(reference, nudged, tiny_graph)
+    summaries = trt_compare.compare_outputs(reference, nudged, tiny_graph)
     assert sorted(summaries) == sorted([tiny_graph.mask_name] + tiny_graph.mean_names)
     assert summaries["mask"]["max_abs"] == 0.0
     assert 0.005 < summaries[name]["max_abs"] <= 0.0100001 and summaries[name]["min_overlap"] == 1.0
-    checks = trt_tools.comparison_checks("fp32 engine vs onnxruntime:", summaries, trt_tools.TOLERANCES["fp32"])
+    checks = trt_tools.comparison_checks("fp32 engine vs onnxruntime:", summaries, trt_compare.TOLERANCES["fp32"])
     failed = [c.name for c in checks if not c.passed]
     assert len(checks) == 1 + len(tiny_graph.mean_names) and failed == ["fp32 engine vs onnxruntime: " + name]
 
@@ -1046,7 +1046,7 @@ def test_frames_from_the_real_v1_tub():
     paths = camera_image_paths(REAL_TUB)
     assert len(paths) == 300 and os.path.basename(paths[0]) == "2000_cam-image_array_.jpg"
     assert os.path.basename(paths[-1]) == "2299_cam-image_array_.jpg"
-    frames = trt_tools.tub_frames(REAL_TUB, 4)
+    frames = tub_frames(REAL_TUB, 4)
     assert len(frames) == 4 and frames[0].shape == (120, 160, 3) and frames[0].dtype == np.uint8
 
 
@@ -1058,7 +1058,7 @@ def test_frames_from_a_v2_tub_written_by_donkeycar(tmp_path):
     for i, frame in enumerate(written):
         tub.write_record({"cam/image_array": frame, "user/angle": 0.1 * i})
     tub.close()
-    frames = trt_tools.tub_frames(str(tmp_path / "tub"), 3)
+    frames = tub_frames(str(tmp_path / "tub"), 3)
     assert len(frames) == 3
     # spread evenly, in record order: each frame read back is nearest the one written there (JPEG is lossy)
     nearest = [int(np.argmin([np.abs(got.astype(int) - w).mean() for w in written])) for got in frames]
@@ -1067,9 +1067,9 @@ def test_frames_from_a_v2_tub_written_by_donkeycar(tmp_path):
 
 def test_bad_tubs_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="tub not found"):
-        trt_tools.tub_frames(str(tmp_path / "missing"))
+        tub_frames(str(tmp_path / "missing"))
     with pytest.raises(InputError, match="is not a tub"):
-        trt_tools.tub_frames(str(tmp_path))
+        tub_frames(str(tmp_path))
 
 
 def test_stand_in_pilot_for_selftest_gives_informative_masks():
@@ -1104,8 +1104,8 @@ def test_engine_matches_onnxruntime_and_is_cached(gpu, tiny_graph, tmp_path, pre
         first.close()
     assert first.engine_source == "built" and os.path.exists(first.engine_path)
     assert sorted(got) == sorted(expected)
-    comparison = trt_tools.compare_masks(expected["mask"], got["mask"])
-    assert trt_tools.verdict(comparison, trt_tools.TOLERANCES[first.precision]) == (True, [])
+    comparison = trt_compare.compare_masks(expected["mask"], got["mask"])
+    assert trt_compare.verdict(comparison, trt_compare.TOLERANCES[first.precision]) == (True, [])
     for name in tiny_graph.mean_names:
         np.testing.assert_allclose(got[name], expected[name], rtol=0.02, atol=0.02)
     second = TensorRTBackend(tiny_graph, precision=precision, cache_dir=str(tmp_path)).activate()

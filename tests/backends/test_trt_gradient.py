@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import REAL_PILOT, real_data_or_skip, real_frames
-from donkey_saliency.backends import trt_api, trt_engine, trt_fp16, trt_tools
+from donkey_saliency.backends import trt_api, trt_compare, trt_engine, trt_fp16
 from donkey_saliency.backends.tensorrt import refusal
 from donkey_saliency.backends.trt_api import TensorSpec
 from donkey_saliency.compute import methods
@@ -228,8 +228,8 @@ def test_categorical_is_taken_and_pilots_with_other_inputs_go_to_onnxruntime(tmp
 # near 0 computed in fp16 flips a ReLU gate the fp32 backward pass then follows: with the trunk in fp32
 # too the difference is exactly 0. So the selftest's fp16 overlap bound holds for every method, its
 # worst-pixel bound (0.05) only for vbp and grad-cam.
-PIXEL_BOUND = {methods.VBP: trt_tools.TOLERANCES["fp16"]["max_abs"],
-               methods.GRAD_CAM: trt_tools.TOLERANCES["fp16"]["max_abs"],
+PIXEL_BOUND = {methods.VBP: trt_compare.TOLERANCES["fp16"]["max_abs"],
+               methods.GRAD_CAM: trt_compare.TOLERANCES["fp16"]["max_abs"],
                methods.INPUT_GRADIENT: None}
 MEAN_DIFFERENCE = 1e-3  # of the [0, 1] mask, over all pixels
 
@@ -255,8 +255,8 @@ def test_fp16_variant_masks_against_fp32(path, method):
     masks = methods.MethodMasks(method, path)  # what the part and api.Saliency turn outputs into
     reference = masks(run_onnxruntime(graph.onnx_bytes, {"frame": frames}))
     candidate = masks(run_onnxruntime(variant, {"frame": frames}))
-    summary = trt_tools.compare_masks(reference, candidate)
-    assert summary["min_overlap"] >= trt_tools.TOLERANCES["fp16"]["min_overlap"], summary
+    summary = trt_compare.compare_masks(reference, candidate)
+    assert summary["min_overlap"] >= trt_compare.TOLERANCES["fp16"]["min_overlap"], summary
     assert np.abs(reference - candidate).mean() <= MEAN_DIFFERENCE, summary
     if PIXEL_BOUND[method] is not None:
         assert summary["max_abs"] <= PIXEL_BOUND[method], summary

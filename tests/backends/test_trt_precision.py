@@ -201,15 +201,15 @@ def tiny_graph(tiny_pilot_path):
 
 
 def _fp16_against_fp32(graph, frames):
-    from donkey_saliency.backends import trt_tools
+    from donkey_saliency.backends import trt_compare
 
     feed = {graph.input_name: frames}
     reference, candidate = _run(graph.onnx_bytes, feed), _run(trt_fp16.fp16_variant(graph.onnx_bytes), feed)
     assert sorted(reference) == sorted(candidate)
     assert all(candidate[name].dtype == reference[name].dtype for name in reference)
-    summaries = trt_tools.compare_outputs(reference, candidate, graph)
+    summaries = trt_compare.compare_outputs(reference, candidate, graph)
     for name, summary in summaries.items():
-        passed, failures = trt_tools.verdict(summary, trt_tools.TOLERANCES["fp16"])
+        passed, failures = trt_compare.verdict(summary, trt_compare.TOLERANCES["fp16"])
         assert passed, (name, failures)
     return reference, candidate
 

@@ -285,14 +285,14 @@ def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_pat
             deadline = time.monotonic() + timeout
             while True:
                 picture = decode_jpeg(read_mjpeg_part(response)[1])
-                if mean_abs_diff(picture, expected) < 15 or time.monotonic() > deadline:
+                if mean_abs_diff(picture, expected) < 20 or time.monotonic() > deadline:  # PIL re-encodes (as test_web)
                     return picture
 
         shown = video_shows(overlay)
-        assert mean_abs_diff(shown, overlay) < 15 and mean_abs_diff(shown, frame) > 30
+        assert mean_abs_diff(shown, overlay) < 20 and mean_abs_diff(shown, frame) > 30
         assert json.loads(request(server.port, "/saliency/drive_view", b'{"on": false}')) == {"drive_view": False}
         shown = video_shows(frame)
-        assert mean_abs_diff(shown, frame) < 15 and mean_abs_diff(shown, overlay) > 30
+        assert mean_abs_diff(shown, frame) < 20 and mean_abs_diff(shown, overlay) > 30
     finally:
         if connection is not None:
             connection.close()

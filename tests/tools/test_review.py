@@ -8,7 +8,9 @@ import pytest
 
 from helpers import real_data_or_skip, run_cli, tiny_keras_pilot
 from donkey_saliency import load
-from donkey_saliency.tools.render import compose_frame, filter_report, layer_grid, render, write_layer_grid
+from donkey_saliency.tools.filters import filter_report
+from donkey_saliency.tools.layers import layer_grid, write_layer_grid
+from donkey_saliency.tools.render import compose_frame, render
 from donkey_saliency.tools.backfill import backfill
 from tub_helpers import make_v2_tub, read_tub, record_live_tub, rgb_image, synthetic_frame, tree_digest
 

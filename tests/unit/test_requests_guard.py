@@ -2,7 +2,10 @@
 import logging
 import socket
 
-from donkey_saliency.web.guard import AllowedHosts, RefusalLog, declared_length, host_name, same_origin
+import pytest
+
+from donkey_saliency.web.guard import (
+    AllowedHosts, RefusalLog, declared_length, host_name, json_fields, same_origin)
 
 HOST = "car.local:8887"
 
@@ -69,3 +72,27 @@ def test_refusals_are_logged_at_most_once_a_period_with_the_count(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3 and log.counts == {"host": 101, "slow": 1}
     assert "Host 'c'" in lines[2] and "99 more like it in the last 61 s" in lines[2]
+
+
+DELETE = [("index", int), ("deleted", bool)]
+
+
+def test_a_body_is_one_flat_object_with_exactly_the_expected_keys_and_types():
+    assert json_fields(b' {"deleted": true, "index": 3}\r\n', DELETE) == [3, True]
+    assert json_fields(b'{"on": false}', [("on", bool)]) == [False]
+    for bad in (b"", b"{", b"[3]", b"\xff", b'{"index": "3", "deleted": true}', b'{"index": 3, "deleted": 1}',
+                b'{"index": true, "deleted": true}', b'{"index": 3}', b'{"index": 3, "deleted": true, "x": 0}',
+                b'{"index": 3, "deleted": {"a": true}}', b'{"index": [3], "deleted": true}', b'{"index": 3.0, "deleted": true}'):
+        with pytest.raises(ValueError):
+            json_fields(bad, DELETE)
+
+
+def test_a_deep_body_never_reaches_the_parser(monkeypatch):
+    """A bracket beyond the object's own refuses the body before json.loads sees it (donkeycar raises
+    the recursion limit: a deep body must never reach a parser)."""
+    import json
+
+    monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    for deep in (b"[" * 900, b'{"on": ' + b"[" * 900 + b"}", b"{" * 900 + b"}" * 900):
+        with pytest.raises(ValueError):
+            json_fields(deep, [("on", bool)])

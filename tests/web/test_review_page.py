@@ -1,4 +1,4 @@
-"""The review page (review_web.py): a v2 tub written by donkeycar's own ``Tub`` (with deleted records
+"""The review page (web/review.py, review_model.py): a v2 tub written by donkeycar's own ``Tub`` (with deleted records
 and recorded saliency) and the real v1 tub, served by a real Tornado server on 127.0.0.1, read by
 http.client and by headless Chromium; deletes read back with donkeycar's ``Tub``."""
 import http.client
@@ -12,7 +12,8 @@ import pytest
 
 from browser import ARTIFACTS, DevTools, chromium_or_skip, crop, resized
 from helpers import CLI, real_data_or_skip, run_cli, wait_for
-from donkey_saliency.web.review import MAX_POST_BYTES, top_disagreements
+from donkey_saliency.web.review import MAX_POST_BYTES
+from donkey_saliency.web.review_model import top_disagreements
 from donkey_saliency.tubs.index import TubIndex
 from donkey_saliency.testing import ServerThread
 from tub_helpers import camera, COUNT, DELETED, donkey_deleted, recorded_overlay, write_tub
@@ -156,7 +157,7 @@ def test_car_server_mounts_the_tub_being_written_read_only(tmp_path):
     from donkeycar.vehicle import Vehicle
 
     from donkey_saliency.car.part import SaliencyPart
-    from donkey_saliency.web.review import tub_being_written
+    from donkey_saliency.car.vehicle import tub_being_written
     from donkey_saliency.web.live import attach_web
 
     vehicle = Vehicle()

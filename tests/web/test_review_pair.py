@@ -131,7 +131,7 @@ def test_review_two_real_pilots_served_and_in_chromium(tmp_path):
 
 def test_one_pilot_has_no_pilot_pictures():
     pi_data_or_skip()
-    from donkey_saliency.web.review import NotFound, Review
+    from donkey_saliency.web.review_model import NotFound, Review
 
     review = Review(PI_TUB)
     try:

@@ -226,21 +226,22 @@ def test_toggle_switches_what_the_stock_video_shows(tiny_pilot_path):
             deadline = time.monotonic() + timeout
             while True:
                 picture = decode_jpeg(read_mjpeg_part(response)[1])
-                if mean_abs_diff(picture, expected) < 15 or time.monotonic() > deadline:
+                if mean_abs_diff(picture, expected) < 20 or time.monotonic() > deadline:
                     return picture
 
-        # donkeycar's /video re-encodes with PIL (quality 75, 4:2:0 chroma), hence the loose 15.
+        # donkeycar's /video re-encodes with PIL (quality 75, 4:2:0 chroma), which blurs the gradient mask's fine
+        # detail: hence the loose 20 (the other picture stays over 30 away).
         shown = video_shows(frame, overlay)
-        assert mean_abs_diff(shown, frame) < 15 and mean_abs_diff(shown, overlay) > 30
+        assert mean_abs_diff(shown, frame) < 20 and mean_abs_diff(shown, overlay) > 30
 
         assert json.loads(request(server.port, "/saliency/drive_view", b'{"on": true}')) == {"drive_view": True}
         shown = video_shows(overlay, frame)
-        assert mean_abs_diff(shown, overlay) < 15 and mean_abs_diff(shown, frame) > 30
+        assert mean_abs_diff(shown, overlay) < 20 and mean_abs_diff(shown, frame) > 30
 
         # The stock /drive page's button 5: POST /drive with the button down, as main.js does.
         request(server.port, "/drive", json.dumps({"buttons": {"w5": True}}).encode())
         shown = video_shows(frame, overlay)
-        assert mean_abs_diff(shown, frame) < 15 and mean_abs_diff(shown, overlay) > 30
+        assert mean_abs_diff(shown, frame) < 20 and mean_abs_diff(shown, overlay) > 30
         assert web.drive_view.on is False
     finally:
         if connection is not None:
