@@ -19,8 +19,8 @@ import numpy as np
 
 from .api import PilotPass, Saliency, pilot_values_for
 from .backends import trt_tools
-from .config import (AUDIT_DEPENDENCE_FRAMES, DEFAULT_ALPHA, DEFAULT_COLORMAP, DONKEY_WEB_PORT, DRIVE_LOOP_HZ,
-                     EVALUATE_AREA, EVALUATE_FRAMES)
+from .config import (
+    AUDIT_DEPENDENCE_FRAMES, DEFAULT_ALPHA, DEFAULT_COLORMAP, DONKEY_WEB_PORT, DRIVE_LOOP_HZ, EVALUATE_AREA, EVALUATE_FRAMES)
 from .util.console import table_lines
 from .errors import first_line, InputError, SaliencyError
 from .util.fileio import atomic_write

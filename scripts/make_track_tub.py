@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from train_demo_pilot import VALIDATION_START  # noqa: E402
 
-from donkey_saliency.tools.track import track_frames  # noqa: E402
+from donkey_saliency.compute.track import track_frames  # noqa: E402
 
 
 def main(argv=None):

@@ -38,7 +38,7 @@ from donkey_saliency.keys import CAMERA_KEY, OUTPUTS  # noqa: E402
 from donkey_saliency.car.part import SaliencyPart  # noqa: E402
 from donkey_saliency.car.vehicle import tub_being_written  # noqa: E402
 from donkey_saliency.pilots import DEMO_PILOT  # noqa: E402
-from donkey_saliency.tools.track import track_frames  # noqa: E402
+from donkey_saliency.compute.track import track_frames  # noqa: E402
 from donkey_saliency.tubs.read import recording_inputs  # noqa: E402
 from donkey_saliency.testing import ServerThread, read_mjpeg_part, write_catalog_tub  # noqa: E402
 from donkey_saliency.web.live import attach_web  # noqa: E402

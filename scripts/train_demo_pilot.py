@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/train_demo_pilot.py            # writes donkey_saliency/data/demo_pilot.h5
 
-Frames come from ``donkey_saliency.tools.track`` with the car displaced sideways and turned, labelled
+Frames come from ``donkey_saliency.compute.track`` with the car displaced sideways and turned, labelled
 with the steering that brings it back to the road, so the pilot learns to correct, not only to
 follow. Validation uses a stretch of road the training never saw. Seeded: the same command gives
 the same data and, with TensorFlow's deterministic ops, the same weights on the same machine.
@@ -19,7 +19,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from donkey_saliency.tools.track import track_frames  # noqa: E402
+from donkey_saliency.compute.track import track_frames  # noqa: E402
 
 DEFAULT_OUT = os.path.join(os.path.dirname(HERE), "donkey_saliency", "data", "demo_pilot.h5")
 VALIDATION_START = 5000.0  # metres along the road: far from anything trained on

@@ -26,6 +26,7 @@ from .trt_engine import PRECISIONS
 from ..errors import BackendUnavailable, InputError, first_line
 from ..compute.frames import fit_to_model, prepare_batch
 from ..compute.graph import graph_for, IR_VERSION, OPSET, SaliencyGraph
+from ..compute.track import track_frames
 from ..util.stats import median_ms
 from ..pilots.keras import import_tensorflow
 
@@ -39,8 +40,6 @@ def procedural_frames(count, shape=(120, 160, 3), seed=0):
     """uint8 (count, H, W, C) views along the demo's procedural road (track.py), fitted to the
     model's input: real structure for a conv net to respond to, the same on every run (the
     selftest's frames without a tub)."""
-    from ..tools.track import track_frames
-
     return np.stack([fit_to_model(sample.frame, shape) for sample in track_frames(count, seed=seed, step=2.0)])
 
 

@@ -32,10 +32,10 @@ from ..config import DONKEY_WEB_PORT, DRIVE_LOOP_HZ
 from ..errors import InputError, ModelError, first_line
 from ..compute.frames import fit_to_model
 from ..util.images import read_rgb
-from ..keys import (CAMERA_KEY, CAMERA_TRANS_KEY, MODE_KEY, PILOT_ANGLE_KEY, PILOT_KEYS, PILOT_THROTTLE_KEY,
-                    UI_IMAGE_KEY, USER_ANGLE_KEY, USER_THROTTLE_KEY)
+from ..keys import (
+    CAMERA_KEY, CAMERA_TRANS_KEY, MODE_KEY, PILOT_ANGLE_KEY, PILOT_KEYS, PILOT_THROTTLE_KEY, UI_IMAGE_KEY, USER_ANGLE_KEY, USER_THROTTLE_KEY)
 from ..pilots import DEMO_PILOT
-from .track import Track, TrackCar
+from ..compute.track import Track, TrackCar
 from ..tubs.read import read_manifest_head
 
 logger = logging.getLogger(__name__)

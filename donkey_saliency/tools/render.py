@@ -20,8 +20,8 @@ from ..util.console import Progress
 from ..errors import InputError
 from ..util.fileio import default_file_mode
 from ..util.images import read_rgb
-from ..keys import (CAMERA_KEY, LAG_KEY, MODE_KEY, OVERLAY_KEY, PILOT_ANGLE_KEY, PILOT_KEYS, PILOT_THROTTLE_KEY,
-                    USER_ANGLE_KEY, USER_THROTTLE_KEY)
+from ..keys import (
+    CAMERA_KEY, LAG_KEY, MODE_KEY, OVERLAY_KEY, PILOT_ANGLE_KEY, PILOT_KEYS, PILOT_THROTTLE_KEY, USER_ANGLE_KEY, USER_THROTTLE_KEY)
 from ..util.opencv import import_cv2
 from ..compute.overlay import check_style, overlay, side_by_side, to_rgb
 from .pictures import DARK, GREY, PILOT_COLOR, USER_COLOR, check_output, put_text

@@ -12,8 +12,7 @@ from ..errors import InputError
 from ..util.fileio import atomic_write
 from ..keys import LAG_KEY, MODE_KEY, TIMELINE_KEYS
 from .read import (
-    IMAGE_TYPES, parse_v2_line, read_v1_meta, read_v1_record, read_v2_manifest, tub_version, v1_image_paths,
-    v1_record_numbers, v1_session, v1_start_ms, v2_catalog_lines, v2_image_paths)
+    IMAGE_TYPES, parse_v2_line, read_v1_meta, read_v1_record, read_v2_manifest, tub_version, v1_image_paths, v1_record_numbers, v1_session, v1_start_ms, v2_catalog_lines, v2_image_paths)
 
 MODES = ("user", "local_angle", "local")  # donkeycar's drive modes; code len(MODES): other or absent
 RECENT_WRITE_S = 10.0  # a manifest.json changed this recently is watched for a further change ...

@@ -18,8 +18,8 @@ import numpy as np
 from ..config import DEFAULT_ALPHA, DEFAULT_COLORMAP, DRIVE_LOOP_HZ
 from ..errors import InputError
 from ..util.images import encode_jpeg, read_rgb
-from ..keys import (CAMERA_KEY, LAG_KEY, MASK_KEY, MODE_KEY, OVERLAY_KEY, PILOT_ANGLE_KEY, PILOT_KEYS,
-                    PILOT_THROTTLE_KEY, TIMELINE_KEYS)
+from ..keys import (
+    CAMERA_KEY, LAG_KEY, MASK_KEY, MODE_KEY, OVERLAY_KEY, PILOT_ANGLE_KEY, PILOT_KEYS, PILOT_THROTTLE_KEY, TIMELINE_KEYS)
 from ..compute.methods import describe
 from ..compute.overlay import layer_picture, mask_to_uint8, overlay
 from .review_pair import ANGLE_KEYS, RANKED_BY

@@ -122,7 +122,7 @@ def band_drive(tmp_path_factory):
     two pilots."""
     from donkeycar.parts.tub_v2 import Tub
 
-    from donkey_saliency.tools.track import track_frames
+    from donkey_saliency.compute.track import track_frames
 
     root = tmp_path_factory.mktemp("band")
     rng = np.random.RandomState(0)

@@ -11,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from donkey_saliency.tools import track
+from donkey_saliency.compute import track
 from donkey_saliency.tools.demo import find_images
 from donkey_saliency.pilots import DEMO_PILOT
 from helpers import free_port

@@ -138,7 +138,7 @@ def track_tub(tmp_path_factory):
     """A v2 tub written by donkeycar's own Tub, frames from the procedural track."""
     from donkeycar.parts.tub_v2 import Tub
 
-    from donkey_saliency.tools.track import track_frames
+    from donkey_saliency.compute.track import track_frames
 
     path = str(tmp_path_factory.mktemp("tubs") / "track")
     tub = Tub(path, inputs=["cam/image_array", "user/angle"], types=["image_array", "float"])

@@ -4,8 +4,7 @@ import socket
 
 import pytest
 
-from donkey_saliency.web.guard import (
-    AllowedHosts, RefusalLog, declared_length, host_name, json_fields, same_origin)
+from donkey_saliency.web.guard import AllowedHosts, RefusalLog, declared_length, host_name, json_fields, same_origin
 
 HOST = "car.local:8887"
 
