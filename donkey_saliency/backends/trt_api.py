@@ -15,6 +15,7 @@ Valid Python 3.6 (JetPack 4.6's Python).
 import numpy as np
 
 from ..errors import BackendUnavailable
+from ..compute.onnx_proto import declared_outputs  # noqa: F401 - the graph's outputs, read from its bytes
 
 
 def trt_version(trt):
@@ -59,28 +60,6 @@ class TensorSpec(object):
 
     def __repr__(self):
         return "TensorSpec(%r, %s, %s, %s)" % (self.name, self.shape, self.dtype, "in" if self.is_input else "out")
-
-
-def declared_outputs(onnx_bytes):
-    """[(name, dims)] of a serialized ONNX model's graph outputs, in graph order; a dim is an int, or
-    None where it is symbolic ('N') or not given. Read from the bytes: the car has no ``onnx``."""
-    from ..compute.onnx_proto import _fields  # the protobuf reader of the project's own serializer
-
-    def message(data, number):
-        return [value for field, wire, value in _fields(data) if field == number and wire == 2]
-
-    outputs = []
-    for graph in message(onnx_bytes, 7):  # ModelProto.graph
-        for info in message(graph, 12):  # GraphProto.output: ValueInfoProto
-            name = message(info, 1)[0].decode("utf-8")
-            dims = []
-            for tensor_type in [t for kind in message(info, 2) for t in message(kind, 1)]:  # TypeProto.tensor_type
-                for shape in message(tensor_type, 2):
-                    for dim in message(shape, 1):
-                        sizes = [v for f, w, v in _fields(dim) if f == 1 and w == 0]  # dim_value, else dim_param
-                        dims.append(sizes[0] if sizes else None)
-            outputs.append((name, dims))
-    return outputs
 
 
 def expected_shapes(graph):

@@ -23,6 +23,7 @@ from . import trt_cache
 from ..errors import BackendUnavailable
 from .trt_api import supports_uint8_input, trt_version
 from .trt_fp16 import fp16_variant, is_fp32_name
+from ..compute.onnx_proto import TensorProto, with_input_type
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +220,6 @@ def with_float_input(onnx_bytes, input_name="frame"):
     """The same graph with a float32 input instead of uint8 (for TensorRT < 8.5). Its first node
     casts the input to float anyway, and a float->float Cast is a no-op, so outputs are unchanged
     for the same pixel values. Rewritten in the serialized bytes: no ``onnx`` on the car."""
-    from ..compute.onnx_proto import TensorProto, with_input_type
-
     try:
         return with_input_type(onnx_bytes, input_name, TensorProto.FLOAT)
     except ValueError:

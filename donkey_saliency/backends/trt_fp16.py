@@ -19,6 +19,7 @@ Two ways TensorRT is told so, chosen in ``trt_engine`` by what the installed bin
 Valid Python 3.6 (JetPack 4.6's Python); onnx is imported where used, and only this variant needs it:
 without it an fp16 build on such a TensorRT is refused with the install hint (and the car falls back).
 """
+from ..errors import BackendUnavailable
 
 FP32_PREFIXES = ("vbp/", "grad/")  # the one home of these prefixes for every precision decision
 ONNX_HINT = ("an fp16 engine on a TensorRT with only strongly typed networks (11) is built from the graph's "
@@ -53,8 +54,6 @@ def fp16_variant(onnx_bytes):
         import onnx
         from onnx import TensorProto, defs, helper, numpy_helper, shape_inference
     except ImportError as error:
-        from ..errors import BackendUnavailable
-
         raise BackendUnavailable("%s (%s)" % (ONNX_HINT, error))
 
     FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16

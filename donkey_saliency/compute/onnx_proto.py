@@ -315,3 +315,23 @@ def with_input_type(data, input_name, elem_type):
                         (_bytes(f, v) if w == 2 else _raw_field(f, w, v)) for f, w, v in _fields(tensor_type))
 
     return _rewrite(data, [(7, anything), (11, named), (2, anything), (1, anything)], retype)
+
+
+def declared_outputs(onnx_bytes):
+    """[(name, dims)] of a serialized ONNX model's graph outputs, in graph order; a dim is an int, or
+    None where it is symbolic ('N') or not given. Read from the bytes: the car has no ``onnx``."""
+    def message(data, number):
+        return [value for field, wire, value in _fields(data) if field == number and wire == 2]
+
+    outputs = []
+    for graph in message(onnx_bytes, 7):  # ModelProto.graph
+        for info in message(graph, 12):  # GraphProto.output: ValueInfoProto
+            name = message(info, 1)[0].decode("utf-8")
+            dims = []
+            for tensor_type in [t for kind in message(info, 2) for t in message(kind, 1)]:  # TypeProto.tensor_type
+                for shape in message(tensor_type, 2):
+                    for dim in message(shape, 1):
+                        sizes = [v for f, w, v in _fields(dim) if f == 1 and w == 0]  # dim_value, else dim_param
+                        dims.append(sizes[0] if sizes else None)
+            outputs.append((name, dims))
+    return outputs
