@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from helpers import real_data_or_skip, REAL_TUB
+from trt_helpers import RecordingConfig
 from donkey_saliency import backends, cli
 from donkey_saliency.backends import trt_cache
 from donkey_saliency.backends import trt_compare, trt_tools
@@ -495,24 +496,6 @@ TRT_8_0 = _builder_flags(*(COMMON_FLAGS + ("STRICT_TYPES",)))  # 8.0.1 / 8.1
 TRT_8_2 = _builder_flags(*(COMMON_FLAGS + ("STRICT_TYPES", "OBEY_PRECISION_CONSTRAINTS",
                                            "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO")))  # 8.2 - 8.6
 TRT_10 = _builder_flags(*(COMMON_FLAGS + ("OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS", "BF16")))
-
-
-class RecordingConfig(object):
-    def __init__(self):
-        self.calls = []
-
-    def set_flag(self, flag):
-        self.calls.append(("set", flag))
-
-    def clear_flag(self, flag):
-        self.calls.append(("clear", flag))
-
-    def flags(self):
-        """The flags that end up set."""
-        on = set()
-        for action, flag in self.calls:
-            (on.add if action == "set" else on.discard)(flag)
-        return on
 
 
 @pytest.mark.parametrize("builder_flag, precision, attempts, final", [

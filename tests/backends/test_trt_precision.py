@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import pytest
 
+from trt_helpers import RecordingConfig
 from donkey_saliency.backends import trt_api, trt_engine, trt_fp16
 from donkey_saliency.backends.tensorrt import GpuSession
 from donkey_saliency.errors import BackendUnavailable
@@ -94,17 +95,6 @@ class _Creation(object):
     EXPLICIT_BATCH, STRONGLY_TYPED = 0, 1
 
 
-class _Recorded(object):
-    def __init__(self):
-        self.calls = []
-
-    def set_flag(self, flag):
-        self.calls.append(("set", flag))
-
-    def clear_flag(self, flag):
-        self.calls.append(("clear", flag))
-
-
 @pytest.mark.parametrize("builder_flag, layer, route", [
     (TRT_8_2, WEAK_LAYER, trt_engine.WEAK), (TRT_10, WEAK_LAYER, trt_engine.WEAK),
     (TRT_11, STRONG_LAYER, trt_engine.STRONG),
@@ -118,7 +108,7 @@ def test_strongly_typed_fp16_sets_no_fp16_flag_and_pins_nothing():
     """TensorRT 11 (the issue's crash): no STRICT_TYPES, no FP16 flag; one build, TF32 cleared."""
     assert trt_engine.constraint_attempts(TRT_11, "fp16", trt_engine.STRONG) == [None]
     assert trt_engine.constraint_attempts(TRT_11, "fp16", trt_engine.WEAK) == [None]  # never a name it lacks
-    config, builds = _Recorded(), []
+    config, builds = RecordingConfig(), []
     data, used = trt_engine.build_with_constraints(lambda: builds.append(1) or b"plan", config, TRT_11, "fp16",
                                                    trt_engine.STRONG)
     assert (data, used, builds) == (b"plan", None, [1])
@@ -126,7 +116,7 @@ def test_strongly_typed_fp16_sets_no_fp16_flag_and_pins_nothing():
 
 
 def test_weakly_typed_fp16_is_unchanged():
-    config = _Recorded()
+    config = RecordingConfig()
     trt_engine.set_precision_flags(config, TRT_10, "fp16", "OBEY_PRECISION_CONSTRAINTS", trt_engine.WEAK)
     assert ("set", "FP16") in config.calls and ("set", "OBEY_PRECISION_CONSTRAINTS") in config.calls
 
