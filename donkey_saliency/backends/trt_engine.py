@@ -32,7 +32,7 @@ PRECISIONS = ("fp16", "fp32")
 
 def default_precision(graph):
     """fp16 for a graph without a backward pass; fp32 for one with it. Measured on ONNX Runtime with the
-    fp16 variant (tests/test_trt_gradient.py): an fp16 trunk flips a few ReLU gates near 0 and the fp32
+    fp16 variant (tests/backends/test_trt_gradient.py): an fp16 trunk flips a few ReLU gates near 0 and the fp32
     backward pass follows them (input-gradient's worst pixel 0.04-0.10, over the selftest's 0.05), while
     the trunk is under half of that graph's work, so fp16 would buy little there."""
     return "fp32" if getattr(graph, "output", None) else "fp16"
