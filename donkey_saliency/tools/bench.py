@@ -128,15 +128,20 @@ def time_methods(model_path, frames, backend="auto", output=DEFAULT_OUTPUT, cach
     return timings
 
 
-def _median_ms(function, frames):
-    for frame in frames[:WARMUP_OURS]:
+def _timed(function, frames, warmup):
+    """(per-frame ms, results) of ``function`` over ``frames``, after ``warmup`` untimed calls."""
+    for frame in frames[:warmup]:
         function(frame)
-    times = []
+    times, results = [], []
     for frame in frames:
         started = time.perf_counter()
-        function(frame)
+        results.append(function(frame))
         times.append(_ms(time.perf_counter() - started))
-    return round(float(np.median(times)), 3)
+    return times, results
+
+
+def _median_ms(function, frames):
+    return round(float(np.median(_timed(function, frames, WARMUP_OURS)[0])), 3)
 
 
 # --- (a) donkeycar's makemovie --salient ----------------------------------------------------------
@@ -223,14 +228,7 @@ def time_gradient(method, model_frames):
     def one(x):
         return method.compute_visualisation_mask(x.astype(np.float64) * (1.0 / 255.0))
 
-    for x in model_frames[:WARMUP_TF]:
-        one(x)
-    times = []
-    for x in model_frames:
-        started = time.perf_counter()
-        one(x)
-        times.append(_ms(time.perf_counter() - started))
-    return times
+    return _timed(one, model_frames, WARMUP_TF)[0]
 
 
 # --- (b) eager TensorFlow VisualBackProp ----------------------------------------------------------
@@ -285,14 +283,8 @@ class EagerVisualBackProp(object):
 
 
 def time_eager_vbp(method, model_frames):
-    for x in model_frames[:WARMUP_TF]:
-        method.mask(x)
-    times, masks = [], []
-    for x in model_frames:
-        started = time.perf_counter()
-        masks.append(method.mask(x))
-        times.append(_ms(time.perf_counter() - started))
-    return times, masks
+    """(per-frame ms, masks) of the eager VisualBackProp."""
+    return _timed(method.mask, model_frames, WARMUP_TF)
 
 
 # --- a real Vehicle loop ----------------------------------------------------------------------------
