@@ -142,3 +142,18 @@ class ImageProbe(object):
 
     def run(self, image):
         self.images.append(image)
+
+
+def find_python(version, pyenv_version):
+    """A ``python<version>`` interpreter that runs (pyenv's ``pyenv_version`` build, else one on PATH), or
+    None: the car Pythons (3.6 for a Jetson Nano, 3.8 for JetPack 5) that some tests check against."""
+    import shutil
+
+    for candidate in (os.path.expanduser("~/.pyenv/versions/%s/bin/python%s" % (pyenv_version, version)),
+                      shutil.which("python%s" % version)):
+        if candidate and os.path.exists(candidate):
+            probe = subprocess.run([candidate, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   universal_newlines=True, env=dict(os.environ, PYENV_VERSION=pyenv_version))
+            if probe.returncode == 0 and version in probe.stdout:
+                return candidate
+    return None

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import random_frames, real_data_or_skip, run_cli
+from helpers import find_python, random_frames, real_data_or_skip, run_cli
 from donkey_saliency import config, load
 
 
@@ -106,22 +106,10 @@ def test_import_needs_numpy_only():
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
-def find_python38():
-    import shutil
-
-    for candidate in (shutil.which("python3.8"), os.path.expanduser("~/.pyenv/versions/3.8.18/bin/python3.8")):
-        if candidate and os.path.exists(candidate):
-            probe = subprocess.run([candidate, "--version"], capture_output=True, text=True, env=dict(
-                os.environ, PYENV_VERSION="3.8.18"))
-            if probe.returncode == 0 and "3.8" in probe.stdout + probe.stderr:
-                return candidate
-    return None
-
-
 @pytest.mark.slow
 def test_every_module_imports_on_python_3_8(tmp_path):
     """JetPack 5's Python: the package (numpy only at import time) must import there."""
-    python38 = find_python38()
+    python38 = find_python("3.8", "3.8.18")
     if python38 is None:
         pytest.skip("no python3.8 interpreter on this machine (JetPack 5's Python)")
     venv = tmp_path / "py38"

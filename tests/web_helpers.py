@@ -33,6 +33,24 @@ def mean_abs_diff(a, b):
     return float(np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16))))
 
 
+# donkeycar's own /video re-encodes with PIL (quality 75, 4:2:0 chroma), which blurs the gradient mask's
+# fine detail: a frame it serves is within this mean |difference| of the picture it shows, while the
+# other picture (camera vs overlay) stays over 30 away.
+STOCK_VIDEO_CLOSE = 20
+
+
+def stock_video_shows(response, expected, timeout=10.0):
+    """Reads donkeycar's /video (an open MJPEG ``response``) until a frame is within
+    ``STOCK_VIDEO_CLOSE`` of ``expected`` or ``timeout`` passes; the last frame read."""
+    from donkey_saliency.testing import read_mjpeg_part
+
+    deadline = time.monotonic() + timeout
+    while True:
+        picture = decode_jpeg(read_mjpeg_part(response)[1])
+        if mean_abs_diff(picture, expected) < STOCK_VIDEO_CLOSE or time.monotonic() > deadline:
+            return picture
+
+
 class LiveServer(object):
     """A real LocalWebController with the saliency routes on 127.0.0.1, a real SaliencyPart whose worker
     runs in a thread (as Vehicle runs it), and a feeder calling ``run_threaded`` at ~30 Hz while ``feeding``."""

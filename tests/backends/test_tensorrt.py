@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from helpers import real_data_or_skip, REAL_TUB
+from helpers import find_python, real_data_or_skip, REAL_TUB
 from trt_helpers import RecordingConfig
 from donkey_saliency import backends, cli
 from donkey_saliency.backends import trt_cache
@@ -671,25 +671,11 @@ print("python %d.%d: ok" % sys.version_info[:2])
 """
 
 
-def find_python36():
-    import shutil
-
-    for candidate in (os.path.expanduser("~/.pyenv/versions/3.6.15/bin/python3.6"), shutil.which("python3.6")):
-        if candidate and os.path.exists(candidate):
-            import subprocess
-
-            probe = subprocess.run([candidate, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   universal_newlines=True, env=dict(os.environ, PYENV_VERSION="3.6.15"))
-            if probe.returncode == 0 and "3.6" in probe.stdout:
-                return candidate
-    return None
-
-
 @pytest.mark.slow
 def test_tensorrt_path_parses_and_imports_on_python_3_6(tmp_path):
     import subprocess
 
-    python36 = find_python36()
+    python36 = find_python("3.6", "3.6.15")
     if python36 is None:
         pytest.skip("no python3.6 interpreter on this machine (JetPack 4.6's Python; pyenv install 3.6.15)")
     package = os.path.join(os.path.dirname(__file__), "..", "..", "donkey_saliency")

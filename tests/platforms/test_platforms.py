@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pytest
@@ -256,8 +255,8 @@ def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_pat
     from helpers import Camera, donkeycar_video_or_skip, ImageProbe, wait_for
     from donkey_saliency import add_saliency
     from donkey_saliency.keys import DRIVE_IMAGE_KEY
-    from donkey_saliency.testing import ServerThread, read_mjpeg_part
-    from web_helpers import camera_frame, decode_jpeg, mean_abs_diff, open_stream, request
+    from donkey_saliency.testing import ServerThread
+    from web_helpers import STOCK_VIDEO_CLOSE, camera_frame, mean_abs_diff, open_stream, request, stock_video_shows
 
     donkeycar_video_or_skip()
     frame = camera_frame()
@@ -281,18 +280,11 @@ def test_drive_view_where_the_web_controller_shows_the_camera_key(tiny_pilot_pat
         overlay = part.latest.overlay
         connection, response = open_stream(server.port, "/video")
 
-        def video_shows(expected, timeout=10.0):
-            deadline = time.monotonic() + timeout
-            while True:
-                picture = decode_jpeg(read_mjpeg_part(response)[1])
-                if mean_abs_diff(picture, expected) < 20 or time.monotonic() > deadline:  # PIL re-encodes (as test_web)
-                    return picture
-
-        shown = video_shows(overlay)
-        assert mean_abs_diff(shown, overlay) < 20 and mean_abs_diff(shown, frame) > 30
+        shown = stock_video_shows(response, overlay)
+        assert mean_abs_diff(shown, overlay) < STOCK_VIDEO_CLOSE and mean_abs_diff(shown, frame) > 30
         assert json.loads(request(server.port, "/saliency/drive_view", b'{"on": false}')) == {"drive_view": False}
-        shown = video_shows(frame)
-        assert mean_abs_diff(shown, frame) < 20 and mean_abs_diff(shown, overlay) > 30
+        shown = stock_video_shows(response, frame)
+        assert mean_abs_diff(shown, frame) < STOCK_VIDEO_CLOSE and mean_abs_diff(shown, overlay) > 30
     finally:
         if connection is not None:
             connection.close()

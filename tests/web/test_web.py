@@ -3,7 +3,6 @@ real SaliencyPart, read by real HTTP clients (http.client in threads) and by hea
 import json
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +15,8 @@ from donkey_saliency.compute.overlay import layer_picture
 from donkey_saliency.car.part import SaliencyPart
 from donkey_saliency.testing import ServerThread, read_mjpeg_part
 from donkey_saliency.web.live import STATS_FIELDS, attach_web
-from web_helpers import camera_frame, decode_jpeg, LiveServer, mean_abs_diff, open_stream, request
+from web_helpers import (STOCK_VIDEO_CLOSE, camera_frame, decode_jpeg, LiveServer, mean_abs_diff, open_stream,
+                         request, stock_video_shows)
 
 CLIENTS = 8
 FRAMES_PER_CLIENT = 20
@@ -221,27 +221,17 @@ def test_toggle_switches_what_the_stock_video_shows(tiny_pilot_path):
 
         connection, response = open_stream(server.port, "/video")
 
-        def video_shows(expected, other, timeout=10.0):
-            """Reads /video until a frame matches ``expected``; the last frame read."""
-            deadline = time.monotonic() + timeout
-            while True:
-                picture = decode_jpeg(read_mjpeg_part(response)[1])
-                if mean_abs_diff(picture, expected) < 20 or time.monotonic() > deadline:
-                    return picture
-
-        # donkeycar's /video re-encodes with PIL (quality 75, 4:2:0 chroma), which blurs the gradient mask's fine
-        # detail: hence the loose 20 (the other picture stays over 30 away).
-        shown = video_shows(frame, overlay)
-        assert mean_abs_diff(shown, frame) < 20 and mean_abs_diff(shown, overlay) > 30
+        shown = stock_video_shows(response, frame)
+        assert mean_abs_diff(shown, frame) < STOCK_VIDEO_CLOSE and mean_abs_diff(shown, overlay) > 30
 
         assert json.loads(request(server.port, "/saliency/drive_view", b'{"on": true}')) == {"drive_view": True}
-        shown = video_shows(overlay, frame)
-        assert mean_abs_diff(shown, overlay) < 20 and mean_abs_diff(shown, frame) > 30
+        shown = stock_video_shows(response, overlay)
+        assert mean_abs_diff(shown, overlay) < STOCK_VIDEO_CLOSE and mean_abs_diff(shown, frame) > 30
 
         # The stock /drive page's button 5: POST /drive with the button down, as main.js does.
         request(server.port, "/drive", json.dumps({"buttons": {"w5": True}}).encode())
-        shown = video_shows(frame, overlay)
-        assert mean_abs_diff(shown, frame) < 20 and mean_abs_diff(shown, overlay) > 30
+        shown = stock_video_shows(response, frame)
+        assert mean_abs_diff(shown, frame) < STOCK_VIDEO_CLOSE and mean_abs_diff(shown, overlay) > 30
         assert web.drive_view.on is False
     finally:
         if connection is not None:
